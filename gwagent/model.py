@@ -1,0 +1,319 @@
+"""Desired state: frozen, validated values.
+
+Every value that enters the pipeline is built here and validated once, at
+construction. An invalid snapshot is rejected whole with a
+:class:`ValidationError` that names the field and the value; the agent then
+keeps the last good snapshot in force. Nothing in this module does I/O.
+
+Vocabulary (see DESIGN.md):
+
+* a *site* is one cloud with its own Neutron and its own gateway;
+* a *network* is stretched across sites: each site keeps its own
+  segmentation ID, all sites share one transit VNI between gateways;
+* an *endpoint* is a port of a site: MAC, IPs, allowed address pairs, and
+  the VTEP of the host it is bound to;
+* a *remote port* is an endpoint of a peer site registered in the local
+  site with the local gateway's tunnel IP as VTEP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from typing import Iterable
+
+VNI_MIN, VNI_MAX = 1, 16777215
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ValidationError(ValueError):
+    """A value was rejected; ``field`` and ``value`` say which."""
+
+    def __init__(self, field: str, value: object, reason: str):
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(f"{field}: {value!r}: {reason}")
+
+
+def mac(value: object, field: str = "mac") -> str:
+    """Return ``value`` as a lower-case colon MAC, or raise."""
+    text = str(value).strip().lower().replace("-", ":")
+    if not _MAC_RE.match(text):
+        raise ValidationError(field, value, "not a MAC address (expected aa:bb:cc:dd:ee:ff)")
+    if int(text[:2], 16) & 1:
+        raise ValidationError(field, value, "multicast MAC cannot be an endpoint")
+    if text == "00:00:00:00:00:00":
+        raise ValidationError(field, value, "the all-zero MAC is reserved for flooding")
+    return text
+
+
+def ip(value: object, field: str = "ip", version: int | None = None) -> str:
+    """Return ``value`` as a canonical IP address string, or raise."""
+    try:
+        addr = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        raise ValidationError(field, value, "not an IP address") from None
+    if version and addr.version != version:
+        raise ValidationError(field, value, f"must be an IPv{version} address")
+    return str(addr)
+
+
+def ip_or_cidr(value: object, field: str) -> str:
+    """An allowed-address-pair IP may be an address or a prefix."""
+    text = str(value).strip()
+    if "/" not in text:
+        return ip(text, field)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValidationError(field, value, "not an IP address or prefix") from None
+
+
+def vni(value: object, field: str = "vni") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError(field, value, f"must be an integer {VNI_MIN}..{VNI_MAX}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValidationError(field, value, f"must be an integer {VNI_MIN}..{VNI_MAX}") from None
+    if not VNI_MIN <= number <= VNI_MAX:
+        raise ValidationError(field, value, f"out of range {VNI_MIN}..{VNI_MAX}")
+    return number
+
+
+def name(value: object, field: str) -> str:
+    text = str(value) if value is not None else ""
+    if not _NAME_RE.match(text):
+        raise ValidationError(field, value, "must be 1-63 letters, digits, '-', '_' or '.'")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Gateway:
+    """A site's gateway: ``tunnel_ip`` faces its computes, ``transit_ip`` its peers."""
+
+    host: str
+    tunnel_ip: str
+    transit_ip: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "host", name(self.host, "gateway.host"))
+        object.__setattr__(self, "tunnel_ip", ip(self.tunnel_ip, "gateway.tunnel_ip", 4))
+        object.__setattr__(self, "transit_ip", ip(self.transit_ip, "gateway.transit_ip", 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    name: str
+    gateway: Gateway
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", name(self.name, "site.name"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A stretched network as one site sees it."""
+
+    name: str
+    segmentation_id: int
+    transit_vni: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "name", name(self.name, "network.name"))
+        object.__setattr__(self, "segmentation_id",
+                           vni(self.segmentation_id, f"network[{self.name}].segmentation_id"))
+        object.__setattr__(self, "transit_vni",
+                           vni(self.transit_vni, f"network[{self.name}].transit_vni"))
+
+
+@dataclasses.dataclass(frozen=True)
+class AddressPair:
+    """An allowed address pair: an IP (or prefix) and the MAC it may use."""
+
+    ip_address: str
+    mac_address: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "ip_address",
+                           ip_or_cidr(self.ip_address, "allowed_address_pairs.ip_address"))
+        object.__setattr__(self, "mac_address",
+                           mac(self.mac_address, "allowed_address_pairs.mac_address"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A port of ``site`` on ``network``, reachable at ``vtep``.
+
+    ``port_id`` is the identity in the site's inventory (a Neutron port ID);
+    it is what a remote port records as its origin.
+    """
+
+    site: str
+    network: str
+    mac: str
+    vtep: str
+    ips: tuple[str, ...] = ()
+    allowed_address_pairs: tuple[AddressPair, ...] = ()
+    port_id: str = ""
+
+    def __post_init__(self):
+        where = f"endpoint[{self.port_id or self.mac}]"
+        object.__setattr__(self, "site", name(self.site, f"{where}.site"))
+        object.__setattr__(self, "network", name(self.network, f"{where}.network"))
+        object.__setattr__(self, "mac", mac(self.mac, f"{where}.mac"))
+        object.__setattr__(self, "vtep", ip(self.vtep, f"{where}.vtep", 4))
+        object.__setattr__(self, "ips", tuple(ip(a, f"{where}.ips") for a in self.ips))
+        pairs = tuple(p if isinstance(p, AddressPair) else AddressPair(**p)
+                      for p in self.allowed_address_pairs)
+        object.__setattr__(self, "allowed_address_pairs", pairs)
+        object.__setattr__(self, "port_id", str(self.port_id or ""))
+
+    @property
+    def macs(self) -> tuple[str, ...]:
+        """Every MAC this endpoint may send from: its own and its pairs'."""
+        seen = [self.mac]
+        for pair in self.allowed_address_pairs:
+            if pair.mac_address not in seen:
+                seen.append(pair.mac_address)
+        return tuple(seen)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemotePort:
+    """A remote endpoint registered in the local site.
+
+    ``origin`` is the endpoint as its own site has it; ``vtep`` is the local
+    gateway's tunnel IP. Equality covers everything a registrar must keep in
+    step, so a changed origin means an update in place.
+    """
+
+    origin: Endpoint
+    vtep: str
+    gateway_host: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "vtep", ip(self.vtep, "remote_port.vtep", 4))
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Identity of a remote port: origin site, network and port (or MAC)."""
+        return (self.origin.site, self.origin.network, self.origin.port_id or self.origin.mac)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteSnapshot:
+    """Everything one site's source said at one moment."""
+
+    site: Site
+    networks: tuple[Network, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    def __post_init__(self):
+        validate_site(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """The validated whole a gateway reconciles toward.
+
+    ``local`` is this gateway's site; ``peers`` the other sites. Local
+    endpoints sit behind their own VTEPs; a peer's endpoints sit behind that
+    peer's gateway transit IP.
+    """
+
+    local: SiteSnapshot
+    peers: tuple[SiteSnapshot, ...]
+
+    def __post_init__(self):
+        validate_desired(self)
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return self.local.networks
+
+    def remote_endpoints(self) -> Iterable[tuple[SiteSnapshot, Endpoint]]:
+        stretched = {n.name for n in self.local.networks}
+        for peer in self.peers:
+            for ep in peer.endpoints:
+                if ep.network in stretched:
+                    yield peer, ep
+
+    def remote_ports(self) -> tuple[RemotePort, ...]:
+        """The remote ports the local site must hold, one per remote endpoint."""
+        gw = self.local.site.gateway
+        return tuple(RemotePort(origin=ep, vtep=gw.tunnel_ip, gateway_host=gw.host)
+                     for _, ep in self.remote_endpoints())
+
+
+def validate_site(snap: SiteSnapshot) -> None:
+    site = snap.site.name
+    nets: dict[str, Network] = {}
+    vnis: dict[int, str] = {}
+    for net in snap.networks:
+        if net.name in nets:
+            raise ValidationError(f"site[{site}].networks", net.name, "network listed twice")
+        nets[net.name] = net
+        for field, number in (("segmentation_id", net.segmentation_id),
+                              ("transit_vni", net.transit_vni)):
+            owner = vnis.get(number)
+            if owner is not None:
+                raise ValidationError(
+                    f"site[{site}].network[{net.name}].{field}", number,
+                    f"VNI already used by {owner} (one gateway cannot carry a VNI twice)")
+            vnis[number] = f"{net.name}.{field}"
+    macs: dict[tuple[str, str], Endpoint] = {}
+    for ep in snap.endpoints:
+        where = f"site[{site}].endpoint[{ep.port_id or ep.mac}]"
+        if ep.site != site:
+            raise ValidationError(f"{where}.site", ep.site, f"endpoint listed in site {site!r}")
+        if ep.network not in nets:
+            raise ValidationError(f"{where}.network", ep.network,
+                                  f"unknown network in site {site!r}")
+        for m in ep.macs:
+            other = macs.get((ep.network, m))
+            if other is not None and other is not ep:
+                raise ValidationError(
+                    f"{where}.mac", m,
+                    f"duplicate MAC on network {ep.network!r} "
+                    f"(also {other.port_id or other.mac})")
+            macs[(ep.network, m)] = ep
+
+
+def validate_desired(desired: Desired) -> None:
+    local = desired.local
+    names = {local.site.name}
+    ips = {local.site.gateway.transit_ip: local.site.name}
+    local_nets = {n.name: n for n in local.networks}
+    seen_macs = {(ep.network, m): ep.site for ep in local.endpoints for m in ep.macs}
+    for peer in desired.peers:
+        pname = peer.site.name
+        if pname in names:
+            raise ValidationError("peers.site.name", pname, "site listed twice")
+        names.add(pname)
+        tip = peer.site.gateway.transit_ip
+        if tip in ips:
+            raise ValidationError(f"site[{pname}].gateway.transit_ip", tip,
+                                  f"same transit IP as site {ips[tip]!r}")
+        ips[tip] = pname
+        peer_nets = {n.name: n for n in peer.networks}
+        for net in local.networks:
+            other = peer_nets.get(net.name)
+            if other is None:
+                raise ValidationError(f"site[{pname}].networks", net.name,
+                                      f"network unknown to peer site {pname!r}")
+            if other.transit_vni != net.transit_vni:
+                raise ValidationError(
+                    f"site[{pname}].network[{net.name}].transit_vni", other.transit_vni,
+                    f"differs from site {local.site.name!r} ({net.transit_vni})")
+        for ep in peer.endpoints:
+            if ep.network not in local_nets:
+                # A network the peer has and we do not stretch is not ours.
+                continue
+            for m in ep.macs:
+                owner = seen_macs.get((ep.network, m))
+                if owner is not None:
+                    raise ValidationError(
+                        f"site[{pname}].endpoint[{ep.port_id or ep.mac}].mac", m,
+                        f"duplicate MAC on network {ep.network!r} (also in site {owner!r})")
+                seen_macs[(ep.network, m)] = pname
