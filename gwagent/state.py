@@ -64,7 +64,7 @@ class NetworkDevices:
         )
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class FdbEntry:
     dev: str
     mac: str
@@ -73,6 +73,9 @@ class FdbEntry:
     @property
     def is_bridge(self) -> bool:
         return self.dst is None
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.dev, self.mac, self.dst or "")
 
     @property
     def is_flood(self) -> bool:

@@ -31,13 +31,13 @@ def plan(desired: DataplaneState, observed: DataplaneState) -> list[Op]:
             bridge_of[name] = net.bridge
 
     ops: list[Op] = [NetworkOp("ensure", net) for net in ensure]
-    adds = sorted(desired.fdb - present)
+    adds = sorted(desired.fdb - present, key=FdbEntry.sort_key)
     moved = set()
     for entry in adds:
         ops.append(FdbOp("append" if entry.is_flood else "replace", entry))
         if not entry.is_flood:
             moved.add(_slot(entry, bridge_of))
-    for entry in sorted(present - desired.fdb):
+    for entry in sorted(present - desired.fdb, key=FdbEntry.sort_key):
         if entry.dev in gone:
             continue
         if not entry.is_flood and _slot(entry, bridge_of) in moved:

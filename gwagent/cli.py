@@ -1,0 +1,241 @@
+"""The ``gwagent`` command.
+
+``run`` reconciles until SIGTERM (which leaves the dataplane as it is, so a
+restarted agent adopts it without a lost packet); SIGHUP re-reads the
+configuration files. ``status`` reads what the running agent last wrote.
+``cleanup`` is the one explicit way to remove what the gateway owns. ``lab``
+builds and drives the namespace lab.
+
+Configuration is oslo.config: options are declared in gwagent.config, read
+here, and passed into constructors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from oslo_config import cfg
+
+from gwagent import config
+
+LOG = logging.getLogger("gwagent")
+
+
+def load_conf(config_files: list[str]) -> cfg.ConfigOpts:
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise SystemExit(f"gwagent: config file not found: {path}")
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    args = [arg for path in config_files for arg in ("--config-file", path)]
+    conf(args=args, project="gwagent", default_config_files=[])
+    return conf
+
+
+def build_sources(conf: cfg.ConfigOpts):
+    """(local source, peer sources, local registry) as the configuration says."""
+    g = conf.gateway
+    if g.source == "file":
+        from gwagent.control.sources import FileInventory
+        if not g.site_file:
+            raise SystemExit("gwagent: [gateway] site_file is required with source=file")
+        local = FileInventory(g.site_file, g.registry_file or None)
+        return local, [FileInventory(p) for p in g.peer_site_files], local
+    from gwagent.neutron.source import build_sources as neutron_sources
+    return neutron_sources(conf)
+
+
+def build_backend(conf: cfg.ConfigOpts):
+    from gwagent.dataplane.linux import LinuxBackend
+    return LinuxBackend(conf.gateway.netns or None)
+
+
+def state_paths(conf: cfg.ConfigOpts) -> tuple[Path, Path]:
+    base = Path(conf.gateway.state_dir)
+    return base / "status.json", base / "gwagent.pid"
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args) -> int:
+    from gwagent.control.agent import Agent
+    setup_logging(args.debug)
+    conf = load_conf(args.config_file)
+    status_path, pid_path = state_paths(conf)
+    pid_path.parent.mkdir(parents=True, exist_ok=True)
+    pid_path.write_text(f"{os.getpid()}\n")
+    a = conf.agent
+    local, peers, registry = build_sources(conf)
+    backend = build_backend(conf)
+    agent = Agent(local, peers, registry, backend, status_path=status_path,
+                  resync_interval=a.resync_interval, poll_interval=a.poll_interval,
+                  backoff_initial=a.backoff_initial, backoff_max=a.backoff_max)
+
+    def on_term(signum, frame):
+        LOG.info("signal %d: stopping; the dataplane stays as it is", signum)
+        agent.stopping = True
+
+    def on_hup(signum, frame):
+        agent.reload_requested = True
+
+    def reload():
+        LOG.info("SIGHUP: reloading configuration from %s", ", ".join(args.config_file))
+        try:
+            new = load_conf(args.config_file)
+            if new.gateway.netns != conf.gateway.netns or new.gateway.backend != conf.gateway.backend:
+                LOG.warning("netns/backend changes need a restart; keeping %r",
+                            conf.gateway.netns)
+            agent.configure(*build_sources(new))
+            n = new.agent
+            agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
+            agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max
+        except (SystemExit, cfg.Error, OSError) as exc:
+            LOG.error("reload failed, keeping the running configuration: %s", exc)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    LOG.info("gwagent starting: source=%s netns=%s status=%s", conf.gateway.source,
+             conf.gateway.netns or "(current)", status_path)
+    try:
+        agent.run(on_reload=reload)
+    finally:
+        backend.close()
+        if pid_path.exists() and pid_path.read_text().strip() == str(os.getpid()):
+            pid_path.unlink()
+    return 0
+
+
+def _alive(pid_path: Path) -> int | None:
+    try:
+        pid = int(pid_path.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_status(args) -> int:
+    conf = load_conf(args.config_file)
+    status_path, pid_path = state_paths(conf)
+    try:
+        status = json.loads(status_path.read_text())
+    except FileNotFoundError:
+        status = None
+    pid = _alive(pid_path)
+    if args.json:
+        print(json.dumps({"agent_pid": pid, "running": pid is not None, "status": status},
+                         indent=1))
+        return 0 if status else 1
+    if status is None:
+        print(f"no status yet at {status_path} (agent {'running, pid %d' % pid if pid else 'not running'})")
+        return 1
+    print(format_status(status, pid))
+    return 0
+
+
+def format_status(status: dict, pid: int | None) -> str:
+    last = status.get("last_pass") or {}
+    ago = f"{time.time() - last['at']:.0f}s ago" if last.get("at") else "never"
+    ops = ", ".join(f"{k} {v}" for k, v in (last.get("ops") or {}).items()) or "no changes"
+    lines = [
+        f"gateway of site {status.get('site')}: agent "
+        + (f"running (pid {pid})" if pid else "NOT running (status may be stale)"),
+        f"last pass: {'ok' if last.get('ok') else 'FAILED'}, {ago}, reason {last.get('reason')},"
+        f" {last.get('elapsed_ms')} ms, {ops}",
+        "",
+        f"{'NETWORK':<16} {'SEG-ID':>8} {'TRANSIT':>8} {'LOCAL':>6} {'REMOTE':>6} {'FDB':>7}  BRIDGE",
+    ]
+    for net in status.get("networks", []):
+        lines.append(f"{net['name']:<16} {net['segmentation_id']:>8} {net['transit_vni']:>8} "
+                     f"{net['local_endpoints']:>6} {net['remote_endpoints']:>6} "
+                     f"{net['fdb_entries']:>7}  {net['bridge']}")
+    eps = status.get("endpoints", {})
+    lines += [
+        "",
+        f"endpoints: {eps.get('local', 0)} local, {eps.get('remote', 0)} remote;"
+        f" FDB entries programmed: {status.get('entries_programmed', 0)};"
+        f" remote ports registered: {status.get('remote_ports_registered')};"
+        f" items retrying: {status.get('retrying', 0)}",
+        f"last error: {status.get('last_error') or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_cleanup(args) -> int:
+    setup_logging(False)
+    conf = load_conf(args.config_file)
+    pid = _alive(state_paths(conf)[1])
+    if pid and not args.force:
+        print(f"gwagent: the agent is running (pid {pid}); stop it first or pass --force",
+              file=sys.stderr)
+        return 1
+    backend = build_backend(conf)
+    try:
+        removed = backend.remove_all()
+    finally:
+        backend.close()
+    print(f"removed {removed} owned devices (and their FDB entries) "
+          f"in netns {conf.gateway.netns or '(current)'}")
+    if args.remote_ports:
+        _, _, registry = build_sources(conf)
+        ports = registry.remote_ports()
+        failures = registry.unregister(ports)
+        for key, error in failures.items():
+            print(f"could not unregister {'/'.join(key)}: {error}", file=sys.stderr)
+        print(f"unregistered {len(ports) - len(failures)} of {len(ports)} remote ports")
+        return 1 if failures else 0
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gwagent",
+        description="VXLAN gateway agent: stretches networks across clouds by registering "
+                    "remote endpoints locally and programming a VXLAN dataplane with VNI "
+                    "translation.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp):
+        sp.add_argument("--config-file", action="append", required=True, metavar="FILE",
+                        help="oslo.config file (repeatable; later files override earlier)")
+        return sp
+
+    run = with_config(sub.add_parser("run", help="run the reconcile loop until SIGTERM"))
+    run.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    run.set_defaults(func=cmd_run)
+    st = with_config(sub.add_parser("status", help="show what the agent last did"))
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
+    cl = with_config(sub.add_parser(
+        "cleanup", help="remove every device and FDB entry the gateway owns (nothing else)"))
+    cl.add_argument("--remote-ports", action="store_true",
+                    help="also unregister the remote ports this gateway registered")
+    cl.add_argument("--force", action="store_true", help="even if the agent is running")
+    cl.set_defaults(func=cmd_cleanup)
+    try:
+        from gwagent.lab.cli import add_parser as add_lab
+    except ImportError:  # the lab is optional in a gateway-only install
+        pass
+    else:
+        add_lab(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
