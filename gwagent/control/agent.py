@@ -171,24 +171,26 @@ class Agent:
         self.desired_dp = desired_dataplane(self.desired)
         observed = self.backend.observe()
         ops = planner.plan(self.desired_dp, observed)
-        ready = [op for op in ops if self.items.ready(op.key, now)]
-        result.deferred += len(ops) - len(ready)
+        ready, not_done = [], []
+        for op in ops:
+            (ready if self.items.ready(op.key, now) else not_done).append(op)
+        result.deferred += len(not_done)
         failures = self.backend.apply(ready) if ready else []
-        failed_keys = {f.op.key for f in failures}
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)
             result.errors.append(f"{failure.error} (retry in {delay:.1f}s)")
-        for op in ready:
-            if op.key not in failed_keys:
-                self.items.succeeded(op.key)
-        counts = collections.Counter(op.action for op in ready)
-        result.ops = dict(sorted(counts.items()))
-        self.unprogrammed = {op.entry for op in ops
-                             if isinstance(op, FdbOp) and op.key in failed_keys
-                             or isinstance(op, FdbOp) and op not in ready}
-        self.broken_networks = {op.devices.bridge for op in ops if isinstance(op, NetworkOp)
-                                and op.action == "ensure"
-                                and (op.key in failed_keys or op not in ready)}
+            not_done.append(failure.op)
+        if len(self.items):
+            failed_keys = {f.op.key for f in failures}
+            for op in ready:
+                if op.key not in failed_keys:
+                    self.items.succeeded(op.key)
+        result.ops = dict(sorted(collections.Counter(op.action for op in ready).items()))
+        # What status reports as programmed: desired entries minus those not done.
+        self.unprogrammed = {op.entry for op in not_done
+                             if isinstance(op, FdbOp) and op.action != "delete"}
+        self.broken_networks = {op.devices.bridge for op in not_done
+                                if isinstance(op, NetworkOp) and op.action == "ensure"}
 
     def _log(self, r: PassResult) -> None:
         d = self.desired
@@ -216,7 +218,9 @@ class Agent:
             per_dev = collections.Counter(e.dev for e in dp.fdb if e not in missing)
             remote = collections.Counter(ep.network for _, ep in d.remote_endpoints())
             local = collections.Counter(ep.network for ep in d.local.endpoints)
-            for net, devs in zip(d.networks, dp.networks):
+            devices = {devs.network: devs for devs in dp.networks}
+            for net in d.networks:
+                devs = devices[net.name]
                 entries = 0 if devs.bridge in broken else sum(per_dev[n] for n in devs.names)
                 networks.append({
                     "name": net.name, "segmentation_id": net.segmentation_id,

@@ -202,7 +202,10 @@ class FileInventory:
         return ports
 
     def remote_ports(self) -> list[RemotePort]:
-        return [p for p in self.all_remote_ports() if p.gateway_host == self.owner]
+        """Those registered by this site's gateway (``owner``, by default the
+        gateway host named in the site file)."""
+        owner = self.owner or self.snapshot().site.gateway.host
+        return [p for p in self.all_remote_ports() if p.gateway_host == owner]
 
     @contextlib.contextmanager
     def _locked(self):

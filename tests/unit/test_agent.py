@@ -1,0 +1,104 @@
+import json
+
+import yaml
+
+from gwagent.control.agent import Agent, Backoff
+from gwagent.control.sources import FileInventory, site_to_dict
+
+from builders import endpoint, site
+from fakes import FakeDataplane
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def write(path, snap):
+    path.write_text(yaml.safe_dump(site_to_dict(snap)))
+
+
+def make(tmp_path, a_eps=(), b_eps=()):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write(a, site("a", a_eps))
+    write(b, site("b", b_eps))
+    clock, dp = Clock(), FakeDataplane()
+    local = FileInventory(a)
+    agent = Agent(local, [FileInventory(b)], local, dp, status_path=tmp_path / "status.json",
+                  clock=clock, wall=clock, backoff_initial=1, backoff_max=8)
+    return agent, dp, clock, a, b
+
+
+def test_pass_programs_registers_and_reports(tmp_path):
+    agent, dp, _, _, _ = make(tmp_path, [endpoint("a", "red", 1)],
+                              [endpoint("b", "red", 2), endpoint("b", "blue", 3)])
+    result = agent.run_pass("start")
+    assert result.ok and result.registered == 2
+    assert dp.observe().fdb and agent.run_pass().ops == {}
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["site"] == "a" and status["endpoints"] == {"local": 1, "remote": 2}
+    assert status["remote_ports_registered"] == 2 and status["last_error"] is None
+    red = next(n for n in status["networks"] if n["name"] == "red")
+    # bridge + vxlan entry per MAC, one flood entry per local VTEP and per peer
+    assert red["fdb_entries"] == 2 + 2 + 1 + 1
+    assert status["entries_programmed"] == len(dp.observe().fdb)
+
+
+def test_malformed_inventory_keeps_last_good_state(tmp_path):
+    agent, dp, _, _, b = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "red", 2)])
+    agent.run_pass()
+    good = dp.observe()
+    b.write_text(b.read_text().replace("fa:16:3e", "zz:16:3e"))
+    result = agent.run_pass("inventory")
+    assert not result.ok and "zz:16:3e" in agent.status()["last_error"]
+    assert dp.observe() == good
+    assert len(FileInventory(tmp_path / "a.yaml").remote_ports()) == 1
+    write(b, site("b", [endpoint("b", "red", 2)]))
+    assert agent.run_pass().ok and agent.status()["last_error"] is None
+
+
+def test_bad_inventory_at_first_start_touches_nothing(tmp_path):
+    agent, dp, _, a, _ = make(tmp_path)
+    a.write_text("site: a\n")
+    dp.networks["gwa-br-9"] = None  # whatever is there stays
+    result = agent.run_pass("start")
+    assert result.source_error and "gateway" in result.source_error
+    assert dp.networks == {"gwa-br-9": None}
+
+
+def test_failed_item_is_retried_with_capped_backoff(tmp_path):
+    agent, dp, clock, _, _ = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "blue", 2)])
+    blue = "gwa-br-5002"
+    dp.fail_devices.add(blue)
+    first = agent.run_pass()
+    assert not first.ok and any(blue in e for e in first.errors)
+    assert any(n.network == "red" for n in dp.networks.values())   # the rest went on
+    clock.now += 0.5
+    assert agent.run_pass().deferred > 0                           # not yet due
+    dp.fail_devices.clear()
+    clock.now += 1
+    assert agent.run_pass().ok
+    assert agent.run_pass().ops == {}
+
+
+def test_backoff_doubles_and_caps():
+    b = Backoff(1, 8)
+    assert [b.failed("k", 0) for _ in range(6)] == [1, 2, 4, 8, 8, 8]
+    assert not b.ready("k", 7) and b.ready("k", 8)
+    b.succeeded("k")
+    assert b.ready("k", 0) and len(b) == 0
+
+
+def test_endpoint_removed_at_peer_is_unregistered(tmp_path):
+    agent, dp, _, _, b = make(tmp_path, [], [endpoint("b", "red", 2), endpoint("b", "red", 3)])
+    agent.run_pass()
+    write(b, site("b", [endpoint("b", "red", 3)]))
+    assert agent.versions() != agent._versions
+    result = agent.run_pass("inventory")
+    assert result.unregistered == 1
+    remaining = FileInventory(tmp_path / "a.yaml").remote_ports()
+    assert [p.origin.port_id for p in remaining] == ["b-red-3"]
+    assert endpoint("b", "red", 2).mac not in {e.mac for e in dp.observe().fdb}
