@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` (the lab, end to end) and
+# `make test` (the whole suite). Both install what they need first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := iproute2 iperf3 ethtool procps
+
+.PHONY: demo test bench setup system-packages venv sample-config lab-down clean
+
+demo: setup
+	$(VENV)/bin/gwagent lab up
+	$(VENV)/bin/gwagent lab check
+	$(VENV)/bin/gwagent lab status
+	@for conf in /run/gwagent/lab/gwl-/*-gw.conf; do \
+		echo; $(VENV)/bin/gwagent status --config-file $$conf; done
+	@echo; echo "The lab stays up: explore with 'gwagent lab exec NODE -- CMD'; remove it with 'make lab-down'."
+
+test: setup
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+bench: setup
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,mean,max -q -s
+
+lab-down:
+	$(VENV)/bin/gwagent lab down
+
+setup: system-packages venv
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+sample-config: venv
+	$(VENV)/bin/oslo-config-generator --namespace gwagent --output-file etc/gwagent.conf.sample
+
+clean:
+	rm -rf $(VENV) build *.egg-info .benchmarks
