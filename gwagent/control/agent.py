@@ -100,6 +100,21 @@ class Agent:
         """Swap sources (SIGHUP); the last good desired state stays in force."""
         self.local, self.peers, self.registry = local, list(peers), registry
         self._versions = None
+        self._registry_version = None
+
+    def _read_registry_version(self):
+        version = getattr(self.registry, "registry_version", None)
+        return version() if version else None
+
+    def _registry_changed(self) -> bool:
+        """Whether the registry needs a look although no source changed:
+        unknown version, changed by someone else, or ports awaiting retry."""
+        version = self._read_registry_version()
+        return version is None or version != self._registry_version or self._port_retries
+
+    @property
+    def _port_retries(self) -> bool:
+        return any(isinstance(k, tuple) and k[0] == "port" for k in self.items._items)
 
     # -- one pass ---------------------------------------------------------
     def versions(self) -> tuple:
@@ -114,17 +129,22 @@ class Agent:
         start = self.clock()
         now = start
         result = PassResult(reason=reason, at=self.wall())
-        self._versions = self.versions()
-        try:
-            self.desired = self.read_sources()
-            self.source_backoff.succeeded("sources")
-        except (SourceError, ValidationError, OSError) as exc:
-            delay = self.source_backoff.failed("sources", now)
-            result.source_error = str(exc)
-            LOG.error("sources rejected, keeping the last good state (%s); retry in %.1fs: %s",
-                      "none yet" if self.desired is None else "in force", delay, exc)
+        versions = self.versions()
+        fresh = (self.desired is None or versions != self._versions
+                 or None in versions or self.source_backoff.next_due() is not None)
+        self._versions = versions
+        if fresh:
+            try:
+                self.desired = self.read_sources()
+                self.desired_dp = desired_dataplane(self.desired)
+                self.source_backoff.succeeded("sources")
+            except (SourceError, ValidationError, OSError) as exc:
+                delay = self.source_backoff.failed("sources", now)
+                result.source_error = str(exc)
+                LOG.error("sources rejected, keeping the last good state (%s); retry in %.1fs: %s",
+                          "none yet" if self.desired is None else "in force", delay, exc)
         if self.desired is not None:
-            if self.registry is not None:
+            if self.registry is not None and (fresh or self._registry_changed()):
                 self._sync_registry(result, now)
             self._sync_dataplane(result, now)
         result.ok = not result.errors and result.source_error is None
@@ -166,9 +186,9 @@ class Agent:
             else:
                 result.unregistered = done
         self.registered_count = len(registered) + result.registered - result.unregistered
+        self._registry_version = self._read_registry_version()
 
     def _sync_dataplane(self, result: PassResult, now: float) -> None:
-        self.desired_dp = desired_dataplane(self.desired)
         observed = self.backend.observe()
         ops = planner.plan(self.desired_dp, observed)
         ready, not_done = [], []

@@ -1,7 +1,7 @@
 """The planner: a pure function from (desired, observed) to operations.
 
-No I/O, no clock, no backend: the same inputs always give the same list, in
-the order a backend must perform it:
+No I/O, no clock, no backend: the same inputs always give the same operations,
+in phases a backend performs in order (within a phase, order is free):
 
 1. ``ensure`` networks that are missing or differ (a differing device is
    recreated by the backend, so its observed FDB entries are not trusted);
@@ -12,7 +12,7 @@ the order a backend must perform it:
 """
 from __future__ import annotations
 
-from gwagent.state import DataplaneState, FdbEntry, FdbOp, NetworkOp, Op
+from gwagent.state import FLOOD_MAC, DataplaneState, FdbEntry, FdbOp, NetworkOp, Op
 
 
 def plan(desired: DataplaneState, observed: DataplaneState) -> list[Op]:
@@ -31,18 +31,13 @@ def plan(desired: DataplaneState, observed: DataplaneState) -> list[Op]:
             bridge_of[name] = net.bridge
 
     ops: list[Op] = [NetworkOp("ensure", net) for net in ensure]
-    adds = sorted(desired.fdb - present, key=FdbEntry.sort_key)
-    moved = set()
-    for entry in adds:
-        ops.append(FdbOp("append" if entry.is_flood else "replace", entry))
-        if not entry.is_flood:
-            moved.add(_slot(entry, bridge_of))
-    for entry in sorted(present - desired.fdb, key=FdbEntry.sort_key):
-        if entry.dev in gone:
-            continue
-        if not entry.is_flood and _slot(entry, bridge_of) in moved:
-            continue
-        ops.append(FdbOp("delete", entry))
+    adds = desired.fdb - present
+    ops.extend(FdbOp("append" if e.mac == FLOOD_MAC else "replace", e) for e in adds)
+    stale = [e for e in present - desired.fdb if e.dev not in gone]
+    if stale:
+        moved = {_slot(e, bridge_of) for e in adds if e.mac != FLOOD_MAC}
+        ops.extend(FdbOp("delete", e) for e in stale
+                   if e.mac == FLOOD_MAC or _slot(e, bridge_of) not in moved)
     ops.extend(NetworkOp("remove", net) for net in remove)
     return ops
 
@@ -50,6 +45,6 @@ def plan(desired: DataplaneState, observed: DataplaneState) -> list[Op]:
 def _slot(entry: FdbEntry, bridge_of: dict[str, str]) -> tuple:
     """The kernel holds one unicast entry per slot: per bridge and MAC for
     bridge entries, per device and MAC for VXLAN entries."""
-    if entry.is_bridge:
+    if entry.dst is None:
         return ("bridge", bridge_of.get(entry.dev, entry.dev), entry.mac)
     return ("vxlan", entry.dev, entry.mac)
