@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 from typing import Iterable
 
 VNI_MIN, VNI_MAX = 1, 16777215
@@ -49,6 +50,13 @@ def mac(value: object, field: str = "mac") -> str:
 
 def ip(value: object, field: str = "ip", version: int | None = None) -> str:
     """Return ``value`` as a canonical IP address string, or raise."""
+    if version != 6 and isinstance(value, str):
+        # Fast path for canonical IPv4 (validation runs per endpoint, 100k+).
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+                return value
+        except OSError:
+            pass
     try:
         addr = ipaddress.ip_address(str(value).strip())
     except ValueError:

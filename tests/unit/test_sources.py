@@ -90,3 +90,13 @@ def test_registry_keeps_other_owners_and_updates_in_place(tmp_path):
     assert [p.origin.vtep for p in mine] == ["198.18.2.12"]
     assert foreign in inv.all_remote_ports()
     assert json.loads(inv.registry_path.read_text())["remote_ports"]
+
+
+def test_json_site_file_has_the_same_schema(tmp_path):
+    snap = site("a", [endpoint("a", "red", 1)])
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(site_to_dict(snap)))
+    assert FileInventory(path).snapshot() == snap
+    path.write_text("{broken")
+    with pytest.raises(SourceError, match="not valid JSON"):
+        FileInventory(path).snapshot()
