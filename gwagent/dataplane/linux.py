@@ -96,7 +96,8 @@ class VxlanDevice:
                 log.warning("%s: %s: recreating it", name, "; ".join(reasons))
                 self.nl.link_del(link.index)
                 link = None
-        if link is None:
+        created = link is None
+        if created:
             self.nl.link_add(name, "vxlan", vxlan_id=self.spec.vni,
                              vxlan_local=self.spec.local_ip, vxlan_port=self.spec.port,
                              vxlan_learning=0, master=bridge_index)
@@ -107,7 +108,7 @@ class VxlanDevice:
             self.nl.link_set(link.index, master=bridge_index)
             link = self.nl.link(name)
         if link.port_learning is not False:
-            if link.port_learning:
+            if not created:
                 log.warning("%s: bridge-port learning is on: turning it off", name)
             self.nl.brport_set(link.index, learning=0)
         if not link.up:
