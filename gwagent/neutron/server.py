@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = Path(os.environ.get("GWAGENT_NEUTRON_VENV", REPO / ".venv-neutron"))
 
-MECHANISM_DRIVERS = "openvswitch,l2population,gwagent"
+MECHANISM_DRIVERS = "gwagent,openvswitch,l2population"
 
 
 class NeutronStartError(RuntimeError):
