@@ -1,0 +1,188 @@
+"""``gwagent lab``: bring a namespace lab up and down, look at it, run in it.
+
+Subcommands: ``up [--topology FILE] [--no-agents]``, ``down``, ``status
+[--json]``, ``exec NODE -- CMD...`` and ``check`` (ICMP ping matrix of every
+pair of VMs on the same network; non-zero exit on any failure). Each takes
+``--prefix`` (default ``gwl-``) and ``--lab-dir`` (default
+``/run/gwagent/lab/<prefix without trailing '-'>``), so several labs can
+coexist. :func:`add_parser` plugs the commands into ``gwagent``'s parser;
+:func:`main` runs them alone (``python -m gwagent.lab.cli``).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+
+from gwagent.lab import build, probe
+from gwagent.lab import topology as topo_mod
+
+
+def _progress(msg: str) -> None:
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def _lab_dir(args):
+    return args.lab_dir or build.default_lab_dir(args.prefix)
+
+
+def cmd_up(args) -> int:
+    topo = topo_mod.load(args.topology)
+    lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
+                   progress=_progress)
+    _progress(f"up: {len(lab.namespaces())} namespaces, lab dir {lab.lab_dir}")
+    print(f"lab is up; try: {_me()} check{_opts(args)} ; {_me()} status{_opts(args)}")
+    return 0
+
+
+def _me() -> str:
+    if os.path.basename(sys.argv[0]) == "gwagent":
+        return "gwagent lab"
+    return "python -m gwagent.lab.cli"
+
+
+def _opts(args) -> str:
+    text = "" if args.prefix == build.DEFAULT_PREFIX else f" --prefix {args.prefix}"
+    return text + (f" --lab-dir {args.lab_dir}" if args.lab_dir else "")
+
+
+def cmd_down(args) -> int:
+    build.down(args.prefix, _lab_dir(args), progress=_progress)
+    return 0
+
+
+def status_dict(lab: build.Lab) -> dict:
+    agents = {}
+    for name, record in lab.processes.items():
+        agents[name] = {"pid": record["pid"], "alive": build.process_alive(record),
+                        "log": record.get("log")}
+    return {"prefix": lab.prefix, "lab_dir": str(lab.lab_dir), "state": lab.state,
+            "nodes": lab.nodes(), "processes": agents,
+            "agent_configs": {s.name: str(lab.agent_conf(s.name)) for s in lab.topology.sites}}
+
+
+def cmd_status(args) -> int:
+    lab = build.Lab.load(_lab_dir(args))
+    data = status_dict(lab)
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    print(f"lab {lab.prefix!r} in {lab.lab_dir} ({lab.state})\n")
+    print(f"{'NODE':<14} {'KIND':<8} {'SITE':<6} {'NETWORK':<8} {'IP':<16} {'MAC':<18} NAMESPACE")
+    for n in data["nodes"]:
+        ip = n["ip"] or "-"
+        if n.get("transit_ip"):
+            ip += f" {n['transit_ip']}"
+        print(f"{n['node']:<14} {n['kind']:<8} {n['site'] or '-':<6} {n['network'] or '-':<8} "
+              f"{ip:<16} {n['mac'] or '-':<18} {n['namespace']}"
+              + ("" if n["present"] else "  (MISSING)"))
+    print(f"\n{'PROCESS':<14} {'PID':>8}  STATE    LOG")
+    for name, p in data["processes"].items():
+        print(f"{name:<14} {p['pid']:>8}  {'running' if p['alive'] else 'DEAD':<8} {p['log']}")
+    return 0
+
+
+def cmd_exec(args) -> int:
+    lab = build.Lab.load(_lab_dir(args))
+    ns = lab.node_namespace(args.node)
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise build.LabError("nothing to run: lab exec NODE -- CMD [ARGS...]")
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+    return 127  # not reached
+
+
+def ping_matrix(lab: build.Lab) -> dict[tuple[str, str], float | None]:
+    """RTT (or None) for every ordered pair of VMs on the same network."""
+    pairs = [(a, b) for a in lab.topology.vms for b in lab.topology.vms
+             if a.name != b.name and a.network == b.network]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        rtts = pool.map(lambda p: probe.ping(lab.ns(p[0].name), p[1].ip), pairs)
+        return {(a.name, b.name): rtt for (a, b), rtt in zip(pairs, rtts)}
+
+
+def format_matrix(lab: build.Lab, results: dict) -> str:
+    lines = []
+    for net in lab.topology.networks:
+        vms = [vm.name for vm in lab.topology.vms if vm.network == net.name]
+        if not vms:
+            continue
+        width = max(9, *(len(v) for v in vms)) + 1
+        lines.append(f"network {net.name} (RTT ms; rows ping columns)")
+        lines.append(" " * width + "".join(f"{v:>{width}}" for v in vms))
+        for src in vms:
+            cells = []
+            for dst in vms:
+                if src == dst:
+                    cells.append(f"{'.':>{width}}")
+                    continue
+                rtt = results.get((src, dst))
+                cells.append(f"{'FAIL' if rtt is None else f'{rtt * 1000:.2f}':>{width}}")
+            lines.append(f"{src:<{width}}" + "".join(cells))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cmd_check(args) -> int:
+    lab = build.Lab.load(_lab_dir(args))
+    results = ping_matrix(lab)
+    print(format_matrix(lab, results))
+    failed = [pair for pair, rtt in results.items() if rtt is None]
+    print(f"{len(results) - len(failed)}/{len(results)} pairs answered")
+    return 1 if failed else 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``lab`` and its subcommands to an argparse subparsers object."""
+    lab = subparsers.add_parser("lab", help="namespace lab: sites, computes, VMs, gateways")
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+
+    def common(sp):
+        sp.add_argument("--prefix", default=build.DEFAULT_PREFIX,
+                        help="namespace name prefix (default %(default)s)")
+        sp.add_argument("--lab-dir", default=None,
+                        help="lab directory (default /run/gwagent/lab/<prefix>)")
+        return sp
+
+    up = common(sub.add_parser("up", help="build the lab and start its agents"))
+    up.add_argument("--topology", default=None,
+                    help=f"topology file (default {topo_mod.DEFAULT_FILE})")
+    up.add_argument("--no-agents", action="store_true",
+                    help="build everything but start no gateway agent")
+    up.set_defaults(func=_guard(cmd_up))
+    common(sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
+           ).set_defaults(func=_guard(cmd_down))
+    st = common(sub.add_parser("status", help="nodes, addresses and processes"))
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_guard(cmd_status))
+    ex = common(sub.add_parser("exec", help="run a command in a node's namespace"))
+    ex.add_argument("node", help="node name (e.g. a1-red, a-gw, a-cn1, switch)")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    ex.set_defaults(func=_guard(cmd_exec))
+    common(sub.add_parser("check", help="ping every pair of VMs on the same network")
+           ).set_defaults(func=_guard(cmd_check))
+    return lab
+
+
+def _guard(func):
+    def run(args) -> int:
+        try:
+            return func(args)
+        except (build.LabError, topo_mod.TopologyError) as exc:
+            print(f"lab: error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gwagent.lab.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""L2 population emulator: what Neutron's l2pop + linuxbridge agent do to computes.
+
+For each compute and network, the VXLAN device ``vxlan-<segid>`` gets a
+static (``self``, permanent) entry for every MAC on that network that is not
+on this compute: local ports at their compute's IP, and the remote ports the
+gateway registered in the site's registry at the VTEP they name (the
+gateway's tunnel IP). Allowed-address-pair MACs count like port MACs. Each
+other VTEP with ports on the network also gets a head-end replication entry
+(all-zero MAC, appended). Learning is off, as with l2population.
+
+Unlike Neutron's l2pop, which pushes deltas, this reconciles from full
+snapshots (DESIGN.md, style 2): the desired entries of every compute are
+computed from the inventory and the registry, diffed against the device's
+FDB, and only the difference is applied (replace for new or moved MACs,
+append for new flood destinations, delete for the rest). Every entry with a
+``dst`` on a lab compute's ``vxlan-*`` device is the emulator's: the lab
+owns those namespaces outright.
+
+It runs as ``python -m gwagent.lab.l2pop --lab-dir DIR`` (started by ``lab
+up``), polling the inventory and registry files' mtimes every 0.1 s and
+resyncing every few seconds regardless. An unreadable or invalid file keeps
+the last good snapshot of that site in force, as a cloud would.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from gwagent.control.sources import FileInventory, SourceError
+from gwagent.model import RemotePort, SiteSnapshot, ValidationError
+
+LOG = logging.getLogger("gwagent.lab.l2pop")
+FLOOD_MAC = "00:00:00:00:00:00"
+NUD_NOARP, NUD_PERMANENT, NTF_SELF = 0x40, 0x80, 0x02
+POLL_INTERVAL = 0.1
+RESYNC_INTERVAL = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceEntries:
+    """What one compute's VXLAN device of one network should hold."""
+
+    unicast: tuple[tuple[str, str], ...]  # (mac, dst), sorted
+    flood: tuple[str, ...]                 # dst VTEPs, sorted
+
+    @classmethod
+    def of(cls, unicast: dict[str, str], flood: set[str]) -> "DeviceEntries":
+        return cls(tuple(sorted(unicast.items())), tuple(sorted(flood)))
+
+
+def desired_entries(snapshot: SiteSnapshot, remote_ports: list[RemotePort],
+                    compute_ip: str) -> dict[str, DeviceEntries]:
+    """Per network name: the entries of the VXLAN device on ``compute_ip``."""
+    result = {}
+    for net in snapshot.networks:
+        unicast: dict[str, str] = {}
+        vteps: set[str] = set()
+        where = [(ep.macs, ep.vtep) for ep in snapshot.endpoints if ep.network == net.name]
+        where += [(p.origin.macs, p.vtep) for p in remote_ports
+                  if p.origin.network == net.name]
+        for macs, vtep in where:
+            if vtep == compute_ip:
+                continue
+            vteps.add(vtep)
+            for m in macs:
+                unicast[m] = vtep
+        result[net.name] = DeviceEntries.of(unicast, vteps)
+    return result
+
+
+def observe(ipr: IPRoute, devices: dict[str, int]) -> dict[str, DeviceEntries]:
+    """The ``dst`` entries on the devices ({name: ifindex}), per device name."""
+    by_index = {idx: name for name, idx in devices.items()}
+    unicast: dict[str, dict[str, str]] = {name: {} for name in devices}
+    flood: dict[str, set[str]] = {name: set() for name in devices}
+    for msg in ipr.fdb("dump"):
+        name = by_index.get(msg["ifindex"])
+        dst = msg.get_attr("NDA_DST")
+        if name is None or dst is None:
+            continue
+        mac = msg.get_attr("NDA_LLADDR").lower()
+        if mac == FLOOD_MAC:
+            flood[name].add(dst)
+        else:
+            unicast[name][mac] = dst
+    return {name: DeviceEntries.of(unicast[name], flood[name]) for name in devices}
+
+
+def plan(want: DeviceEntries, have: DeviceEntries) -> list[tuple[str, str, str]]:
+    """(command, mac, dst) operations turning ``have`` into ``want``."""
+    ops = []
+    want_u, have_u = dict(want.unicast), dict(have.unicast)
+    for mac, dst in sorted(want_u.items()):
+        if have_u.get(mac) != dst:
+            ops.append(("replace", mac, dst))
+    for mac, dst in sorted(have_u.items()):
+        if mac not in want_u:
+            ops.append(("del", mac, dst))
+    for dst in sorted(set(want.flood) - set(have.flood)):
+        ops.append(("append", FLOOD_MAC, dst))
+    for dst in sorted(set(have.flood) - set(want.flood)):
+        ops.append(("del", FLOOD_MAC, dst))
+    return ops
+
+
+@dataclasses.dataclass
+class Compute:
+    site: str
+    name: str
+    ns: str
+    ip: str
+    devices: dict[str, str]  # network name -> vxlan device name
+
+
+def computes_of(lab) -> list[Compute]:
+    from gwagent.lab.build import vxlan_name
+    result = []
+    for site in lab.topology.sites:
+        for compute in site.computes:
+            result.append(Compute(site.name, compute, lab.ns(compute), site.compute_ip(compute),
+                                  {net: vxlan_name(seg) for net, seg in site.segmentation_ids}))
+    return result
+
+
+class Emulator:
+    """Keeps every compute's VXLAN FDB in step with its site's inventory."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.computes = computes_of(lab)
+        self.sites = {s.name: FileInventory(lab.inventory(s.name), owner=None)
+                      for s in lab.topology.sites}
+        self.good: dict[str, tuple[SiteSnapshot, list[RemotePort]]] = {}
+        self.sockets: dict[str, IPRoute] = {}
+
+    def versions(self) -> tuple:
+        return tuple((inv.version(), inv.registry_version()) for inv in self.sites.values())
+
+    def read(self, site: str):
+        inv = self.sites[site]
+        try:
+            self.good[site] = (inv.snapshot(), inv.all_remote_ports())
+        except (SourceError, ValidationError, KeyError, TypeError) as exc:
+            LOG.error("site %s: keeping the last good snapshot: %s", site, exc)
+        return self.good.get(site)
+
+    def socket(self, compute: Compute) -> IPRoute:
+        if compute.ns not in self.sockets:
+            self.sockets[compute.ns] = IPRoute(netns=compute.ns, flags=0)
+        return self.sockets[compute.ns]
+
+    def reconcile(self) -> int:
+        """One pass over every compute; returns the number of operations."""
+        count = 0
+        for site in self.sites:
+            state = self.read(site)
+            if state is None:
+                continue
+            for compute in (c for c in self.computes if c.site == site):
+                try:
+                    count += self._compute(compute, *state)
+                except Exception as exc:  # noqa: BLE001 - one compute must not stop the rest
+                    LOG.error("compute %s: %s", compute.name, exc)
+                    self.sockets.pop(compute.ns, None)
+        return count
+
+    def _compute(self, compute: Compute, snapshot, remote_ports) -> int:
+        ipr = self.socket(compute)
+        indexes = {}
+        for dev in compute.devices.values():
+            found = ipr.link_lookup(ifname=dev)
+            if found:
+                indexes[dev] = found[0]
+        have = observe(ipr, indexes)
+        count = 0
+        for net, want in desired_entries(snapshot, remote_ports, compute.ip).items():
+            dev = compute.devices.get(net)
+            if dev not in indexes:
+                continue
+            for command, mac, dst in plan(want, have[dev]):
+                ipr.fdb(command, ifindex=indexes[dev], lladdr=mac, dst=dst,
+                        state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF)
+                LOG.info("%s %s: %s %s dst %s", compute.name, dev, command, mac, dst)
+                count += 1
+        return count
+
+    def run(self, stop) -> None:
+        seen, last = None, 0.0
+        while not stop():
+            now = time.monotonic()
+            current = self.versions()
+            if current != seen or now - last >= RESYNC_INTERVAL:
+                seen, last = current, now
+                self.reconcile()
+            time.sleep(POLL_INTERVAL)
+
+    def close(self) -> None:
+        for ipr in self.sockets.values():
+            ipr.close()
+        self.sockets.clear()
+
+
+def reconcile_once(lab) -> int:
+    emulator = Emulator(lab)
+    try:
+        return emulator.reconcile()
+    finally:
+        emulator.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gwagent.lab.build import Lab
+    parser = argparse.ArgumentParser(prog="python -m gwagent.lab.l2pop",
+                                     description="L2 population emulator for a gwagent lab")
+    parser.add_argument("--lab-dir", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lab = Lab.load(args.lab_dir)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    emulator = Emulator(lab)
+    LOG.info("l2pop emulator for %s: %d computes", lab.lab_dir, len(emulator.computes))
+    try:
+        emulator.run(lambda: bool(stopping))
+    finally:
+        emulator.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
