@@ -15,6 +15,14 @@ marked ``extern_learn`` (``NTF_EXT_LEARNED``); we add every entry with that
 mark and observe()/apply() never look at anything else, so foreign links and
 foreign entries, even on our own devices, are left alone.
 
+Measured limit of the mark: the vxlan driver keeps flags per MAC, not per
+destination, and a user add or append without ``extern_learn`` clears the
+flag for good (a later add with it does not set it back). Someone appending
+a destination to our flood entry, or replacing one of our entries by hand,
+therefore turns that MAC foreign: we leave it alone, our destinations stay
+in it, and every pass re-sends them (a no-op, visible in the op counts)
+until the network is removed or the entry deleted by hand.
+
 One small type per kernel object (:class:`BridgeDevice`,
 :class:`VxlanDevice`) with idempotent ``ensure()``/``remove()``: an existing
 device that cannot be made right in place (wrong kind, VNI, local IP, UDP
