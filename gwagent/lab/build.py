@@ -336,11 +336,17 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def start_process(lab: Lab, name: str, argv: list[str]) -> dict:
-    """Start ``argv`` in its own session, output to <lab_dir>/<name>.log; record it."""
+def python_env() -> dict[str, str]:
+    """The environment for a child Python that must import this gwagent."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH"))
                                         if p)
+    return env
+
+
+def start_process(lab: Lab, name: str, argv: list[str]) -> dict:
+    """Start ``argv`` in its own session, output to <lab_dir>/<name>.log; record it."""
+    env = python_env()
     log = lab.lab_dir / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,

@@ -1,0 +1,355 @@
+"""The gateway in the lab: two (or three) sites, real agents, real kernel.
+
+These tests assert results seen by VMs (datagrams received, pings
+answered) and by the computes' and gateways' FDBs, never calls. Timing
+claims are measured with the lab's sequence-numbered UDP probes from the
+moment the inventory changed.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from pyroute2 import IPRoute
+
+from conftest import lab_up
+from gwagent.control.sources import FileInventory
+from gwagent.lab import build, l2pop, probe
+from gwagent.lab import topology as topo_mod
+from gwagent.lab.cli import ping_matrix
+from gwagent.model import Endpoint, Gateway, Network, RemotePort, Site, SiteSnapshot
+
+NTF_EXT_LEARNED = 0x10
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> float:
+    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
+        time.sleep(interval)
+
+
+def fdb(ns: str, dev: str) -> dict[tuple[str, str | None], int]:
+    """{(mac, dst): flags} of the FDB entries on ``dev`` in ``ns``."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        found = ipr.link_lookup(ifname=dev)
+        if not found:
+            return {}
+        return {(m.get_attr("NDA_LLADDR"), m.get_attr("NDA_DST")): m["flags"]
+                for m in ipr.fdb("dump") if m["ifindex"] == found[0]}
+
+
+def links(ns: str) -> set[str]:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.link("dump")}
+
+
+def agent_status(lab: build.Lab, site: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "gwagent.cli", "status", "--config-file",
+                          str(lab.agent_conf(site)), "--json"], capture_output=True, text=True,
+                         env=build.python_env(), timeout=30)
+    return json.loads(out.stdout)
+
+
+def vm_dict(lab: build.Lab, name: str) -> dict:
+    return next(v for v in topo_mod.to_dict(lab.topology)["vms"] if v["name"] == name)
+
+
+def reach_concurrently(lab: build.Lab, pairs: list[tuple[str, str]], since: float,
+                       timeout: float = 3.0) -> dict[tuple[str, str], float | None]:
+    """time_to_reach for several (src VM, dst VM) pairs at once, one port each."""
+    results = {}
+
+    def measure(i, src, dst):
+        results[(src, dst)] = probe.time_to_reach(
+            lab.ns(src), lab.ns(dst), lab.topology.vm(dst).ip, since, timeout,
+            port=probe.DEFAULT_PORT + 10 + i)
+
+    threads = [threading.Thread(target=measure, args=(i, s, d)) for i, (s, d) in enumerate(pairs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+# -- topology and l2pop logic (no root needed) -----------------------------------------
+
+def test_default_topology_is_two_sites_with_overlapping_networks():
+    topo = topo_mod.load()
+    assert [s.name for s in topo.sites] == ["a", "b"]
+    assert {n.subnet for n in topo.networks} == {"198.19.10.0/24"}
+    assert topo.site("a").segmentation_id("red") != topo.site("b").segmentation_id("red")
+    assert len(topo.vms) == 8
+    assert topo_mod.parse(topo_mod.to_dict(topo)) == topo
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["vms"][0].update(ip="198.19.11.5"), "not a host address"),
+    (lambda d: d["vms"][1].update(network="red"), "already used on network 'red'"),
+    (lambda d: d["vms"][0].update(compute="b-cn1"), "not a compute of site 'a'"),
+    (lambda d: d["sites"][0]["segmentation_ids"].pop("blue"), "segmentation_ids.blue: missing"),
+    (lambda d: d["sites"][0]["segmentation_ids"].update(red=5002), "VNI already used"),
+    (lambda d: d["networks"][0].update(subnet="10.0.0.0/24"), "must be a subnet of 198.19.0.0/16"),
+    (lambda d: d["sites"][1].update(computes=["a-cn1"]), "name already used"),
+    (lambda d: d["vms"][0].update(mac="fa:16:3e:a8:b2:0c", network="blue", ip="198.19.10.99"),
+     "already used on network 'blue'"),
+    (lambda d: d.update(extra=1), "unknown key 'extra'"),
+])
+def test_topology_errors_name_the_field(change, message):
+    data = topo_mod.to_dict(topo_mod.load())
+    change(data)
+    with pytest.raises(topo_mod.TopologyError, match=message):
+        topo_mod.parse(data)
+
+
+def three_sites() -> topo_mod.Topology:
+    return topo_mod.parse({
+        "networks": [{"name": "red", "transit_vni": 5001, "subnet": "198.19.20.0/24"}],
+        "sites": [
+            {"name": "a", "computes": ["a-cn1", "a-cn2", "a-cn3"], "segmentation_ids": {"red": 11}},
+            {"name": "b", "computes": ["b-cn1"], "segmentation_ids": {"red": 22}},
+            {"name": "c", "computes": ["c-cn1", "c-cn2"], "segmentation_ids": {"red": 33}},
+        ],
+        "vms": [
+            {"name": "va1", "site": "a", "compute": "a-cn1", "network": "red", "ip": "198.19.20.1"},
+            {"name": "va3", "site": "a", "compute": "a-cn3", "network": "red", "ip": "198.19.20.3"},
+            {"name": "vb1", "site": "b", "compute": "b-cn1", "network": "red", "ip": "198.19.20.4"},
+            {"name": "vc1", "site": "c", "compute": "c-cn1", "network": "red", "ip": "198.19.20.5"},
+            {"name": "vc2", "site": "c", "compute": "c-cn2", "network": "red", "ip": "198.19.20.6",
+             "allowed_address_pairs": [{"ip_address": "198.19.20.100"}]},
+        ]})
+
+
+def test_l2pop_entries_point_remote_macs_at_the_gateway():
+    topo = three_sites()
+    snap = topo_mod.site_snapshot(topo, "a")
+    peer = topo_mod.site_snapshot(topo, "c").endpoints[0]
+    remote = [RemotePort(peer, "198.18.1.1", "a-gw")]
+    want = l2pop.desired_entries(snap, remote, topo.site("a").compute_ip("a-cn1"))["red"]
+    assert dict(want.unicast) == {topo.vm("va3").mac: "198.18.1.13",
+                                  topo.vm("vc1").mac: "198.18.1.1"}
+    assert want.flood == ("198.18.1.1", "198.18.1.13")
+
+
+def test_l2pop_plan_replaces_moves_and_deletes_only_the_difference():
+    have = l2pop.DeviceEntries.of({"fa:16:3e:00:00:01": "198.18.1.11",
+                                   "fa:16:3e:00:00:02": "198.18.1.12"}, {"198.18.1.11"})
+    want = l2pop.DeviceEntries.of({"fa:16:3e:00:00:01": "198.18.1.13"}, {"198.18.1.13"})
+    assert l2pop.plan(want, have) == [
+        ("replace", "fa:16:3e:00:00:01", "198.18.1.13"),
+        ("del", "fa:16:3e:00:00:02", "198.18.1.12"),
+        ("append", l2pop.FLOOD_MAC, "198.18.1.13"),
+        ("del", l2pop.FLOOD_MAC, "198.18.1.11"),
+    ]
+    assert l2pop.plan(want, want) == []
+
+
+def test_probe_stats_count_loss_duplicates_reordering_and_gaps():
+    stats = probe.Stats()
+    for seq in (0, 1, 4, 3, 3, 8):
+        stats.add(seq, float(seq), float(seq))
+    stats.finish(10)
+    assert (stats.received, stats.lost, stats.duplicates, stats.reordered) == (5, 5, 1, 1)
+    assert stats.longest_gap == 3  # 5, 6, 7
+    assert stats.first_seq == 0
+
+
+# -- the lab ---------------------------------------------------------------------------
+
+def test_every_pair_of_vms_on_a_network_pings_within_and_across_sites(lab):
+    results = ping_matrix(lab)
+    assert len(results) == 24
+    assert [pair for pair, rtt in results.items() if rtt is None] == []
+
+
+def test_lab_status_lists_nodes_and_live_agents(lab):
+    from gwagent.lab.cli import status_dict
+    data = status_dict(lab)
+    kinds = [n["kind"] for n in data["nodes"]]
+    assert kinds.count("vm") == 8 and kinds.count("compute") == 4 and kinds.count("gateway") == 2
+    assert all(n["present"] for n in data["nodes"])
+    assert {name: p["alive"] for name, p in data["processes"].items()} == {
+        "l2pop": True, "a-gw": True, "b-gw": True}
+
+
+@pytest.mark.parametrize("src, dst, other", [
+    ("a1-red", "b1-red", "b1-blue"),
+    ("a1-blue", "b2-blue", "b2-red"),
+    ("a1-red", "a2-red", "a2-blue"),
+])
+def test_overlapping_networks_never_see_each_others_traffic(lab, src, dst, other):
+    assert lab.topology.vm(dst).ip == lab.topology.vm(other).ip
+    got, leaked = probe.stream(lab.ns(src), lab.ns(dst), lab.topology.vm(dst).ip, count=200,
+                               interval=0.002, extra_receivers=(lab.ns(other),))
+    assert got.received == 200 and got.lost == 0
+    assert leaked.received == 0
+
+
+def test_added_vm_is_reachable_within_a_second(own_lab):
+    lab = own_lab
+    new = {"name": "b2-red2", "site": "b", "compute": "b-cn2", "network": "red",
+           "ip": "198.19.10.30"}
+    t0 = build.add_vm(lab, new)
+    vm = lab.topology.vm("b2-red2")
+    reached = reach_concurrently(lab, [("a1-red", "b2-red2"), ("b1-red", "b2-red2")], t0)
+    assert all(v is not None and v < 1.0 for v in reached.values()), reached
+
+    def computes_point_at_gateway():
+        """a-cn1 sends the new MAC to site a's gateway"""
+        return (vm.mac, lab.topology.site("a").tunnel_ip) in fdb(lab.ns("a-cn1"), "vxlan-1001")
+    assert time.monotonic() - t0 + wait_for(computes_point_at_gateway, 1.0) < 1.5
+
+
+def test_removed_vm_is_forgotten_everywhere_within_a_second(own_lab):
+    lab = own_lab
+    gone = lab.topology.vm("b2-red")
+    t0 = build.remove_vm(lab, "b2-red")
+
+    def forgotten():
+        """no compute or gateway of either site has an entry for the removed MAC"""
+        places = [(lab.ns(c), "vxlan-1001") for c in ("a-cn1", "a-cn2")]
+        places += [(lab.ns(c), "vxlan-2001") for c in ("b-cn1", "b-cn2")]
+        places += [(lab.ns("a-gw"), "gwa-vt-5001"), (lab.ns("b-gw"), "gwa-vl-5001")]
+        return not any(mac == gone.mac for ns, dev in places for mac, _ in fdb(ns, dev))
+    wait_for(forgotten, 1.0)
+    assert time.monotonic() - t0 < 1.5
+    assert "b2-red" not in [p.origin.port_id.removeprefix("lab-")
+                            for p in FileInventory(lab.inventory("a")).all_remote_ports()]
+    assert ping_matrix(lab)[("a1-red", "b1-red")] is not None
+
+
+def test_vm_moved_to_another_compute_is_reachable_within_a_second(own_lab):
+    lab = own_lab
+    t0 = build.move_vm(lab, "b1-red", "b-cn2")
+    reached = reach_concurrently(lab, [("a1-red", "b1-red"), ("a2-red", "b1-red")], t0)
+    assert all(v is not None and v < 1.0 for v in reached.values()), reached
+    # And back again.
+    t0 = build.move_vm(lab, "b1-red", "b-cn1")
+    reached = reach_concurrently(lab, [("a1-red", "b1-red")], t0)
+    assert all(v is not None and v < 1.0 for v in reached.values()), reached
+
+
+def test_vm_moved_to_another_site_is_reachable_within_a_second(own_lab):
+    lab = own_lab
+    t0 = build.move_vm(lab, "a2-red", "b-cn1")
+    assert lab.topology.vm("a2-red").site == "b"
+    reached = reach_concurrently(lab, [("a1-red", "a2-red"), ("b2-red", "a2-red")], t0)
+    assert all(v is not None and v < 1.0 for v in reached.values()), reached
+    results = ping_matrix(lab)
+    assert [pair for pair, rtt in results.items() if rtt is None] == []
+
+
+def test_owned_fdb_entry_and_device_deleted_by_hand_are_restored(lab):
+    gw = lab.ns("a-gw")
+    b1 = lab.topology.vm("b1-red")
+    transit_b = lab.topology.site("b").transit_ip
+    assert (b1.mac, transit_b) in fdb(gw, "gwa-vt-5001")
+    with IPRoute(netns=gw, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname="gwa-vt-5001")[0]
+        ipr.fdb("del", ifindex=idx, lladdr=b1.mac, dst=transit_b, flags=0x02)
+    assert (b1.mac, transit_b) not in fdb(gw, "gwa-vt-5001")
+
+    def entry_back():
+        """the deleted VXLAN entry is back"""
+        return (b1.mac, transit_b) in fdb(gw, "gwa-vt-5001")
+    wait_for(entry_back, 2.5)
+
+    with IPRoute(netns=gw, flags=0) as ipr:
+        ipr.link("del", index=ipr.link_lookup(ifname="gwa-vl-5001")[0])
+
+    def device_back():
+        """the deleted site-side VXLAN device is back with its entries"""
+        a2 = lab.topology.vm("a2-red")
+        return (a2.mac, lab.topology.site("a").compute_ip("a-cn2")) in fdb(
+            gw, "gwa-vl-5001")
+    wait_for(device_back, 2.5)
+    results = ping_matrix(lab)
+    assert [pair for pair, rtt in results.items() if rtt is None] == []
+
+
+def test_foreign_links_and_fdb_entries_are_left_alone(lab):
+    gw = lab.ns("a-gw")
+    foreign_mac, foreign_dst = "02:00:00:00:0f:01", "198.18.1.250"
+    with IPRoute(netns=gw, flags=0) as ipr:
+        ipr.link("add", ifname="foreign0", kind="bridge")  # no dummy module here
+        ipr.link("add", ifname="fx-900", kind="vxlan", vxlan_id=900, vxlan_local="198.18.1.1",
+                 vxlan_port=4790, vxlan_learning=0)
+        fx = ipr.link_lookup(ifname="fx-900")[0]
+        ipr.fdb("append", ifindex=fx, lladdr="00:00:00:00:00:00", dst=foreign_dst)
+        ipr.fdb("append", ifindex=fx, lladdr=foreign_mac, dst=foreign_dst)
+        owned = ipr.link_lookup(ifname="gwa-vt-5001")[0]
+        ipr.fdb("append", ifindex=owned, lladdr=foreign_mac, dst=foreign_dst)
+    try:
+        before = (links(gw), fdb(gw, "fx-900"))
+        since = time.time()
+        # A change in the inventory and a resync must both pass without touching them.
+        build.write_inventories(lab, ["a"])
+        wait_for(lambda: ((build.agent_status(lab, "a") or {}).get("last_pass") or {})
+                 .get("at", 0) > since + build.AGENT_RESYNC, build.AGENT_RESYNC * 3)
+        assert {"foreign0", "fx-900"} <= links(gw)
+        assert fdb(gw, "fx-900") == before[1]
+        assert (foreign_mac, foreign_dst) in fdb(gw, "gwa-vt-5001")
+    finally:
+        with IPRoute(netns=gw, flags=0) as ipr:
+            for name in ("foreign0", "fx-900"):
+                for idx in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=idx)
+            owned = ipr.link_lookup(ifname="gwa-vt-5001")[0]
+            ipr.fdb("del", ifindex=owned, lladdr=foreign_mac, dst=foreign_dst)
+
+
+def test_malformed_inventory_keeps_the_last_good_state_and_reports_it(lab):
+    path = lab.inventory("b")
+    good = path.read_text()
+    try:
+        data = yaml.safe_load(good)
+        data["endpoints"][0]["mac"] = "not-a-mac"
+        path.write_text(yaml.safe_dump(data))
+
+        def reported():
+            """both agents report the bad file in 'gwagent status --json'"""
+            errors = [(agent_status(lab, s)["status"] or {}).get("last_error") for s in "ab"]
+            return all(e and "not-a-mac" in e for e in errors)
+        wait_for(reported, 3.0, interval=0.1)
+        got, = probe.stream(lab.ns("a1-red"), lab.ns("b1-red"), lab.topology.vm("b1-red").ip,
+                            count=300)
+        assert got.lost == 0
+        assert [p for p, rtt in ping_matrix(lab).items() if rtt is None] == []
+    finally:
+        build.write_inventories(lab, ["b"])
+    wait_for(lambda: all(agent_status(lab, s)["status"]["last_error"] is None for s in "ab"),
+             3.0, interval=0.1)
+
+
+def test_agent_restart_under_traffic_loses_no_packet(lab):
+    def restart_both():
+        time.sleep(0.4)
+        for site in ("a", "b"):
+            since = time.time()
+            build.restart_agent(lab, site)
+            wait_for(lambda: ((build.agent_status(lab, site) or {}).get("last_pass") or {})
+                     .get("at", 0) > since, 5.0)
+            time.sleep(0.2)
+
+    forward, = probe.stream(lab.ns("a1-red"), lab.ns("b1-red"), lab.topology.vm("b1-red").ip,
+                            count=2500, interval=0.002, during=restart_both)
+    assert forward.received == 2500, forward.to_dict()
+    assert (forward.lost, forward.duplicates) == (0, 0)
+    assert all(build.process_alive(lab.processes[f"{s}-gw"]) for s in "ab")
+
+
+def test_three_sites_with_more_computes_all_ping():
+    with lab_up(three_sites()) as lab:
+        results = ping_matrix(lab)
+        assert len(results) == 20
+        assert [pair for pair, rtt in results.items() if rtt is None] == []
