@@ -334,6 +334,30 @@ def test_bulk_errors_are_per_entry(ns, backend):
     assert (FLOOD_MAC, "198.18.200.9") not in landed
 
 
+def test_bulk_errors_across_windows_and_on_the_acked_request(ns, backend, monkeypatch):
+    """Only the last request of a window asks for an ack; failures anywhere,
+    including that last one and unencodable ones, still come back alone."""
+    monkeypatch.setattr(netlink, "WINDOW", 4)
+    reconcile(backend, STATE_A)
+    nl = Netlink(ns)
+    try:
+        index = nl.link("gwa-vt-5002").index
+        reqs = [FdbRequest("replace", index, f"02:00:00:04:00:{i:02x}", "198.18.200.2")
+                for i in range(11)]
+        reqs[3] = FdbRequest("replace", 999999, "02:00:00:04:01:03", "198.18.200.2")
+        reqs[7] = FdbRequest("replace", index, "not-a-mac", "198.18.200.2")
+        reqs[10] = FdbRequest("replace", 999999, "02:00:00:04:01:10", "198.18.200.2")
+        errors = nl.fdb_bulk(reqs)
+        assert sorted(errors) == [3, 7, 10]
+        assert isinstance(errors[7], netlink.Invalid)
+        assert nl.fdb_bulk([FdbRequest("delete", index, "02:00:00:04:00:00", "198.18.200.2")] * 3) == {}
+    finally:
+        nl.close()
+    landed = {e["mac"] for e in kernel_fdb(ns) if e["ifname"] == "gwa-vt-5002"}
+    assert {f"02:00:00:04:00:{i:02x}" for i in (1, 2, 4, 5, 6, 8, 9)} <= landed
+    assert "02:00:00:04:00:00" not in landed
+
+
 def test_apply_reports_failed_ops_and_carries_on(ns, backend):
     reconcile(backend, STATE_A)
     good = FdbEntry("gwa-vt-5001", "02:00:00:03:00:01", "198.18.200.2")
