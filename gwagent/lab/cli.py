@@ -38,9 +38,9 @@ def cmd_up(args) -> int:
 
 
 def _me() -> str:
-    if os.path.basename(sys.argv[0]) == "gwagent":
-        return "gwagent lab"
-    return "python -m gwagent.lab.cli"
+    if sys.argv[0].endswith(os.path.join("lab", "cli.py")):
+        return "python -m gwagent.lab.cli"
+    return "gwagent lab"
 
 
 def _opts(args) -> str:
@@ -158,7 +158,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_guard(cmd_status))
     ex = common(sub.add_parser("exec", help="run a command in a node's namespace"))
-    ex.add_argument("node", help="node name (e.g. a1-red, a-gw, a-cn1, switch)")
+    ex.add_argument("node", help="node name (e.g. a1-red, a-gw, a-cn1, switch); options "
+                    "such as --prefix go before it")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     ex.set_defaults(func=_guard(cmd_exec))
     common(sub.add_parser("check", help="ping every pair of VMs on the same network")

@@ -8,6 +8,7 @@ moment the inventory changed.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import time
 
 import pytest
 import yaml
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, netns
 
 from conftest import lab_up
 from gwagent.control.sources import FileInventory
@@ -202,6 +203,7 @@ def test_added_vm_is_reachable_within_a_second(own_lab):
     t0 = build.add_vm(lab, new)
     vm = lab.topology.vm("b2-red2")
     reached = reach_concurrently(lab, [("a1-red", "b2-red2"), ("b1-red", "b2-red2")], t0)
+    print("convergence (s):", reached)
     assert all(v is not None and v < 1.0 for v in reached.values()), reached
 
     def computes_point_at_gateway():
@@ -232,10 +234,12 @@ def test_vm_moved_to_another_compute_is_reachable_within_a_second(own_lab):
     lab = own_lab
     t0 = build.move_vm(lab, "b1-red", "b-cn2")
     reached = reach_concurrently(lab, [("a1-red", "b1-red"), ("a2-red", "b1-red")], t0)
+    print("convergence (s):", reached)
     assert all(v is not None and v < 1.0 for v in reached.values()), reached
     # And back again.
     t0 = build.move_vm(lab, "b1-red", "b-cn1")
     reached = reach_concurrently(lab, [("a1-red", "b1-red")], t0)
+    print("convergence (s):", reached)
     assert all(v is not None and v < 1.0 for v in reached.values()), reached
 
 
@@ -244,6 +248,7 @@ def test_vm_moved_to_another_site_is_reachable_within_a_second(own_lab):
     t0 = build.move_vm(lab, "a2-red", "b-cn1")
     assert lab.topology.vm("a2-red").site == "b"
     reached = reach_concurrently(lab, [("a1-red", "a2-red"), ("b2-red", "a2-red")], t0)
+    print("convergence (s):", reached)
     assert all(v is not None and v < 1.0 for v in reached.values()), reached
     results = ping_matrix(lab)
     assert [pair for pair, rtt in results.items() if rtt is None] == []
@@ -353,3 +358,41 @@ def test_three_sites_with_more_computes_all_ping():
         results = ping_matrix(lab)
         assert len(results) == 20
         assert [pair for pair, rtt in results.items() if rtt is None] == []
+
+
+def test_down_clears_a_lab_whose_up_failed_halfway(monkeypatch):
+    prefix = f"gwf-{secrets.token_hex(3)}-"
+
+    def broken(lab, site):
+        raise RuntimeError("boom while building site " + site.name)
+    monkeypatch.setattr(build, "_build_site", broken)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            build.up(topo_mod.load(), prefix)
+        assert [n for n in netns.listnetns() if n.startswith(prefix)] == [prefix + "switch"]
+        with pytest.raises(build.LabError, match="already up"):
+            build.up(topo_mod.load(), prefix)
+    finally:
+        build.down(prefix)
+    assert [n for n in netns.listnetns() if n.startswith(prefix)] == []
+    assert not build.default_lab_dir(prefix).exists()
+
+
+def test_lab_command_line_up_status_check_down():
+    prefix = f"gwf-{secrets.token_hex(3)}-"
+
+    def lab_cli(*args):
+        return subprocess.run([sys.executable, "-m", "gwagent.lab.cli", *args, "--prefix", prefix],
+                              capture_output=True, text=True, env=build.python_env(), timeout=60)
+    try:
+        up = lab_cli("up", "--no-agents")
+        assert up.returncode == 0, up.stderr
+        status = json.loads(lab_cli("status", "--json").stdout)
+        assert {n["kind"] for n in status["nodes"]} == {"switch", "gateway", "compute", "vm"}
+        assert status["processes"]["l2pop"]["alive"]
+        check = lab_cli("check")  # no agents: only pairs within a site answer
+        assert check.returncode == 1 and "8/24 pairs answered" in check.stdout
+    finally:
+        down = lab_cli("down")
+    assert down.returncode == 0, down.stderr
+    assert [n for n in netns.listnetns() if n.startswith(prefix)] == []
