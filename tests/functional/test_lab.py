@@ -262,7 +262,8 @@ def test_owned_fdb_entry_and_device_deleted_by_hand_are_restored(lab):
     with IPRoute(netns=gw, flags=0) as ipr:
         idx = ipr.link_lookup(ifname="gwa-vt-5001")[0]
         ipr.fdb("del", ifindex=idx, lladdr=b1.mac, dst=transit_b, flags=0x02)
-    assert (b1.mac, transit_b) not in fdb(gw, "gwa-vt-5001")
+    # (No check that it is gone: the agent hears the kernel and may already
+    # have put it back; the delete above succeeding is the proof.)
 
     def entry_back():
         """the deleted VXLAN entry is back"""
