@@ -405,7 +405,7 @@ def agent_status(lab: Lab, site: str) -> dict | None:
         return None
 
 
-def _tail(path: str | Path, lines: int = 15) -> str:
+def log_tail(path: str | Path, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -422,7 +422,7 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
             record = lab.processes.get(f"{site}-gw")
             if record is None or not process_alive(record):
                 raise LabError(f"agent of site {site} is not running; its log says:\n"
-                               + _tail(record["log"] if record else lab.lab_dir / f"{site}-gw.log"))
+                               + log_tail(record["log"] if record else lab.lab_dir / f"{site}-gw.log"))
             status = agent_status(lab, site)
             last = (status or {}).get("last_pass") or {}
             if not (last.get("ok") and last.get("at", 0) >= since):

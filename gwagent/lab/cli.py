@@ -30,8 +30,17 @@ def _lab_dir(args):
 
 def cmd_up(args) -> int:
     topo = topo_mod.load(args.topology)
-    lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
-                   progress=_progress)
+    try:
+        lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
+                       progress=_progress)
+    except build.LabError as exc:
+        if "already up" in str(exc) or "exist" in str(exc) or "root" in str(exc):
+            raise
+        raise build.LabError(f"{exc}\nthe partial lab stays for a look; remove it with: "
+                             f"{_me()} down{_opts(args)}") from None
+    except Exception as exc:  # noqa: BLE001 - say what failed and how to clean up
+        raise build.LabError(f"up failed: {type(exc).__name__}: {exc}\nthe partial lab stays "
+                             f"for a look; remove it with: {_me()} down{_opts(args)}") from exc
     _progress(f"up: {len(lab.namespaces())} namespaces, lab dir {lab.lab_dir}")
     print(f"lab is up; try: {_me()} check{_opts(args)} ; {_me()} status{_opts(args)}")
     return 0
@@ -70,13 +79,14 @@ def cmd_status(args) -> int:
         print(json.dumps(data, indent=1))
         return 0
     print(f"lab {lab.prefix!r} in {lab.lab_dir} ({lab.state})\n")
-    print(f"{'NODE':<14} {'KIND':<8} {'SITE':<6} {'NETWORK':<8} {'IP':<16} {'MAC':<18} NAMESPACE")
+    print(f"{'NODE':<14} {'KIND':<8} {'SITE':<6} {'NETWORK':<8} {'IP (TRANSIT IP)':<26} "
+          f"{'MAC':<18} NAMESPACE")
     for n in data["nodes"]:
         ip = n["ip"] or "-"
         if n.get("transit_ip"):
-            ip += f" {n['transit_ip']}"
+            ip += f" ({n['transit_ip']})"
         print(f"{n['node']:<14} {n['kind']:<8} {n['site'] or '-':<6} {n['network'] or '-':<8} "
-              f"{ip:<16} {n['mac'] or '-':<18} {n['namespace']}"
+              f"{ip:<26} {n['mac'] or '-':<18} {n['namespace']}"
               + ("" if n["present"] else "  (MISSING)"))
     print(f"\n{'PROCESS':<14} {'PID':>8}  STATE    LOG")
     for name, p in data["processes"].items():

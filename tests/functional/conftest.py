@@ -32,7 +32,7 @@ def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True):
     finally:
         if lab is not None:
             for record in lab.processes.values():
-                sys.stdout.write(f"--- tail of {record['log']}\n{build._tail(record['log'])}\n")
+                sys.stdout.write(f"--- tail of {record['log']}\n{build.log_tail(record['log'])}\n")
         build.down(prefix)
 
 

@@ -334,7 +334,7 @@ def test_malformed_inventory_keeps_the_last_good_state_and_reports_it(lab, obser
         assert got.lost == 0
         assert [p for p, rtt in ping_matrix(lab).items() if rtt is None] == []
         assert build.process_alive(lab.processes[f"{observer}-gw"]), \
-            build._tail(lab.processes[f"{observer}-gw"]["log"])
+            build.log_tail(lab.processes[f"{observer}-gw"]["log"])
     finally:
         build.write_inventories(lab, ["b"])
         if not build.process_alive(lab.processes[f"{observer}-gw"]):
