@@ -23,6 +23,7 @@ from pathlib import Path
 from oslo_config import cfg
 
 from gwagent import config
+from gwagent.lab.cli import add_parser as add_lab_parser
 
 LOG = logging.getLogger("gwagent")
 
@@ -223,12 +224,7 @@ def parser() -> argparse.ArgumentParser:
                     help="also unregister the remote ports this gateway registered")
     cl.add_argument("--force", action="store_true", help="even if the agent is running")
     cl.set_defaults(func=cmd_cleanup)
-    try:
-        from gwagent.lab.cli import add_parser as add_lab
-    except ImportError:  # the lab is optional in a gateway-only install
-        pass
-    else:
-        add_lab(sub)
+    add_lab_parser(sub)
     return p
 
 
