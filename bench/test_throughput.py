@@ -91,5 +91,6 @@ def test_throughput_through_gateways_vs_direct_vxlan(benchmark, lab, figures):
     benchmark.extra_info.update(info)
     figures["throughput/vm-to-vm"] = info
     print(f"\nthroughput: direct {info['direct_gbit_s']} Gbit/s, through gateways "
-          f"{info['gateway_gbit_s']} Gbit/s, ratio {ratio:.2f} (target >= {TARGET}, aim {AIM})")
+          f"{info['gateway_gbit_s']} Gbit/s, ratio {ratio:.2f} (target >= {TARGET}, aim {AIM}); "
+          f"runs {info['runs']}")
     assert gateway_bps > 0 and direct_bps > 0
