@@ -158,7 +158,7 @@ class Agent:
     def _sync_registry(self, result: PassResult, now: float) -> None:
         try:
             registered = self.registry.remote_ports()
-        except (SourceError, OSError) as exc:
+        except (SourceError, ValidationError, OSError) as exc:
             result.errors.append(f"registry: {exc}")
             return
         register, unregister = registrar.diff(self.desired.remote_ports(), registered)

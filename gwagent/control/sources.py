@@ -171,6 +171,7 @@ class FileInventory:
         self.registry_path = Path(registry_path) if registry_path else self.path.with_name(
             self.path.stem + ".remote-ports.json")
         self.owner = owner
+        self._host: str | None = None  # gateway host of the last good snapshot
 
     # -- source -----------------------------------------------------------
     def version(self) -> object:
@@ -187,9 +188,11 @@ class FileInventory:
             raise SourceError(f"{self.path}: not valid {self.path.suffix[1:].upper() or 'YAML'}: "
                               f"{exc}") from exc
         try:
-            return parse_site(data, str(self.path))
+            snap = parse_site(data, str(self.path))
         except ValidationError as exc:
             raise ValidationError(f"{self.path}: {exc.field}", exc.value, exc.reason) from None
+        self._host = snap.site.gateway.host
+        return snap
 
     # -- registry ---------------------------------------------------------
     def registry_version(self) -> object:
@@ -212,8 +215,8 @@ class FileInventory:
 
     def remote_ports(self) -> list[RemotePort]:
         """Those registered by this site's gateway (``owner``, by default the
-        gateway host named in the site file)."""
-        owner = self.owner or self.snapshot().site.gateway.host
+        gateway host named in the last good read of the site file)."""
+        owner = self.owner or self._host or self.snapshot().site.gateway.host
         return [p for p in self.all_remote_ports() if p.gateway_host == owner]
 
     @contextlib.contextmanager

@@ -102,3 +102,14 @@ def test_endpoint_removed_at_peer_is_unregistered(tmp_path):
     remaining = FileInventory(tmp_path / "a.yaml").remote_ports()
     assert [p.origin.port_id for p in remaining] == ["b-red-3"]
     assert endpoint("b", "red", 2).mac not in {e.mac for e in dp.observe().fdb}
+
+
+def test_malformed_own_site_file_keeps_registry_and_dataplane(tmp_path):
+    agent, dp, _, a, _ = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "red", 2)])
+    agent.run_pass()
+    good = dp.observe()
+    a.write_text(a.read_text().replace("198.18.1.1", "198.18.1.300"))
+    result = agent.run_pass("inventory")
+    assert "198.18.1.300" in result.source_error and not result.errors
+    assert dp.observe() == good
+    assert json.loads((tmp_path / "a.remote-ports.json").read_text())["remote_ports"]
