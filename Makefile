@@ -11,7 +11,7 @@ demo: setup
 	$(VENV)/bin/gwagent lab up
 	$(VENV)/bin/gwagent lab check
 	$(VENV)/bin/gwagent lab status
-	@for conf in /run/gwagent/lab/gwl-/*-gw.conf; do \
+	@for conf in /run/gwagent/lab/gwl/*-gw.conf; do \
 		echo; $(VENV)/bin/gwagent status --config-file $$conf; done
 	@echo; echo "The lab stays up: explore with 'gwagent lab exec NODE -- CMD'; remove it with 'make lab-down'."
 
