@@ -8,6 +8,7 @@ APT_PACKAGES := iproute2 iperf3 ethtool procps
 .PHONY: demo test bench setup system-packages venv sample-config lab-down clean
 
 demo: setup
+	-@$(VENV)/bin/gwagent lab down >/dev/null 2>&1  # a lab left from an earlier demo
 	$(VENV)/bin/gwagent lab up
 	$(VENV)/bin/gwagent lab check
 	$(VENV)/bin/gwagent lab status
