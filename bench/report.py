@@ -1,0 +1,96 @@
+"""The benchmark report: one table of figures, baselines, ratios and targets.
+
+The benchmarks (bench/test_*.py) record what they measured through the
+``figures`` fixture (bench/conftest.py); at the end of the run this module
+turns those into rows, prints them and writes ``bench/results.md`` and
+``bench/results.json``. Throughput comparisons are ratios of entries/s,
+higher is better; targets are stated, never asserted (a benchmark is not a
+timed test).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    figure: str
+    baseline: str = "-"
+    ratio: str = "-"
+    target: str = "-"
+    met: str = "-"
+
+
+def _rate(figures: dict, key: str) -> float | None:
+    entry = figures.get(key)
+    return entry["entries"] / entry["seconds"] if entry else None
+
+
+def build_rows(figures: dict) -> list[Row]:
+    """Rows for whatever was measured; ``figures`` maps a key to
+    {"seconds": median seconds, "entries": how many entries}."""
+    rows = []
+    per_call = _rate(figures, "fdb/per-call-pyroute2/10k")
+    for size in ("10k", "100k"):
+        ours = _rate(figures, f"fdb/ours/{size}")
+        if ours is None:
+            continue
+        batch = _rate(figures, f"fdb/bridge-batch/{size}")
+        if batch:
+            ratio = ours / batch
+            rows.append(Row(f"FDB bulk add {size}: ours vs bridge -batch",
+                            f"{ours:,.0f}/s", f"{batch:,.0f}/s", f"{ratio:.2f}x",
+                            ">= 1.0x" if size == "10k" else "(info)",
+                            ("yes" if ratio >= 1.0 else "NO") if size == "10k" else "-"))
+        if per_call:
+            ratio = ours / per_call
+            note = "" if size == "10k" else " (per-call rate measured at 10k)"
+            rows.append(Row(f"FDB bulk add {size}: ours vs per-call pyroute2{note}",
+                            f"{ours:,.0f}/s", f"{per_call:,.0f}/s", f"{ratio:.1f}x",
+                            ">= 10x", "yes" if ratio >= 10 else "NO"))
+    for key, label, limit in (("reconcile/cold", "cold reconcile", 5.0),
+                              ("reconcile/idle", "idle reconcile (observe + plan)", 1.0),
+                              ("reconcile/observe", "observe only", None)):
+        entry = figures.get(key)
+        if entry:
+            name = f"{label}, {entry['endpoints']:,} remote endpoints, " \
+                   f"{entry['networks']} networks ({entry['entries']:,} FDB entries)"
+            target = f"< {limit:g} s" if limit else "-"
+            met = ("yes" if entry["seconds"] < limit else "NO") if limit else "-"
+            figure = f"{entry['seconds']:.3f} s"
+            if "cpu_seconds" in entry:
+                figure += (f" (min {entry['min_seconds']:.3f} s, CPU {entry['cpu_seconds']:.3f} s;"
+                           f" load {entry['load_average']:.1f} on {entry['cpus']} CPUs)")
+            rows.append(Row(name, figure, target=target, met=met))
+    tput = figures.get("throughput/vm-to-vm")
+    if tput:
+        ratio = tput["ratio"]
+        rows.append(Row("TCP VM to VM: through the gateways vs direct VXLAN",
+                        f"{tput['gateway_gbit_s']} Gbit/s", f"{tput['direct_gbit_s']} Gbit/s",
+                        f"{ratio:.2f}x", f">= {tput.get('target', 0.8)}x",
+                        "yes" if ratio >= tput.get("target", 0.8) else "NO"))
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    head = ["name", "figure", "baseline", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(dataclasses.astuple(r)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[Row], figures: dict, directory: pathlib.Path, command: str) -> None:
+    text = ("# gwagent benchmark results\n\n"
+            f"Command: `{command}`\n\n" + render(rows) +
+            "\nFigures are medians over the benchmark's rounds (wall time); entries/s "
+            "counts FDB entries programmed per second of wall time. CPU is the "
+            "process's user + system time, which includes the kernel's work done "
+            "in its netlink calls.\n")
+    (directory / "results.md").write_text(text)
+    (directory / "results.json").write_text(
+        json.dumps({"rows": [dataclasses.asdict(r) for r in rows], "figures": figures},
+                   indent=2, sort_keys=True) + "\n")
