@@ -26,6 +26,7 @@ import dataclasses
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def _conf(site: str, workdir: Path, port: int, transport_url: str, vni_range: st
         service_plugins =
         auth_strategy = noauth
         transport_url = {transport_url}
+        # One broker may serve several sites: each site its own exchange.
+        control_exchange = neutron-{site}
         bind_host = 127.0.0.1
         bind_port = {port}
         state_path = {workdir}
@@ -67,7 +70,7 @@ def _conf(site: str, workdir: Path, port: int, transport_url: str, vni_range: st
         api_paste_config = {venv}/etc/neutron/api-paste.ini
 
         [database]
-        connection = sqlite:///{workdir}/neutron.db
+        connection = sqlite:///{workdir}/neutron.db?timeout=30
 
         [oslo_concurrency]
         lock_path = {workdir}/lock
@@ -128,9 +131,23 @@ class NeutronServer:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "NeutronServer":
+        self.spawn()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _env(self) -> dict:
         env = dict(os.environ, OS_NEUTRON_CONFIG_DIR=str(self.workdir),
                    OS_NEUTRON_CONFIG_FILES="neutron.conf")
         env.pop("PYTHONPATH", None)
+        return env
+
+    def spawn(self) -> None:
+        """Start the API without waiting (see :meth:`wait_ready`)."""
+        env = self._env()
         bindir = self.venv / "bin"
         api_log = open(self.log_file, "ab")
         self.procs["api"] = subprocess.Popen(
@@ -138,21 +155,12 @@ class NeutronServer:
              "--module", "neutron.wsgi.api:application", "--master", "--processes", "1",
              "--threads", "4", "--die-on-term", "--need-app", "--lazy-apps",
              "--buffer-size", "65535",
+             # uwsgi closes after each response: say so, or clients reuse
+             # the socket and get a reset.
+             "--add-header", "Connection: close",
              "--home", str(self.venv), "--pidfile", str(self.workdir / "uwsgi.pid")],
             cwd=self.workdir, env=env, stdout=api_log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
-        if self.with_rpc:
-            rpc_log = open(self.workdir / "neutron-rpc.log", "ab")
-            self.procs["rpc"] = subprocess.Popen(
-                [str(bindir / "neutron-rpc-server"), "--config-file", str(self.conf_file)],
-                cwd=self.workdir, env=env, stdout=rpc_log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -163,6 +171,16 @@ class NeutronServer:
                         f"Neutron {name} of site {self.site} exited with {proc.returncode}; "
                         f"log tail:\n{self.log_tail()}")
             if self.ping():
+                # The RPC server only once the API has written its start-up
+                # state (VNI allocations): SQLite takes one writer at a time.
+                if self.with_rpc and "rpc" not in self.procs:
+                    rpc_log = open(self.workdir / "neutron-rpc.log", "ab")
+                    self.procs["rpc"] = subprocess.Popen(
+                        [str(self.venv / "bin" / "neutron-rpc-server"), "--config-file",
+                         str(self.conf_file)],
+                        cwd=self.workdir, env=self._env(), stdout=rpc_log,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True)
                 return
             time.sleep(0.2)
         raise NeutronStartError(f"Neutron API of site {self.site} not answering on {self.url} "
@@ -223,21 +241,39 @@ def prepare(site: str, workdir: str | os.PathLike, port: int, *,
     server.conf_file.write_text(_conf(site, workdir, port, transport_url, vni_range,
                                       mechanism_drivers, venv))
     if not (workdir / "neutron.db").exists():
-        py = str(venv / "bin" / "python")
-        url = f"sqlite:///{workdir}/neutron.db.tmp"
-        try:
-            subprocess.run([py, "-c", _DB_SCRIPT, url], check=True, capture_output=True,
-                           text=True)
-            tmpconf = workdir / "stamp.conf"
-            tmpconf.write_text(f"[database]\nconnection = {url}\n")
-            subprocess.run([str(venv / "bin" / "neutron-db-manage"), "--config-file",
-                            str(tmpconf), "stamp", "heads"], check=True, capture_output=True,
-                           text=True)
-        except subprocess.CalledProcessError as exc:
-            raise NeutronStartError(f"cannot create the Neutron database of site {site}: "
-                                    f"{exc.stderr[-2000:]}") from None
-        os.replace(workdir / "neutron.db.tmp", workdir / "neutron.db")
+        _copy_template_db(venv, workdir / "neutron.db", site)
     return server
+
+
+def _copy_template_db(venv: Path, dest: Path, site: str) -> None:
+    """Copy an empty, stamped database; the first call creates it in the
+    venv (about 8 s), later ones copy it (milliseconds)."""
+    template = venv / "gwagent-neutron-template.db"
+    if not template.exists():
+        _create_db(venv, template, site)
+    tmp = dest.with_suffix(".tmp")
+    shutil.copyfile(template, tmp)
+    os.replace(tmp, dest)
+
+
+def _create_db(venv: Path, dest: Path, site: str) -> None:
+    """Tables from the models, then ``stamp heads`` (SQLite cannot migrate)."""
+    tmp = Path(f"{dest}.{os.getpid()}.tmp")
+    tmpconf = dest.parent / f"stamp.{os.getpid()}.conf"
+    url = f"sqlite:///{tmp}"
+    try:
+        subprocess.run([str(venv / "bin" / "python"), "-c", _DB_SCRIPT, url], check=True,
+                       capture_output=True, text=True)
+        tmpconf.write_text(f"[database]\nconnection = {url}\n")
+        subprocess.run([str(venv / "bin" / "neutron-db-manage"), "--config-file",
+                        str(tmpconf), "stamp", "heads"], check=True, capture_output=True,
+                       text=True)
+    except subprocess.CalledProcessError as exc:
+        raise NeutronStartError(f"cannot create the Neutron database of site {site}: "
+                                f"{exc.stderr[-2000:]}") from None
+    finally:
+        tmpconf.unlink(missing_ok=True)
+    os.replace(tmp, dest)
 
 
 def start(site_name: str, workdir: str | os.PathLike, port: int, **kwargs) -> NeutronServer:

@@ -1,0 +1,495 @@
+"""A site read from, and remote ports registered in, a Neutron API.
+
+:class:`NeutronSite` mirrors :class:`gwagent.control.sources.FileInventory`:
+it is a *source* (``snapshot()``, ``version()``) for any site, and for the
+local site also the *registry* of the remote ports this gateway owns
+(``remote_ports()``, ``register()``, ``unregister()``).
+
+Clouds come from ``clouds.yaml`` through openstacksdk, so ``--cloud NAME``
+means what it means to every OpenStack user. A noauth Neutron (tests, lab)
+is a cloud entry with ``auth_type: none`` and ``auth: {endpoint: URL}``; for
+such clouds the requests carry ``X-Roles: admin,service`` (setting
+``binding:profile`` needs the service role under the default policy).
+
+What is read
+    Stretched networks are matched by name (or by a tag equal to the
+    stretched name); each site keeps its own segmentation ID
+    (``provider:segmentation_id``), only VXLAN networks qualify. For every
+    port on them: MAC, fixed IPs, allowed address pairs (with their MACs) and
+    the VTEP of its host, the ``tunneling_ip`` of the L2 agent on
+    ``binding:host_id``. Remote ports (``device_owner`` or profile of
+    gwagent) are never endpoints. Unbound ports have no VTEP and are left
+    out; malformed data (no MAC, an IP outside every subnet, a pair MAC
+    already claimed by another port) is skipped with a logged reason, never
+    fatal. Neutron unreachable or answering errors raises ``SourceError``.
+
+What is written
+    A remote port has the origin's MAC, IPs (``fixed_ips`` on the local
+    network's subnets) and allowed address pairs; ``binding:host_id`` is the
+    gateway host and ``binding:profile`` is ``{"gwagent": {"tunnel_ip",
+    "gateway", "origin_site", "origin_port", "origin_vtep", "network"}}``,
+    which the ``gwagent`` ML2 driver binds and publishes by L2 population.
+    ``device_owner`` is ``network:gwagent_remote`` and ``device_id``
+    ``gwagent:<host>`` marks the owner (both filterable server-side; tags are
+    not used because Neutron drops them on bulk create). A port is found
+    again by its origin (profile), so a restart never duplicates; only ports
+    carrying all three owner marks (device_owner, device_id, the profile's
+    ``gateway``) are ever changed or deleted.
+    Creation is in bulk (``POST /v2.0/ports`` with ``{"ports": [...]}``); a
+    failed bulk (atomic in Neutron) is retried port by port so that one
+    conflict (a MAC or IP used by a local port) fails only its own port.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+from typing import Iterable, Mapping
+
+from gwagent.control.sources import SourceError
+from gwagent.model import (AddressPair, Endpoint, Network, RemotePort, Site, SiteSnapshot,
+                           ValidationError)
+
+LOG = logging.getLogger(__name__)
+
+DEVICE_OWNER = "network:gwagent_remote"
+PROFILE_KEY = "gwagent"
+BULK_SIZE = 250
+PORT_FIELDS = ("id", "network_id", "mac_address", "fixed_ips", "allowed_address_pairs",
+               "binding:host_id", "binding:profile", "device_owner", "device_id", "status",
+               "revision_number", "project_id")
+
+
+def owner_device_id(host: str) -> str:
+    """The ``device_id`` of every remote port gateway ``host`` owns."""
+    return f"gwagent:{host}"
+
+
+class NeutronError(SourceError):
+    """Neutron answered with an error; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+class NeutronClient:
+    """The one place that talks HTTP to a Neutron: JSON in and out, every
+    failure turned into :class:`SourceError` with a message in words."""
+
+    def __init__(self, cloud: str, clouds_file: str | None = None, timeout: float = 30.0,
+                 connection=None):
+        self.cloud = cloud
+        self.clouds_file = clouds_file
+        self.timeout = timeout
+        self._conn = connection
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self):
+        import openstack
+        from openstack import exceptions as os_exc
+        try:
+            if self.clouds_file:
+                from openstack.config import loader
+                region = loader.OpenStackConfig(config_files=[self.clouds_file]).get_one(
+                    cloud=self.cloud)
+                conn = openstack.connection.Connection(config=region)
+            else:
+                conn = openstack.connect(cloud=self.cloud)
+        except os_exc.SDKException as exc:
+            raise SourceError(f"cloud {self.cloud!r}: {exc}") from exc
+        conn.session.timeout = self.timeout
+        if conn.config.config.get("auth_type") in ("none", "noauth"):
+            conn.session.additional_headers = {"X-Roles": "admin,service"}
+        return conn
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                params: Mapping | None = None) -> dict:
+        from keystoneauth1 import exceptions as ks_exc
+        from openstack import exceptions as os_exc
+        try:
+            resp = self.conn.network.request(path, method, json=body, params=params,
+                                             raise_exc=False)
+        except (ks_exc.ClientException, os_exc.SDKException) as exc:
+            self._conn = None if isinstance(exc, ks_exc.DiscoveryFailure) else self._conn
+            raise SourceError(f"Neutron of cloud {self.cloud!r} unreachable "
+                              f"({method} {path}): {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json().get("NeutronError", {})
+                text = err.get("message") or resp.text
+            except ValueError:
+                text = resp.text
+            raise NeutronError(resp.status_code,
+                               f"Neutron of cloud {self.cloud!r} refused {method} {path}: "
+                               f"{resp.status_code} {text.strip()[:500]}")
+        if resp.status_code == 204 or not resp.content:
+            return {}
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise SourceError(f"Neutron of cloud {self.cloud!r} answered {method} {path} "
+                              f"with something that is not JSON") from exc
+
+    def list(self, collection: str, **params) -> list[dict]:
+        """GET a collection, following pagination links."""
+        items: list[dict] = []
+        path = f"/{collection}"
+        while True:
+            data = self.request("GET", path, params=params)
+            items.extend(data.get(collection, []))
+            nxt = [link for link in data.get(f"{collection}_links", ())
+                   if link.get("rel") == "next"]
+            if not nxt:
+                return items
+            marker = nxt[0]["href"].split("marker=")[-1].split("&")[0]
+            params = dict(params, marker=marker)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LocalNet:
+    id: str
+    name: str
+    project_id: str
+    segmentation_id: int
+    cidrs: tuple
+
+
+class NeutronSite:
+    """One site in its Neutron: source of its endpoints and, when ``site``'s
+    gateway is this gateway, registry of the remote ports it owns.
+
+    ``networks`` maps each stretched network's name to its transit VNI;
+    ``match`` is ``"name"`` (the Neutron network has that name) or
+    ``"tag"`` (it carries a tag equal to that name).
+    """
+
+    def __init__(self, client: NeutronClient, site: Site, networks: Mapping[str, int],
+                 match: str = "name", bulk_size: int = BULK_SIZE):
+        if match not in ("name", "tag"):
+            raise ValueError(f"network match must be 'name' or 'tag', not {match!r}")
+        self.client = client
+        self.site = site
+        self.networks = dict(networks)
+        self.match = match
+        self.bulk_size = bulk_size
+
+    @property
+    def owner(self) -> str:
+        return self.site.gateway.host
+
+    # -- networks ------------------------------------------------------------
+    def _stretched(self) -> dict[str, _LocalNet]:
+        """{stretched name: local network}; ambiguous or unusable ones are
+        skipped with a logged reason."""
+        fields = {"fields": ["id", "name", "tags", "project_id", "provider:network_type",
+                             "provider:segmentation_id", "subnets"]}
+        if self.match == "name":
+            found = self.client.list("networks", name=sorted(self.networks), **fields)
+            key = lambda n: [n.get("name")]  # noqa: E731
+        else:
+            found = self.client.list("networks", **{"tags-any": ",".join(sorted(self.networks))},
+                                     **fields)
+            key = lambda n: n.get("tags") or []  # noqa: E731
+        by_name: dict[str, list[dict]] = {}
+        for net in found:
+            for name in key(net):
+                if name in self.networks:
+                    by_name.setdefault(name, []).append(net)
+        result = {}
+        for name in sorted(self.networks):
+            nets = by_name.get(name, [])
+            if not nets:
+                LOG.warning("site %s: stretched network %r not found in Neutron (by %s)",
+                            self.site.name, name, self.match)
+                continue
+            if len(nets) > 1:
+                LOG.error("site %s: stretched network %r is ambiguous: Neutron networks %s "
+                          "all match; not stretching it", self.site.name, name,
+                          ", ".join(sorted(n["id"] for n in nets)))
+                continue
+            net = nets[0]
+            if net.get("provider:network_type") != "vxlan":
+                LOG.error("site %s: network %r (%s) is of type %r; only vxlan networks can "
+                          "be stretched", self.site.name, name, net["id"],
+                          net.get("provider:network_type"))
+                continue
+            result[name] = _LocalNet(net["id"], name, net.get("project_id") or "",
+                                     int(net["provider:segmentation_id"]), ())
+        if result:
+            subnets = self.client.list("subnets", network_id=[n.id for n in result.values()],
+                                       fields=["network_id", "cidr"])
+            for name, net in list(result.items()):
+                cidrs = tuple(ipaddress.ip_network(s["cidr"], strict=False)
+                              for s in subnets if s["network_id"] == net.id)
+                result[name] = dataclasses.replace(net, cidrs=cidrs)
+        return result
+
+    # -- source --------------------------------------------------------------
+    def version(self) -> object:
+        """A token over every port's revision on the stretched networks (one
+        narrow listing); agent changes are caught by the periodic resync."""
+        nets = self._stretched()
+        ports = self.client.list("ports", network_id=[n.id for n in nets.values()],
+                                 fields=["id", "revision_number"]) if nets else []
+        digest = hashlib.sha1()
+        for item in sorted((n.id, n.segmentation_id) for n in nets.values()):
+            digest.update(repr(item).encode())
+        for item in sorted((p["id"], p.get("revision_number")) for p in ports):
+            digest.update(repr(item).encode())
+        return digest.hexdigest()
+
+    def snapshot(self) -> SiteSnapshot:
+        nets = self._stretched()
+        networks = tuple(Network(name, net.segmentation_id, self.networks[name])
+                         for name, net in sorted(nets.items()))
+        if not nets:
+            return SiteSnapshot(self.site, networks, ())
+        vteps = self._vteps()
+        ports = self.client.list("ports", network_id=[n.id for n in nets.values()],
+                                 fields=list(PORT_FIELDS))
+        by_id = {net.id: net for net in nets.values()}
+        endpoints = []
+        claimed: dict[tuple[str, str], str] = {}
+        for port in sorted(ports, key=lambda p: p.get("id", "")):
+            if is_remote(port):
+                continue
+            ep = self._endpoint(port, by_id[port["network_id"]], vteps, claimed)
+            if ep is not None:
+                endpoints.append(ep)
+        return SiteSnapshot(self.site, networks, tuple(endpoints))
+
+    def _vteps(self) -> dict[str, str]:
+        vteps: dict[str, str] = {}
+        for agent in self.client.list("agents", fields=["host", "configurations", "alive"]):
+            tip = (agent.get("configurations") or {}).get("tunneling_ip")
+            if tip and (agent.get("alive", True) or agent["host"] not in vteps):
+                vteps[agent["host"]] = tip
+        return vteps
+
+    def _endpoint(self, port: dict, net: _LocalNet, vteps: dict, claimed: dict):
+        pid = port.get("id", "?")
+        where = f"site {self.site.name}: port {pid} on {net.name}"
+        host = port.get("binding:host_id") or ""
+        if not host:
+            LOG.debug("%s: unbound, no VTEP; left out", where)
+            return None
+        vtep = vteps.get(host)
+        if not vtep:
+            LOG.warning("%s: host %r has no L2 agent with a tunneling_ip; left out",
+                        where, host)
+            return None
+        mac = port.get("mac_address")
+        if not mac:
+            LOG.warning("%s: no MAC address; skipped", where)
+            return None
+        ips = []
+        for fixed in port.get("fixed_ips") or ():
+            addr = fixed.get("ip_address")
+            try:
+                parsed = ipaddress.ip_address(addr)
+            except (TypeError, ValueError):
+                LOG.warning("%s: fixed IP %r is not an IP address; ignored", where, addr)
+                continue
+            if not any(parsed in cidr for cidr in net.cidrs):
+                LOG.warning("%s: fixed IP %s is outside every subnet of the network; "
+                            "ignored", where, addr)
+                continue
+            ips.append(str(parsed))
+        pairs = []
+        for pair in port.get("allowed_address_pairs") or ():
+            pmac = (pair.get("mac_address") or mac).lower()
+            if pmac != mac.lower():
+                owner = claimed.get((net.name, pmac))
+                if owner is not None and owner != pid:
+                    LOG.warning("%s: allowed address pair %s with MAC %s ignored: the MAC "
+                                "belongs to port %s", where, pair.get("ip_address"), pmac, owner)
+                    continue
+            pairs.append({"ip_address": pair.get("ip_address"), "mac_address": pmac})
+        try:
+            ep = Endpoint(site=self.site.name, network=net.name, mac=mac, vtep=vtep,
+                          ips=tuple(_sorted_ips(ips)),
+                          allowed_address_pairs=tuple(_sorted_pairs(
+                              AddressPair(p["ip_address"], p["mac_address"]) for p in pairs)),
+                          port_id=pid)
+        except ValidationError as exc:
+            LOG.warning("%s: skipped: %s", where, exc)
+            return None
+        for m in ep.macs:
+            if claimed.get((net.name, m), pid) != pid:
+                LOG.warning("%s: skipped: MAC %s already belongs to port %s", where, m,
+                            claimed[(net.name, m)])
+                return None
+        for m in ep.macs:
+            claimed[(net.name, m)] = pid
+        return ep
+
+    # -- registry ------------------------------------------------------------
+    def _owned(self) -> list[dict]:
+        """Every port this gateway owns: all three owner marks present."""
+        ports = self.client.list("ports", device_owner=DEVICE_OWNER,
+                                 device_id=owner_device_id(self.owner),
+                                 fields=list(PORT_FIELDS))
+        return [p for p in ports if _profile(p).get("gateway") == self.owner]
+
+    def remote_ports(self) -> list[RemotePort]:
+        result = []
+        for port in self._owned():
+            prof = _profile(port)
+            try:
+                origin = Endpoint(
+                    site=prof.get("origin_site"), network=prof.get("network"),
+                    mac=port.get("mac_address"), vtep=prof.get("origin_vtep"),
+                    ips=tuple(_sorted_ips(f["ip_address"] for f in port.get("fixed_ips") or ())),
+                    allowed_address_pairs=tuple(_sorted_pairs(
+                        AddressPair(p["ip_address"], p.get("mac_address") or port["mac_address"])
+                        for p in port.get("allowed_address_pairs") or ())),
+                    port_id=prof.get("origin_port") or "")
+                result.append(RemotePort(origin, prof.get("tunnel_ip"), self.owner))
+            except (ValidationError, KeyError, TypeError) as exc:
+                LOG.warning("site %s: remote port %s has a malformed gwagent profile (%s); "
+                            "it will be replaced", self.site.name, port.get("id"), exc)
+        return result
+
+    def _body(self, rp: RemotePort, net: _LocalNet) -> dict:
+        o = rp.origin
+        return {
+            "network_id": net.id,
+            "project_id": net.project_id,
+            "name": f"gwagent-remote:{o.site}:{o.port_id or o.mac}"[:255],
+            "description": f"remote port of site {o.site} behind gateway {self.owner}",
+            "mac_address": o.mac,
+            "fixed_ips": [{"ip_address": ip} for ip in o.ips],
+            "allowed_address_pairs": [{"ip_address": p.ip_address, "mac_address": p.mac_address}
+                                      for p in o.allowed_address_pairs],
+            "device_owner": DEVICE_OWNER,
+            "device_id": owner_device_id(self.owner),
+            "binding:host_id": self.owner,
+            "binding:profile": {PROFILE_KEY: {
+                "tunnel_ip": rp.vtep, "gateway": self.owner, "origin_site": o.site,
+                "origin_port": o.port_id, "origin_vtep": o.vtep, "network": o.network}},
+        }
+
+    def register(self, ports: Iterable[RemotePort]) -> dict[tuple, str]:
+        ports = list(ports)
+        if not ports:
+            return {}
+        nets = self._stretched()
+        existing = {_raw_key(p): p for p in self._owned()}
+        errors: dict[tuple, str] = {}
+        creates: list[tuple[RemotePort, dict]] = []
+        for rp in ports:
+            net = nets.get(rp.origin.network)
+            if net is None:
+                errors[rp.key] = (f"network {rp.origin.network!r} is not stretched in site "
+                                  f"{self.site.name} (not found in its Neutron)")
+                continue
+            body = self._body(rp, net)
+            cur = existing.get(rp.key)
+            if cur is None:
+                creates.append((rp, body))
+                continue
+            change = _changes(cur, body)
+            if not change:
+                continue
+            try:
+                if "mac_address" in change or cur["network_id"] != net.id:
+                    # Neutron refuses a MAC change on an ACTIVE port: replace it.
+                    self.client.request("DELETE", f"/ports/{cur['id']}")
+                    creates.append((rp, body))
+                else:
+                    self.client.request("PUT", f"/ports/{cur['id']}", {"port": change})
+            except SourceError as exc:
+                errors[rp.key] = str(exc)
+        for start in range(0, len(creates), self.bulk_size):
+            chunk = creates[start:start + self.bulk_size]
+            try:
+                self.client.request("POST", "/ports", {"ports": [b for _, b in chunk]})
+                continue
+            except NeutronError as exc:
+                if len(chunk) == 1:
+                    errors[chunk[0][0].key] = str(exc)
+                    continue
+            except SourceError as exc:
+                for rp, _ in chunk:
+                    errors[rp.key] = str(exc)
+                continue
+            for rp, body in chunk:  # isolate the failing ones
+                try:
+                    self.client.request("POST", "/ports", {"port": body})
+                except SourceError as exc:
+                    errors[rp.key] = str(exc)
+        for key, msg in errors.items():
+            LOG.warning("site %s: remote port %s not registered: %s", self.site.name,
+                        "/".join(key), msg)
+        return errors
+
+    def unregister(self, ports: Iterable[RemotePort]) -> dict[tuple, str]:
+        ports = list(ports)
+        if not ports:
+            return {}
+        existing = {_raw_key(p): p for p in self._owned()}
+        errors = {}
+        for rp in ports:
+            cur = existing.get(rp.key)
+            if cur is None:
+                continue
+            try:
+                self.client.request("DELETE", f"/ports/{cur['id']}")
+            except NeutronError as exc:
+                if exc.status != 404:
+                    errors[rp.key] = str(exc)
+            except SourceError as exc:
+                errors[rp.key] = str(exc)
+        return errors
+
+
+def is_remote(port: dict) -> bool:
+    """A remote port registered by any gateway (never an endpoint)."""
+    return port.get("device_owner") == DEVICE_OWNER or bool(_profile(port))
+
+
+def _profile(port: dict) -> dict:
+    prof = port.get("binding:profile") or {}
+    info = prof.get(PROFILE_KEY) if isinstance(prof, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def _raw_key(port: dict) -> tuple:
+    prof = _profile(port)
+    return (prof.get("origin_site"), prof.get("network"),
+            prof.get("origin_port") or port.get("mac_address"))
+
+
+def _sorted_ips(ips: Iterable[str]) -> list[str]:
+    return sorted(ips, key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
+
+
+def _sorted_pairs(pairs: Iterable[AddressPair]) -> list[AddressPair]:
+    return sorted(pairs, key=lambda p: (p.ip_address, p.mac_address))
+
+
+def _changes(cur: dict, body: dict) -> dict:
+    """The fields of ``body`` that differ from the port ``cur``."""
+    change = {}
+    if (cur.get("mac_address") or "").lower() != body["mac_address"]:
+        change["mac_address"] = body["mac_address"]
+    if (sorted(f["ip_address"] for f in cur.get("fixed_ips") or ())
+            != sorted(f["ip_address"] for f in body["fixed_ips"])):
+        change["fixed_ips"] = body["fixed_ips"]
+    have = sorted((p["ip_address"], (p.get("mac_address") or "").lower())
+                  for p in cur.get("allowed_address_pairs") or ())
+    want = sorted((p["ip_address"], p["mac_address"]) for p in body["allowed_address_pairs"])
+    if have != want:
+        change["allowed_address_pairs"] = body["allowed_address_pairs"]
+    if cur.get("binding:profile") != body["binding:profile"]:
+        change["binding:profile"] = body["binding:profile"]
+    if cur.get("binding:host_id") != body["binding:host_id"]:
+        change["binding:host_id"] = body["binding:host_id"]
+    return change

@@ -1,0 +1,216 @@
+"""Two real Neutron servers: site A's ports become remote ports in site B and
+back, through the Neutron source and registry, the way the agent drives them."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gwagent.control.sources import SourceError
+from gwagent.model import Gateway
+from gwagent.neutron.source import DEVICE_OWNER, owner_device_id
+from syncer import sync_once
+
+CIDR = "10.50.0.0/24"
+
+
+@dataclasses.dataclass
+class Pair:
+    a: object  # SiteEnv
+    b: object
+    net: str
+    net_a: dict
+    net_b: dict
+    gw_a: Gateway
+    gw_b: Gateway
+
+    def sources(self):
+        nets = {self.net: 5001}
+        return self.a.source(self.gw_a, nets), self.b.source(self.gw_b, nets)
+
+
+@pytest.fixture
+def pair(sites, computes, uniq):
+    a, b = sites["site-a"], sites["site-b"]
+    net = f"blue-{uniq}"
+    return Pair(a, b, net, a.admin.network(net, CIDR), b.admin.network(net, CIDR),
+                Gateway(f"gwa-{uniq}", "198.18.0.1", "198.19.0.1"),
+                Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2"))
+
+
+def remote_in(site, gw: Gateway) -> list[dict]:
+    return site.admin.ports(device_owner=DEVICE_OWNER, device_id=owner_device_id(gw.host))
+
+
+def by_origin(ports: list[dict]) -> dict:
+    return {p["binding:profile"]["gwagent"]["origin_port"]: p for p in ports}
+
+
+def test_ports_appear_as_remote_ports_in_the_other_site_and_back(pair):
+    a, b = pair.a, pair.b
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.11"}],
+                      allowed_address_pairs=[{"ip_address": "10.50.0.100",
+                                              "mac_address": "00:00:5e:00:01:07"}])
+    vb = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "10.50.0.21"}])
+    unbound = a.admin.port(pair.net_a, None, fixed_ips=[{"ip_address": "10.50.0.12"}])
+    src_a, src_b = pair.sources()
+
+    snap_a = src_a.snapshot()
+    assert [n.name for n in snap_a.networks] == [pair.net]
+    assert snap_a.networks[0].segmentation_id == pair.net_a["provider:segmentation_id"]
+    assert 1000 <= snap_a.networks[0].segmentation_id < 2000  # each site its own VNI
+    assert 2000 <= src_b.snapshot().networks[0].segmentation_id < 3000
+    (ep,) = snap_a.endpoints  # the unbound port has no VTEP
+    assert (ep.mac, ep.ips, ep.vtep, ep.port_id) == (
+        va["mac_address"], ("10.50.0.11",), "198.18.1.1", va["id"])
+    assert [(p.ip_address, p.mac_address) for p in ep.allowed_address_pairs] == [
+        ("10.50.0.100", "00:00:5e:00:01:07")]
+
+    assert sync_once(src_b, [src_a])["errors"] == {}
+    assert sync_once(src_a, [src_b])["errors"] == {}
+
+    (rb,) = remote_in(b, pair.gw_b)
+    assert rb["mac_address"] == va["mac_address"]
+    assert [f["ip_address"] for f in rb["fixed_ips"]] == ["10.50.0.11"]
+    assert rb["allowed_address_pairs"] == [{"ip_address": "10.50.0.100",
+                                            "mac_address": "00:00:5e:00:01:07"}]
+    assert rb["binding:host_id"] == pair.gw_b.host
+    assert rb["binding:profile"]["gwagent"] == {
+        "tunnel_ip": "198.18.0.2", "gateway": pair.gw_b.host, "origin_site": "site-a",
+        "origin_port": va["id"], "origin_vtep": "198.18.1.1", "network": pair.net}
+    assert rb["device_id"] == f"gwagent:{pair.gw_b.host}"
+    # bound by the gwagent driver, no agent on the gateway host
+    full = b.admin.get(rb["id"])
+    assert (full["status"], full["binding:vif_type"]) == ("ACTIVE", "other")
+
+    (ra,) = remote_in(a, pair.gw_a)
+    assert (ra["mac_address"], ra["binding:profile"]["gwagent"]["tunnel_ip"]) == (
+        vb["mac_address"], "198.18.0.1")
+    assert unbound["id"] not in by_origin(remote_in(b, pair.gw_b))
+
+    # the registry reads back exactly what the agent computes
+    assert sorted(src_b.remote_ports(), key=lambda r: r.key) == sorted(
+        sync_desired(src_b, src_a), key=lambda r: r.key)
+    # remote ports are never endpoints of their site
+    assert [e.port_id for e in src_b.snapshot().endpoints] == [vb["id"]]
+    # converged: a second pass changes nothing
+    assert sync_once(src_b, [src_a]) == {"registered": 0, "unregistered": 0, "errors": {}}
+
+
+def sync_desired(local, peer):
+    from gwagent.model import Desired
+    return list(Desired(local.snapshot(), (peer.snapshot(),)).remote_ports())
+
+
+def test_updates_and_deletes_propagate_in_place(pair):
+    a, b = pair.a, pair.b
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.31"}])
+    gone = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.32"}])
+    src_a, src_b = pair.sources()
+    sync_once(src_b, [src_a])
+    before = by_origin(remote_in(b, pair.gw_b))
+    assert set(before) == {va["id"], gone["id"]}
+
+    a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.31"},
+                                        {"ip_address": "10.50.0.33"}],
+                   allowed_address_pairs=[{"ip_address": "10.50.0.200"}])
+    a.admin.delete(gone["id"])
+    result = sync_once(src_b, [src_a])
+    assert result == {"registered": 1, "unregistered": 1, "errors": {}}
+
+    after = by_origin(remote_in(b, pair.gw_b))
+    assert set(after) == {va["id"]}
+    rb = after[va["id"]]
+    assert rb["id"] == before[va["id"]]["id"]  # updated in place
+    assert sorted(f["ip_address"] for f in rb["fixed_ips"]) == ["10.50.0.31", "10.50.0.33"]
+    assert rb["allowed_address_pairs"] == [{"ip_address": "10.50.0.200",
+                                            "mac_address": va["mac_address"]}]
+    assert b.admin.get(rb["id"])["status"] == "ACTIVE"
+
+    # a VM moving to another compute changes the origin VTEP: updated too
+    a.admin.update(va["id"], **{"binding:host_id": "cn-a2"})
+    sync_once(src_b, [src_a])  # cn-a2 has no agent: no VTEP, the endpoint leaves
+    assert remote_in(b, pair.gw_b) == []
+
+
+def test_restart_creates_no_duplicates(pair):
+    a, b = pair.a, pair.b
+    for i in range(5):
+        a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": f"10.50.0.{40 + i}"}])
+    src_a, src_b = pair.sources()
+    assert sync_once(src_b, [src_a])["registered"] == 5
+    ids = sorted(p["id"] for p in remote_in(b, pair.gw_b))
+    # a new process: new client, new source objects, nothing cached
+    src_a2, src_b2 = pair.sources()
+    assert sync_once(src_b2, [src_a2]) == {"registered": 0, "unregistered": 0, "errors": {}}
+    # even a blind re-register of everything updates in place
+    assert src_b2.register(sync_desired(src_b2, src_a2)) == {}
+    assert sorted(p["id"] for p in remote_in(b, pair.gw_b)) == ids
+
+
+def test_foreign_ports_are_never_touched_and_conflicts_fail_alone(pair, uniq):
+    a, b = pair.a, pair.b
+    va1 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.51"}])
+    va2 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.52"}])
+    # In B: a local port already holds va2's IP (a conflict), and another
+    # gateway's remote port that looks like ours except for the owner.
+    local_b = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "10.50.0.52"}])
+    other_gw = f"gwx-{uniq}"
+    foreign = b.admin.port(
+        pair.net_b, other_gw, fixed_ips=[{"ip_address": "10.50.0.59"}],
+        device_owner=DEVICE_OWNER, device_id=owner_device_id(other_gw),
+        **{"binding:profile": {"gwagent": {
+            "tunnel_ip": "198.18.0.9", "gateway": other_gw, "origin_site": "site-a",
+            "origin_port": "f00", "origin_vtep": "198.18.1.9", "network": pair.net}}})
+    src_a, src_b = pair.sources()
+
+    result = sync_once(src_b, [src_a])
+    key2 = ("site-a", pair.net, va2["id"])
+    assert set(result["errors"]) == {key2}
+    assert "10.50.0.52" in result["errors"][key2]
+    assert set(by_origin(remote_in(b, pair.gw_b))) == {va1["id"]}
+
+    # unregistering everything ours leaves the foreign ports alone
+    assert src_b.unregister(src_b.remote_ports()) == {}
+    assert remote_in(b, pair.gw_b) == []
+    assert b.admin.get(foreign["id"])["revision_number"] == foreign["revision_number"]
+    assert b.admin.get(local_b["id"])["fixed_ips"][0]["ip_address"] == "10.50.0.52"
+    # and the foreign remote port is no endpoint of site B
+    assert foreign["id"] not in {e.port_id for e in src_b.snapshot().endpoints}
+
+
+def test_neutron_down_and_back(pair):
+    a, b = pair.a, pair.b
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.61"}])
+    src_a, src_b = pair.sources()
+    sync_once(src_b, [src_a])
+    b.server.stop()
+    try:
+        with pytest.raises(SourceError, match="unreachable"):
+            src_b.snapshot()
+        with pytest.raises(SourceError, match="site-b"):
+            src_b.remote_ports()
+        # meanwhile site A changes
+        a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.62"}])
+        vnew = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.63"}])
+    finally:
+        b.server.start()
+    assert sync_once(src_b, [src_a])["errors"] == {}  # the same objects recover
+    got = {k: sorted(f["ip_address"] for f in p["fixed_ips"])
+           for k, p in by_origin(remote_in(b, pair.gw_b)).items()}
+    assert got == {va["id"]: ["10.50.0.62"], vnew["id"]: ["10.50.0.63"]}
+
+
+def test_networks_matched_by_tag_keep_their_own_names(sites, computes, uniq):
+    a, b = sites["site-a"], sites["site-b"]
+    stretched = f"red-{uniq}"
+    net_a = a.admin.network(f"tenant-net-{uniq}", "10.60.0.0/24", tags=[stretched])
+    net_b = b.admin.network(f"other-name-{uniq}", "10.60.0.0/24", tags=[stretched])
+    va = a.admin.port(net_a, "cn-a1", fixed_ips=[{"ip_address": "10.60.0.5"}])
+    gw_b = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
+    src_a = a.source(Gateway(f"gwa-{uniq}", "198.18.0.1", "198.19.0.1"), {stretched: 5002},
+                     match="tag")
+    src_b = b.source(gw_b, {stretched: 5002}, match="tag")
+    assert sync_once(src_b, [src_a])["errors"] == {}
+    (rb,) = remote_in(b, gw_b)
+    assert (rb["network_id"], rb["mac_address"]) == (net_b["id"], va["mac_address"])
