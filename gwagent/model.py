@@ -21,6 +21,7 @@ import dataclasses
 import ipaddress
 import re
 import socket
+import sys
 from typing import Iterable
 
 VNI_MIN, VNI_MAX = 1, 16777215
@@ -45,7 +46,7 @@ def mac(value: object, field: str = "mac") -> str:
         raise ValidationError(field, value, "multicast MAC cannot be an endpoint")
     if text == "00:00:00:00:00:00":
         raise ValidationError(field, value, "the all-zero MAC is reserved for flooding")
-    return text
+    return sys.intern(text)  # see ip()
 
 
 def ip(value: object, field: str = "ip", version: int | None = None) -> str:
@@ -54,7 +55,9 @@ def ip(value: object, field: str = "ip", version: int | None = None) -> str:
         # Fast path for canonical IPv4 (validation runs per endpoint, 100k+).
         try:
             if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
-                return value
+                # Interned, as the backend interns what it reads from the
+                # kernel: equal entries then compare by identity.
+                return sys.intern(value)
         except OSError:
             pass
     try:

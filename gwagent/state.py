@@ -20,6 +20,7 @@ device, one per destination.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Iterable, NamedTuple, Union
 
 from gwagent.model import Desired
@@ -56,11 +57,12 @@ class NetworkDevices:
     @classmethod
     def for_network(cls, network: str, segmentation_id: int, transit_vni: int,
                     tunnel_ip: str, transit_ip: str) -> "NetworkDevices":
+        name = sys.intern  # FDB entries compare by identity with observed ones
         return cls(
             network=network,
-            bridge=f"{PREFIX}br-{transit_vni}",
-            site_side=Vxlan(f"{PREFIX}vl-{transit_vni}", segmentation_id, tunnel_ip),
-            transit_side=Vxlan(f"{PREFIX}vt-{transit_vni}", transit_vni, transit_ip),
+            bridge=name(f"{PREFIX}br-{transit_vni}"),
+            site_side=Vxlan(name(f"{PREFIX}vl-{transit_vni}"), segmentation_id, tunnel_ip),
+            transit_side=Vxlan(name(f"{PREFIX}vt-{transit_vni}"), transit_vni, transit_ip),
         )
 
 

@@ -23,7 +23,8 @@ def plan(desired: DataplaneState, observed: DataplaneState) -> list[Op]:
 
     untrusted = {name for net in ensure for name in net.names}
     gone = {name for net in remove for name in net.names}
-    present = {e for e in observed.fdb if e.dev not in untrusted}
+    present = observed.fdb if not untrusted else frozenset(
+        e for e in observed.fdb if e.dev not in untrusted)
 
     bridge_of = {}
     for net in desired.networks:

@@ -48,6 +48,7 @@ import functools
 import gc
 import logging
 import re
+import sys
 from typing import Iterable, Sequence
 
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, FdbRecord, FdbRequest,
@@ -199,7 +200,7 @@ def normalise_fdb(records: Iterable[FdbRecord], owned: dict[int, Link]) -> froze
     A VXLAN entry with another VNI or port cannot be expressed as an
     FdbEntry and is skipped (a replace of the same MAC overwrites it).
     """
-    names = {i: link.name for i, link in owned.items()}
+    names = {i: sys.intern(link.name) for i, link in owned.items()}
     bridges = {i for i, link in owned.items() if link.kind == "bridge"}
     masters = {i: link.master for i, link in owned.items()}
     vxlans = {i: (link.vni, link.port) for i, link in owned.items() if link.kind == "vxlan"}
