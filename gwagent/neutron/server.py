@@ -75,6 +75,12 @@ def _conf(site: str, workdir: Path, port: int, transport_url: str, vni_range: st
         [oslo_concurrency]
         lock_path = {workdir}/lock
 
+        [quotas]
+        # Remote ports count against their network's project: no limits here.
+        quota_port = -1
+        quota_network = -1
+        quota_subnet = -1
+
         [ml2]
         type_drivers = vxlan
         tenant_network_types = vxlan
