@@ -3,9 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iperf3 ethtool procps
+APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server
 
-.PHONY: demo test bench setup system-packages venv sample-config lab-down clean
+.PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
 demo: setup
 	-@$(VENV)/bin/gwagent lab down >/dev/null 2>&1  # a lab left from an earlier demo
@@ -25,7 +25,15 @@ bench: setup
 lab-down:
 	$(VENV)/bin/gwagent lab down
 
-setup: system-packages venv
+setup: system-packages venv neutron-venv
+
+# The Neutron servers of the integration tests, the Neutron bench and
+# `gwagent lab up --neutron` run from their own venv, with gwagent's ML2 driver.
+neutron-venv: .venv-neutron/.installed
+
+.venv-neutron/.installed: pyproject.toml tools/setup-neutron-venv.sh
+	tools/setup-neutron-venv.sh
+	touch $@
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -36,6 +36,7 @@ def load_conf(config_files: list[str]) -> cfg.ConfigOpts:
     config.register_opts(conf)
     args = [arg for path in config_files for arg in ("--config-file", path)]
     conf(args=args, project="gwagent", default_config_files=[])
+    config.register_peer_opts(conf)
     return conf
 
 
@@ -48,8 +49,44 @@ def build_sources(conf: cfg.ConfigOpts):
             raise SystemExit("gwagent: [gateway] site_file is required with source=file")
         local = FileInventory(g.site_file, g.registry_file or None)
         return local, [FileInventory(p) for p in g.peer_site_files], local
-    from gwagent.neutron.source import build_sources as neutron_sources
     return neutron_sources(conf)
+
+
+def neutron_sources(conf: cfg.ConfigOpts):
+    from gwagent.control.sources import Throttled
+    from gwagent.model import Gateway, Site, ValidationError
+    from gwagent.neutron.source import NeutronClient, NeutronSite
+
+    n = conf.neutron
+
+    def site(name, group, cloud_group):
+        missing = [opt for opt in ("cloud", "gateway_host", "gateway_tunnel_ip",
+                                   "gateway_transit_ip") if not cloud_group[opt]]
+        if missing:
+            raise SystemExit(f"gwagent: [{group}] needs {', '.join(missing)} with source=neutron")
+        try:
+            gw = Gateway(cloud_group.gateway_host, cloud_group.gateway_tunnel_ip,
+                         cloud_group.gateway_transit_ip)
+            return NeutronSite(NeutronClient(cloud_group.cloud, cloud_group.clouds_file,
+                                             timeout=n.api_timeout),
+                               Site(name, gw), networks, n.network_match)
+        except ValidationError as exc:
+            raise SystemExit(f"gwagent: [{group}] {exc}") from None
+
+    if not n.site_name or not n.networks:
+        raise SystemExit("gwagent: [neutron] site_name and networks are required with "
+                         "source=neutron")
+    try:
+        networks = {name: int(vni) for name, vni in n.networks.items()}
+    except ValueError:
+        raise SystemExit(f"gwagent: [neutron] networks: transit VNIs must be integers: "
+                         f"{n.networks}") from None
+    local = site(n.site_name, "neutron", n)
+    peers = []
+    for peer in n.peers:
+        group = config.PEER_GROUP.format(peer)
+        peers.append(Throttled(site(peer, group, conf[group]), n.poll_interval))
+    return Throttled(local, n.poll_interval), peers, local
 
 
 def build_backend(conf: cfg.ConfigOpts):

@@ -44,10 +44,56 @@ agent_opts = [
 ]
 
 
+neutron_opts = [
+    cfg.StrOpt("cloud", help="clouds.yaml entry of the local cloud (as openstack --os-cloud)."),
+    cfg.StrOpt("clouds_file",
+               help="Explicit clouds.yaml path; default: openstacksdk's standard search path."),
+    cfg.StrOpt("site_name", help="This site's name (as its peers know it)."),
+    cfg.DictOpt("networks", default={},
+                help="Stretched networks and their transit VNI, the same in every site: "
+                     "name:vni,name:vni."),
+    cfg.StrOpt("network_match", default="name", choices=["name", "tag"],
+               help="Find a stretched network by its Neutron name, or by a tag equal to the "
+                    "stretched name."),
+    cfg.StrOpt("gateway_host",
+               help="This site's gateway host: the binding host of the remote ports it "
+                    "registers, and the owner mark on them."),
+    cfg.StrOpt("gateway_tunnel_ip", help="This site's gateway VTEP facing its computes."),
+    cfg.StrOpt("gateway_transit_ip", help="This site's gateway address facing peer gateways."),
+    cfg.ListOpt("peers", default=[],
+                help="Peer site names; each has a group [neutron_peer_<name>] with cloud, "
+                     "clouds_file, gateway_host, gateway_tunnel_ip and gateway_transit_ip."),
+    cfg.FloatOpt("api_timeout", default=30.0, min=0.1, help="Seconds per Neutron request."),
+    cfg.FloatOpt("poll_interval", default=0.5, min=0.05,
+                 help="Seconds between the cheap change checks against each Neutron (a "
+                      "narrow port listing); a change starts a pass at once."),
+]
+
+neutron_peer_opts = [
+    cfg.StrOpt("cloud", help="clouds.yaml entry of the peer's cloud (read only)."),
+    cfg.StrOpt("clouds_file", help="Explicit clouds.yaml path for this peer."),
+    cfg.StrOpt("gateway_host", help="The peer gateway's host."),
+    cfg.StrOpt("gateway_tunnel_ip", help="The peer gateway's VTEP facing its computes."),
+    cfg.StrOpt("gateway_transit_ip",
+               help="The peer gateway's transit address: where this gateway sends the "
+                    "peer's MACs."),
+]
+
+PEER_GROUP = "neutron_peer_{}"
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(gateway_opts, group="gateway")
     conf.register_opts(agent_opts, group="agent")
+    conf.register_opts(neutron_opts, group="neutron")
+
+
+def register_peer_opts(conf: cfg.ConfigOpts) -> None:
+    """One group per peer named in [neutron] peers (known only after parsing)."""
+    for peer in conf.neutron.peers:
+        conf.register_opts(neutron_peer_opts, group=PEER_GROUP.format(peer))
 
 
 def list_opts():
-    return [("gateway", gateway_opts), ("agent", agent_opts)]
+    return [("gateway", gateway_opts), ("agent", agent_opts), ("neutron", neutron_opts),
+            (PEER_GROUP.format("SITE"), neutron_peer_opts)]

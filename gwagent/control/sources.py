@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -49,6 +50,31 @@ class Registry(Protocol):
 
     def unregister(self, ports: list[RemotePort]) -> dict[tuple, str]:
         """Delete ``ports``; returns {port.key: error} for failures."""
+
+
+class Throttled:
+    """A source whose ``version()`` asks at most every ``interval`` seconds.
+
+    The agent polls versions often (a file's is a stat); a Neutron's costs a
+    request, so between two real asks the last answer stands.
+    """
+
+    def __init__(self, source: SiteSource, interval: float, clock=time.monotonic):
+        self.source, self.interval, self.clock = source, interval, clock
+        self._asked, self._version = None, None
+
+    def snapshot(self) -> SiteSnapshot:
+        return self.source.snapshot()
+
+    def version(self) -> object:
+        now = self.clock()
+        if self._asked is None or now - self._asked >= self.interval:
+            self._asked = now
+            try:
+                self._version = self.source.version()
+            except (SourceError, OSError):
+                self._version = None  # unknown: the agent re-reads and reports
+        return self._version
 
 
 def endpoint_to_dict(ep: Endpoint) -> dict:
