@@ -500,15 +500,7 @@ def _extack_text(buf, off: int, length: int, flags: int) -> str:
     if not flags & NLM_F_ACK_TLVS:
         return ""
     # nlmsghdr + error + the request's header (capped: no payload echoed)
-    a, end = off + 16 + 4 + 16, off + length
-    while a + 4 <= end:
-        alen, atype = _ATTR.unpack_from(buf, a)
-        if alen < 4:
-            break
-        if atype == NLMSGERR_ATTR_MSG:
-            return bytes(buf[a + 4:a + alen]).split(b"\0", 1)[0].decode(errors="replace")
-        a += (alen + 3) & ~3
-    return ""
+    return _string_attr(buf, off + 16 + 4 + 16, off + length, NLMSGERR_ATTR_MSG) or ""
 
 
 def _link_of(msg) -> Link:
@@ -584,11 +576,16 @@ def _decode_events(buf, n: int, events: list) -> None:
 
 
 def _ifname(buf, a: int, end: int) -> str | None:
+    return _string_attr(buf, a, end, IFLA_IFNAME)
+
+
+def _string_attr(buf, a: int, end: int, wanted: int) -> str | None:
+    """The NUL-terminated string attribute ``wanted`` among buf[a:end]."""
     while a + 4 <= end:
         alen, atype = _ATTR.unpack_from(buf, a)
         if alen < 4:
             break
-        if atype == IFLA_IFNAME:
+        if atype == wanted:
             return bytes(buf[a + 4:a + alen]).split(b"\0", 1)[0].decode(errors="replace")
         a += (alen + 3) & ~3
     return None
