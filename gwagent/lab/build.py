@@ -92,6 +92,7 @@ class Lab:
     topology: Topology
     processes: dict = dataclasses.field(default_factory=dict)
     state: str = "building"
+    neutron: dict | None = None  # Neutron mode: servers, clouds.yaml, RabbitMQ (lab.neutron)
 
     # -- names and paths ----------------------------------------------------
     def ns(self, node: str) -> str:
@@ -132,7 +133,8 @@ class Lab:
     # -- persistence --------------------------------------------------------
     def to_dict(self) -> dict:
         return {"prefix": self.prefix, "lab_dir": str(self.lab_dir), "state": self.state,
-                "topology": topo_mod.to_dict(self.topology), "processes": self.processes}
+                "topology": topo_mod.to_dict(self.topology), "processes": self.processes,
+                "neutron": self.neutron}
 
     def save(self) -> None:
         atomic_write(self.json_path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -147,7 +149,7 @@ class Lab:
         except (OSError, ValueError) as exc:
             raise LabError(f"cannot read {path}: {exc}") from None
         return cls(data["prefix"], Path(data["lab_dir"]), topo_mod.parse(data["topology"]),
-                   data.get("processes", {}), data.get("state", "?"))
+                   data.get("processes", {}), data.get("state", "?"), data.get("neutron"))
 
     # -- description --------------------------------------------------------
     def nodes(self) -> list[dict]:
@@ -301,6 +303,10 @@ def write_inventories(lab: Lab, sites: list[str] | None = None) -> None:
 
 def write_agent_configs(lab: Lab) -> None:
     for site in lab.topology.sites:
+        if lab.neutron is not None:
+            from gwagent.lab import neutron as lab_neutron
+            atomic_write(lab.agent_conf(site.name), lab_neutron.agent_config(lab, site))
+            continue
         peers = ",".join(str(lab.inventory(s.name)) for s in lab.topology.sites
                          if s.name != site.name)
         atomic_write(lab.agent_conf(site.name), (
@@ -344,9 +350,13 @@ def python_env() -> dict[str, str]:
     return env
 
 
-def start_process(lab: Lab, name: str, argv: list[str]) -> dict:
-    """Start ``argv`` in its own session, output to <lab_dir>/<name>.log; record it."""
-    env = python_env()
+def start_process(lab: Lab, name: str, argv: list[str], env: dict | None = None,
+                  group: bool = False, order: int = 0) -> dict:
+    """Start ``argv`` in its own session, output to <lab_dir>/<name>.log; record it.
+
+    ``group``: stop it by its process group (it forks helpers); ``order``:
+    ``down`` stops lower orders first."""
+    env = python_env() if env is None else env
     log = lab.lab_dir / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
@@ -354,7 +364,7 @@ def start_process(lab: Lab, name: str, argv: list[str]) -> dict:
                                 cwd=str(lab.lab_dir))
     info = _proc_start_time(proc.pid)
     record = {"pid": proc.pid, "start": info[1] if info else None, "argv": argv,
-              "log": str(log)}
+              "log": str(log), "group": group, "order": order}
     lab.processes[name] = record
     lab.save()
     return record
@@ -367,9 +377,11 @@ def stop_process(lab: Lab, name: str, timeout: float = 5.0) -> bool:
     if record is None or record.get("start") is None or not process_alive(record):
         return False
     pid = record["pid"]
+    # A session leader's pgid is its pid: its group holds the helpers it forked.
+    kill = os.killpg if record.get("group") else os.kill
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+            kill(pid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
@@ -429,7 +441,7 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
                 continue
             want = sum(1 for vm in lab.topology.vms if vm.site != site)
             try:
-                have = len(FileInventory(lab.inventory(site), owner=None).all_remote_ports())
+                have = len(registered_remote_ports(lab, site))
             except Exception:  # noqa: BLE001 - a registry being rewritten: look again
                 continue
             if have == want:
@@ -439,7 +451,31 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
                            f"(see {lab.lab_dir}/<site>-gw.log and "
                            f"gwagent status --config-file {lab.agent_conf(pending[0])})")
         time.sleep(0.05)
-    time.sleep(0.3)  # let the L2 population emulator see the registries
+    if lab.neutron is not None:
+        # Program the computes from the Neutrons' view now (idempotent with
+        # the emulator's own pass), rather than guessing how long it takes.
+        from gwagent.lab import l2pop
+        l2pop.reconcile_once(lab)
+    else:
+        time.sleep(0.3)  # let the L2 population emulator see the registries
+
+
+def registered_remote_ports(lab: Lab, site: str) -> list:
+    """The remote ports registered in the site (its registry file or its Neutron)."""
+    if lab.neutron is not None:
+        from gwagent.lab import neutron as lab_neutron
+        return lab_neutron.remote_ports_of(lab, site)
+    return FileInventory(lab.inventory(site), owner=None).all_remote_ports()
+
+
+def update_sites(lab: Lab, sites: list[str] | None = None) -> None:
+    """Tell the sites' clouds about the topology's VMs: rewrite the inventory
+    files, or create/update/delete the ports in the sites' Neutrons."""
+    if lab.neutron is not None:
+        from gwagent.lab import neutron as lab_neutron
+        lab_neutron.sync_ports(lab, sites)
+    else:
+        write_inventories(lab, sites)
 
 
 # -- up and down ---------------------------------------------------------------
@@ -456,8 +492,12 @@ def check_prefix(prefix: str) -> None:
 
 
 def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | None = None,
-       agents: bool = True, progress: Callable[[str], None] = _progress_none) -> Lab:
-    """Build the lab; on failure the partial lab stays for ``down`` (and for a look)."""
+       agents: bool = True, progress: Callable[[str], None] = _progress_none,
+       neutron: bool = False) -> Lab:
+    """Build the lab; on failure the partial lab stays for ``down`` (and for a look).
+
+    ``neutron``: one real Neutron per site is the source of truth
+    (:mod:`gwagent.lab.neutron`) instead of inventory files."""
     check_root()
     check_prefix(prefix)
     lab_dir = Path(lab_dir) if lab_dir else default_lab_dir(prefix)
@@ -479,20 +519,27 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     progress(f"{len(topology.vms)} VMs")
     for vm in topology.vms:
         plug_vm(lab, vm)
-    write_inventories(lab)
+    if neutron:
+        from gwagent.lab import neutron as lab_neutron
+        try:
+            lab_neutron.up(lab, progress)
+        except lab_neutron.NeutronLabError as exc:
+            raise LabError(str(exc)) from None
+    else:
+        write_inventories(lab)
     write_agent_configs(lab)
     from gwagent.lab import l2pop
     l2pop.reconcile_once(lab)
     progress("L2 population emulator")
     start_process(lab, "l2pop", [sys.executable, "-m", "gwagent.lab.l2pop",
-                                 "--lab-dir", str(lab_dir)])
+                                 "--lab-dir", str(lab_dir)], order=1)
     if agents:
         since = time.time()
         for site in topology.sites:
             progress(f"agent of site {site.name} ({lab.agent_conf(site.name)})")
             start_agent(lab, site.name)
         progress("waiting for the agents' first passes")
-        wait_agents_ready(lab, since=since)
+        wait_agents_ready(lab, since=since, timeout=60.0 if neutron else 20.0)
     lab.state = "up"
     lab.save()
     return lab
@@ -516,8 +563,10 @@ def down(prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | None = None,
         lab = None
     if lab is not None:
         prefix = lab.prefix
-        # Agents first (so nothing re-registers), the emulator last.
-        for name in sorted(lab.processes, key=lambda n: n == "l2pop"):
+        # Agents first (so nothing re-registers), then the emulator, then
+        # (Neutron mode) L2 agents, Neutron servers and RabbitMQ.
+        for name in sorted(lab.processes, key=lambda n: (
+                lab.processes[n].get("order", 1 if n == "l2pop" else 0), n)):
             if stop_process(lab, name):
                 progress(f"stopped {name}")
         names.update(lab.namespaces())
@@ -547,7 +596,7 @@ def add_vm(lab: Lab, vm: dict) -> float:
     lab.save()
     plug_vm(lab, new)
     t0 = time.monotonic()
-    write_inventories(lab, [new.site])
+    update_sites(lab, [new.site])
     return t0
 
 
@@ -557,7 +606,7 @@ def remove_vm(lab: Lab, name: str) -> float:
     lab.topology = _set_vms(lab, [v for v in topo_mod.to_dict(lab.topology)["vms"]
                                   if v["name"] != name])
     t0 = time.monotonic()
-    write_inventories(lab, [old.site])
+    update_sites(lab, [old.site])
     unplug_vm(lab, old, delete_namespace=True)
     lab.save()
     return t0
@@ -584,5 +633,5 @@ def move_vm(lab: Lab, name: str, compute: str) -> float:
     plug_vm(lab, new)
     probe.announce(lab.ns(name), new.mac, new.ip)
     t0 = time.monotonic()
-    write_inventories(lab, [old.site] + ([new.site] if new.site != old.site else []))
+    update_sites(lab, [old.site] + ([new.site] if new.site != old.site else []))
     return t0

@@ -1,6 +1,6 @@
 """``gwagent lab``: bring a namespace lab up and down, look at it, run in it.
 
-Subcommands: ``up [--topology FILE] [--no-agents]``, ``down``, ``status
+Subcommands: ``up [--topology FILE] [--no-agents] [--neutron]``, ``down``, ``status
 [--json]``, ``exec NODE -- CMD...`` and ``check`` (ICMP ping matrix of every
 pair of VMs on the same network; non-zero exit on any failure). Each takes
 ``--prefix`` (default ``gwl-``) and ``--lab-dir`` (default
@@ -32,7 +32,7 @@ def cmd_up(args) -> int:
     topo = topo_mod.load(args.topology)
     try:
         lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
-                       progress=_progress)
+                       progress=_progress, neutron=args.neutron)
     except build.LabError as exc:
         if "already up" in str(exc) or "exist" in str(exc) or "root" in str(exc):
             raise
@@ -67,9 +67,12 @@ def status_dict(lab: build.Lab) -> dict:
     for name, record in lab.processes.items():
         agents[name] = {"pid": record["pid"], "alive": build.process_alive(record),
                         "log": record.get("log")}
+    from gwagent.lab import neutron as lab_neutron
     return {"prefix": lab.prefix, "lab_dir": str(lab.lab_dir), "state": lab.state,
+            "source": "neutron" if lab.neutron is not None else "file",
             "nodes": lab.nodes(), "processes": agents,
-            "agent_configs": {s.name: str(lab.agent_conf(s.name)) for s in lab.topology.sites}}
+            "agent_configs": {s.name: str(lab.agent_conf(s.name)) for s in lab.topology.sites},
+            "neutron": lab_neutron.status(lab)}
 
 
 def cmd_status(args) -> int:
@@ -78,7 +81,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(data, indent=1))
         return 0
-    print(f"lab {lab.prefix!r} in {lab.lab_dir} ({lab.state})\n")
+    print(f"lab {lab.prefix!r} in {lab.lab_dir} ({lab.state}; source: {data['source']})\n")
     print(f"{'NODE':<14} {'KIND':<8} {'SITE':<6} {'NETWORK':<8} {'IP (TRANSIT IP)':<26} "
           f"{'MAC':<18} NAMESPACE")
     for n in data["nodes"]:
@@ -91,6 +94,15 @@ def cmd_status(args) -> int:
     print(f"\n{'PROCESS':<14} {'PID':>8}  STATE    LOG")
     for name, p in data["processes"].items():
         print(f"{name:<14} {p['pid']:>8}  {'running' if p['alive'] else 'DEAD':<8} {p['log']}")
+    neutron = data["neutron"]
+    if neutron:
+        print(f"\n{'SITE':<6} {'CLOUD':<10} {'NEUTRON URL':<26} {'STATE':<9} WORKDIR")
+        for name, site in neutron["sites"].items():
+            print(f"{name:<6} {site['cloud']:<10} {site['url']:<26} "
+                  f"{'answering' if site['answering'] else 'DOWN':<9} {site['workdir']}")
+        print(f"\nclouds.yaml: {neutron['clouds_file']}  (OS_CLIENT_CONFIG_FILE=... "
+              f"openstack --os-cloud {next(iter(neutron['sites'].values()))['cloud']} "
+              f"port list)\nRabbitMQ: {neutron['rabbit']}")
     return 0
 
 
@@ -161,6 +173,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help=f"topology file (default {topo_mod.DEFAULT_FILE})")
     up.add_argument("--no-agents", action="store_true",
                     help="build everything but start no gateway agent")
+    up.add_argument("--neutron", action="store_true",
+                    help="one real Neutron per site (and RabbitMQ) as the source of truth, "
+                         "instead of inventory files; needs .venv-neutron and rabbitmq-server")
     up.set_defaults(func=_guard(cmd_up))
     common(sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
            ).set_defaults(func=_guard(cmd_down))

@@ -20,6 +20,11 @@ It runs as ``python -m gwagent.lab.l2pop --lab-dir DIR`` (started by ``lab
 up``), polling the inventory and registry files' mtimes every 0.1 s and
 resyncing every few seconds regardless. An unreadable or invalid file keeps
 the last good snapshot of that site in force, as a cloud would.
+
+In a Neutron lab (``lab up --neutron``) the same functions get the same
+inputs from each site's Neutron instead (:class:`NeutronView`): the bound
+local ports and the remote ports the site's gateway registered, polled every
+0.5 s (a narrow listing of port revisions; a full read on a change).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ LOG = logging.getLogger("gwagent.lab.l2pop")
 FLOOD_MAC = "00:00:00:00:00:00"
 NUD_NOARP, NUD_PERMANENT, NTF_SELF = 0x40, 0x80, 0x02
 POLL_INTERVAL = 0.1
+NEUTRON_POLL_INTERVAL = 0.5
 RESYNC_INTERVAL = 3.0
 
 
@@ -129,25 +135,64 @@ def computes_of(lab) -> list[Compute]:
     return result
 
 
+class FileView:
+    """A site as its inventory file and registry say."""
+
+    def __init__(self, lab, site: str):
+        self.inv = FileInventory(lab.inventory(site), owner=None)
+
+    def version(self) -> object:
+        return (self.inv.version(), self.inv.registry_version())
+
+    def read(self) -> tuple[SiteSnapshot, list[RemotePort]]:
+        return self.inv.snapshot(), self.inv.all_remote_ports()
+
+
+class NeutronView:
+    """A site as its Neutron says: the bound local ports (VTEP = the
+    tunneling_ip of the L2 agent on binding:host_id) and the remote ports
+    of the site's gateway (VTEP = the tunnel IP in their binding profile)."""
+
+    def __init__(self, lab, site: str):
+        from gwagent.lab import neutron as lab_neutron
+        self.source = lab_neutron.neutron_site(lab, site)
+
+    def version(self) -> object:
+        # Port revisions on the stretched networks (remote ports included);
+        # agent changes are caught by the periodic resync.
+        return self.source.version()
+
+    def read(self) -> tuple[SiteSnapshot, list[RemotePort]]:
+        return self.source.snapshot(), self.source.remote_ports()
+
+
 class Emulator:
-    """Keeps every compute's VXLAN FDB in step with its site's inventory."""
+    """Keeps every compute's VXLAN FDB in step with its site's inventory
+    (file lab) or its site's Neutron (Neutron lab)."""
 
     def __init__(self, lab):
         self.lab = lab
         self.computes = computes_of(lab)
-        self.sites = {s.name: FileInventory(lab.inventory(s.name), owner=None)
-                      for s in lab.topology.sites}
+        view = NeutronView if lab.neutron is not None else FileView
+        self.poll_interval = NEUTRON_POLL_INTERVAL if lab.neutron is not None else POLL_INTERVAL
+        self.sites = {s.name: view(lab, s.name) for s in lab.topology.sites}
         self.good: dict[str, tuple[SiteSnapshot, list[RemotePort]]] = {}
         self.sockets: dict[str, IPRoute] = {}
 
     def versions(self) -> tuple:
-        return tuple((inv.version(), inv.registry_version()) for inv in self.sites.values())
+        result = []
+        for name, view in self.sites.items():
+            try:
+                result.append(view.version())
+            except (SourceError, OSError) as exc:
+                LOG.error("site %s: cannot check for changes: %s", name, exc)
+                result.append(None)
+        return tuple(result)
 
     def read(self, site: str):
-        inv = self.sites[site]
         try:
-            self.good[site] = (inv.snapshot(), inv.all_remote_ports())
-        except (SourceError, ValidationError, KeyError, TypeError) as exc:
+            self.good[site] = self.sites[site].read()
+        except (SourceError, ValidationError, KeyError, TypeError, OSError) as exc:
             LOG.error("site %s: keeping the last good snapshot: %s", site, exc)
         return self.good.get(site)
 
@@ -199,7 +244,7 @@ class Emulator:
             if current != seen or now - last >= RESYNC_INTERVAL:
                 seen, last = current, now
                 self.reconcile()
-            time.sleep(POLL_INTERVAL)
+            time.sleep(self.poll_interval)
 
     def close(self) -> None:
         for ipr in self.sockets.values():
