@@ -2,8 +2,9 @@
 
 The benchmarks (bench/test_*.py) record what they measured through the
 ``figures`` fixture (bench/conftest.py); at the end of the run this module
-turns those into rows, prints them and writes ``bench/results.md`` and
-``bench/results.json``. Throughput comparisons are ratios of entries/s,
+turns those into rows, prints them and merges them into ``bench/results.json``
+(figures of earlier runs of other benchmarks stay; a figure measured again
+replaces its old value), from which ``bench/results.md`` is rewritten. Throughput comparisons are ratios of entries/s,
 higher is better; targets are stated, never asserted (a benchmark is not a
 timed test).
 """
@@ -65,6 +66,22 @@ def build_rows(figures: dict) -> list[Row]:
                 figure += (f" (min {entry['min_seconds']:.3f} s, CPU {entry['cpu_seconds']:.3f} s;"
                            f" load {entry['load_average']:.1f} on {entry['cpus']} CPUs)")
             rows.append(Row(name, figure, target=target, met=met))
+    bulk, naive = figures.get("neutron/bulk"), figures.get("neutron/naive")
+    if bulk:
+        ours = bulk["entries"] / bulk["seconds"]
+        base = naive["entries"] / naive["seconds"] if naive else None
+        rows.append(Row(f"Neutron cold sync, {bulk['entries']:,} remote ports, bulk "
+                        f"{bulk['bulk_size']}: ours vs one request per port",
+                        f"{bulk['seconds']:.1f} s ({ours:.1f} ports/s)",
+                        f"{base:.1f} ports/s" if base else "-",
+                        f"{ours / base:.2f}x" if base else "-", "< 10 s",
+                        "yes" if bulk["seconds"] < 10 else "NO"))
+    for key in ("neutron/bulk", "neutron/naive"):
+        entry = figures.get(key)
+        if entry and "one_change_s" in entry:
+            rows.append(Row(f"Neutron one change to its remote port ({key.split('/')[1]}, "
+                            f"{entry['entries']:,} ports)", f"{entry['one_change_s']:.2f} s",
+                            target="< 2 s", met="yes" if entry["one_change_s"] < 2 else "NO"))
     tput = figures.get("throughput/vm-to-vm")
     if tput:
         ratio = tput["ratio"]
@@ -83,14 +100,39 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(directory: pathlib.Path, figures: dict, command: str) -> tuple[dict, list]:
+    """``figures`` over those already in results.json; the commands that
+    produced them (each figure's last)."""
+    try:
+        old = json.loads((directory / "results.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    merged = {**old.get("figures", {}), **figures}
+    before = old.get("commands")
+    if before is None:  # written before commands were kept: the one in results.md
+        try:
+            before = [line.strip()[len("Command: `"):-1] for line in
+                      (directory / "results.md").read_text().splitlines()
+                      if line.startswith("Command: `")]
+        except OSError:
+            before = []
+    commands = [c for c in before if c != command] + [command]
+    return merged, commands
+
+
 def write(rows: list[Row], figures: dict, directory: pathlib.Path, command: str) -> None:
+    """Merge ``figures`` into results.json and rewrite results.md from all
+    of them (``rows`` are this run's; the file gets every figure's row)."""
+    figures, commands = merge(directory, figures, command)
+    rows = build_rows(figures)
     text = ("# gwagent benchmark results\n\n"
-            f"Command: `{command}`\n\n" + render(rows) +
+            + "".join(f"Command: `{c}`\n" for c in commands) + "\n" + render(rows) +
             "\nFigures are medians over the benchmark's rounds (wall time); entries/s "
             "counts FDB entries programmed per second of wall time. CPU is the "
             "process's user + system time, which includes the kernel's work done "
             "in its netlink calls.\n")
     (directory / "results.md").write_text(text)
     (directory / "results.json").write_text(
-        json.dumps({"rows": [dataclasses.asdict(r) for r in rows], "figures": figures},
+        json.dumps({"rows": [dataclasses.asdict(r) for r in rows], "figures": figures,
+                    "commands": commands},
                    indent=2, sort_keys=True) + "\n")
