@@ -1,0 +1,188 @@
+"""The lab with one real Neutron per site as the source of truth.
+
+One Neutron lab (two Neutrons, RabbitMQ, the computes' L2 agents, two
+gateway agents with ``source = neutron``) is shared by the module and always
+brought down, Neutron servers and RabbitMQ included. Results are what VMs
+see (pings answered, datagrams received, ARP answers) and what each
+Neutron holds (remote ports and their VTEP), never calls.
+
+Needs root, the Neutron venv (tools/setup-neutron-venv.sh) and
+rabbitmq-server; a missing one fails the tests with what to install.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from pyroute2 import IPRoute
+
+from conftest import lab_up
+from gwagent.lab import build, probe
+from gwagent.lab import neutron as lab_neutron
+from gwagent.lab import topology as topo_mod
+from gwagent.lab.cli import ping_matrix
+from gwagent.neutron.source import DEVICE_OWNER
+
+VIP_MAC = "fa:16:3e:00:01:00"        # a VRRP-style MAC of its own
+VIP_IP = "198.19.10.100"             # in allowed address pairs with VIP_MAC
+VIP_SAME_MAC_IP = "198.19.10.101"    # in allowed address pairs with the port's MAC
+
+
+def topology() -> topo_mod.Topology:
+    """The default lab, with a1-red holding two VIPs in its allowed address pairs."""
+    data = topo_mod.to_dict(topo_mod.load())
+    for vm in data["vms"]:
+        if vm["name"] == "a1-red":
+            vm["allowed_address_pairs"] = [
+                {"ip_address": VIP_IP, "mac_address": VIP_MAC},
+                {"ip_address": VIP_SAME_MAC_IP, "mac_address": vm["mac"]}]
+    return topo_mod.parse(data)
+
+
+@pytest.fixture(scope="module")
+def nlab():
+    start = time.monotonic()
+    with lab_up(topology(), neutron=True) as lab:
+        print(f"Neutron lab up in {time.monotonic() - start:.1f} s")
+        yield lab
+
+
+def ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True)
+
+
+def neighbour_mac(ns: str, addr: str) -> str | None:
+    out = subprocess.run(["ip", "-n", ns, "neigh", "show", addr], capture_output=True,
+                         text=True).stdout.split()
+    return out[out.index("lladdr") + 1].lower() if "lladdr" in out else None
+
+
+def fdb_dst(ns: str, dev: str, mac: str) -> str | None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname=dev)[0]
+        for msg in ipr.fdb("dump"):
+            # The VXLAN (self) entry; the bridge's learned one has no dst.
+            if (msg["ifindex"] == idx and msg.get_attr("NDA_LLADDR") == mac
+                    and msg.get_attr("NDA_DST")):
+                return msg.get_attr("NDA_DST")
+    return None
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout}s: {predicate.__doc__ or predicate}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def test_every_pair_on_a_network_pings_across_sites(nlab):
+    results = ping_matrix(nlab)
+    failed = sorted(pair for pair, rtt in results.items() if rtt is None)
+    assert not failed, f"no answer for {failed}"
+    assert len(results) == 24
+
+
+def test_remote_ports_are_in_each_neutron_behind_the_local_gateway(nlab):
+    for site in nlab.topology.sites:
+        peers = {vm.mac: vm for vm in nlab.topology.vms if vm.site != site.name}
+        # As the registry reads them back ...
+        remote = lab_neutron.remote_ports_of(nlab, site.name)
+        assert {p.origin.mac: p.vtep for p in remote} == {m: site.tunnel_ip for m in peers}
+        for p in remote:
+            vm = peers[p.origin.mac]
+            assert (p.origin.site, p.origin.network, p.origin.ips) == (vm.site, vm.network,
+                                                                      (vm.ip,))
+            assert p.origin.vtep == nlab.topology.site(vm.site).compute_ip(vm.compute)
+        # ... and as raw Neutron ports, bound by the gwagent driver.
+        raw = lab_neutron.client(nlab, site.name).list(
+            "ports", device_owner=DEVICE_OWNER,
+            fields=["mac_address", "binding:profile", "binding:host_id", "binding:vif_type"])
+        assert sorted(p["mac_address"] for p in raw) == sorted(peers)
+        for p in raw:
+            assert p["binding:profile"]["gwagent"]["tunnel_ip"] == site.tunnel_ip
+            assert p["binding:host_id"] == site.gateway
+            assert p["binding:vif_type"] == "other"
+    # The VIP's own MAC travels in the remote port's allowed address pairs.
+    b_remote = {p.origin.mac: p for p in lab_neutron.remote_ports_of(nlab, "b")}
+    a1 = nlab.topology.vm("a1-red")
+    assert {(pair.ip_address, pair.mac_address)
+            for pair in b_remote[a1.mac].origin.allowed_address_pairs} == {
+        (VIP_IP, VIP_MAC), (VIP_SAME_MAC_IP, a1.mac)}
+
+
+def test_a_remote_vip_in_allowed_address_pairs_is_reachable_across_sites(nlab):
+    a1, b1 = nlab.ns("a1-red"), nlab.ns("b1-red")
+    # The VIP with a MAC of its own: a macvlan on the VM's eth0, as keepalived
+    # with use_vmac makes one. arp_ignore so that only the VIP's interface
+    # answers ARP for it (and with its own MAC).
+    ip(a1, "link", "add", "vip0", "link", "eth0", "address", VIP_MAC, "type", "macvlan",
+       "mode", "bridge")
+    ip(a1, "addr", "add", f"{VIP_IP}/32", "dev", "vip0")
+    ip(a1, "link", "set", "vip0", "up")
+    subprocess.run(["ip", "netns", "exec", a1, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"],
+                   check=True)
+    # The VIP on the port's own MAC: a secondary address.
+    ip(a1, "addr", "add", f"{VIP_SAME_MAC_IP}/32", "dev", "eth0")
+    probe.announce(a1, VIP_MAC, VIP_IP, ifname="vip0")
+    try:
+        for vip, mac in ((VIP_IP, VIP_MAC), (VIP_SAME_MAC_IP, nlab.topology.vm("a1-red").mac)):
+            rtt = probe.ping(b1, vip, attempts=5)
+            assert rtt is not None, f"no answer from VIP {vip} in site a to b1-red in site b"
+            assert neighbour_mac(b1, vip) == mac, "the VIP answered ARP with the wrong MAC"
+            print(f"VIP {vip} ({mac}) from b1-red: {rtt * 1000:.2f} ms")
+        # UDP to the VIP as well, from both VMs of site b on red.
+        for src in ("b1-red", "b2-red"):
+            stats = probe.stream(nlab.ns(src), a1, VIP_IP, count=50, interval=0.005,
+                                 port=probe.DEFAULT_PORT + 50)[0]
+            assert stats.received == 50, f"{src} -> VIP: {stats}"
+    finally:
+        ip(a1, "link", "del", "vip0")
+        ip(a1, "addr", "del", f"{VIP_SAME_MAC_IP}/32", "dev", "eth0")
+        subprocess.run(["ip", "netns", "exec", a1, "sysctl", "-qw",
+                        "net.ipv4.conf.all.arp_ignore=0"], check=True)
+
+
+def test_a_port_created_in_neutron_after_start_becomes_reachable(nlab):
+    new = {"name": "a3-red", "site": "a", "compute": "a-cn2", "network": "red",
+           "ip": "198.19.10.13"}
+    t0 = build.add_vm(nlab, new)  # plugs the VM, then creates its port in a's Neutron
+    try:
+        elapsed = probe.time_to_reach(nlab.ns("b1-red"), nlab.ns("a3-red"), new["ip"], t0,
+                                      timeout=20.0, port=probe.DEFAULT_PORT + 60)
+        assert elapsed is not None, "a3-red not reachable from b1-red within 20 s"
+        back = probe.time_to_reach(nlab.ns("a3-red"), nlab.ns("b2-red"),
+                                   nlab.topology.vm("b2-red").ip, t0, timeout=20.0,
+                                   port=probe.DEFAULT_PORT + 61)
+        assert back is not None
+        assert probe.ping(nlab.ns("b2-red"), new["ip"]) is not None
+        # Reachable first by flooding to the gateway; then, from Neutron's view,
+        # the remote port in site b and the unicast entry on b's computes.
+        mac = nlab.topology.vm("a3-red").mac
+
+        def registered():
+            """a3-red's remote port is in site b's Neutron"""
+            return mac in {p.origin.mac for p in lab_neutron.remote_ports_of(nlab, "b")}
+        wait_for(registered, 20.0)
+        t_reg = time.monotonic() - t0
+        b = nlab.topology.site("b")
+        dev = build.vxlan_name(b.segmentation_id("red"))
+
+        def programmed():
+            """b-cn1 sends a3-red's MAC to site b's gateway"""
+            return fdb_dst(nlab.ns("b-cn1"), dev, mac) == b.tunnel_ip
+        wait_for(programmed, 20.0, interval=0.02)
+        print(f"new port in site a's Neutron: first datagram from site b after "
+              f"{elapsed:.2f} s; remote port in site b's Neutron after {t_reg:.2f} s; "
+              f"b-cn1's FDB programmed after {time.monotonic() - t0:.2f} s")
+    finally:
+        t1 = build.remove_vm(nlab, "a3-red")
+
+    def gone():
+        """the deleted VM's remote port left site b's Neutron"""
+        return mac not in {p.origin.mac for p in lab_neutron.remote_ports_of(nlab, "b")}
+    took = wait_for(gone, 20.0)
+    print(f"port deleted in site a -> remote port gone from site b: "
+          f"{time.monotonic() - t1:.2f} s (polled {took:.2f} s)")
