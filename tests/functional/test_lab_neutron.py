@@ -45,7 +45,12 @@ def nlab():
     start = time.monotonic()
     with lab_up(topology(), neutron=True) as lab:
         print(f"Neutron lab up in {time.monotonic() - start:.1f} s")
+        records = dict(lab.processes)
         yield lab
+    # down stopped every process it started (Neutron servers, RabbitMQ and
+    # the L2 agents included), by pid and process group.
+    left = {name: r["pid"] for name, r in records.items() if build.process_alive(r)}
+    assert not left, f"still running after lab down: {left}"
 
 
 def ip(ns: str, *args: str) -> None:
@@ -186,3 +191,31 @@ def test_a_port_created_in_neutron_after_start_becomes_reachable(nlab):
     took = wait_for(gone, 20.0)
     print(f"port deleted in site a -> remote port gone from site b: "
           f"{time.monotonic() - t1:.2f} s (polled {took:.2f} s)")
+
+
+# -- without root or servers ---------------------------------------------------------
+
+def test_agent_config_builds_neutron_sources_for_the_site_and_its_peers(tmp_path):
+    from gwagent import cli
+    lab = build.Lab("gwx-", tmp_path, topology(), neutron={"sites": {}})
+    build.write_agent_configs(lab)
+    conf = cli.load_conf([str(lab.agent_conf("a"))])
+    assert conf.gateway.source == "neutron"
+    local, peers, registry = cli.build_sources(conf)
+    assert registry.site.name == "a" and registry.owner == "a-gw"
+    assert registry.site.gateway.tunnel_ip == "198.18.1.1"
+    assert registry.networks == {"red": 5001, "blue": 5002}
+    assert registry.client.cloud == "lab-a"
+    assert registry.client.clouds_file == str(tmp_path / "clouds.yaml")
+    assert [p.source.site.name for p in peers] == ["b"]
+    assert peers[0].source.site.gateway.transit_ip == "198.18.0.2"
+    assert peers[0].source.client.cloud == "lab-b"
+
+
+def test_lab_up_takes_neutron_on_the_command_line():
+    import argparse
+    from gwagent.lab import cli as lab_cli
+    parser = argparse.ArgumentParser()
+    lab_cli.add_parser(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["lab", "up", "--neutron"]).neutron is True
+    assert parser.parse_args(["lab", "up"]).neutron is False
