@@ -51,8 +51,11 @@ def main(argv=None) -> int:
                                    "l2_population": True, "bridge_mappings": {},
                                    "gwagent_lab": True}}
 
-    # The RPC server comes up a few seconds after the API: call until it answers.
+    # The RPC server comes up a few seconds after the API: call until it
+    # answers, with short timeouts (a call sent before its queue exists is
+    # lost, and report_state would otherwise wait report_interval for it).
     deadline = time.monotonic() + 120
+    state_rpc.timeout = 2
     for host, tip in hosts.items():
         while True:
             try:
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
                 if time.monotonic() > deadline:
                     raise
     print(json.dumps({"ready": True, "hosts": hosts}), flush=True)
+    state_rpc.timeout = REPORT_INTERVAL
     while True:
         time.sleep(REPORT_INTERVAL)
         for host, tip in hosts.items():

@@ -333,7 +333,7 @@ def _differs(port: dict, body: dict) -> dict:
     return change
 
 
-def sync_ports(lab, sites: list[str] | None = None) -> int:
+def sync_ports(lab, sites: list[str] | None = None, conflict_wait: float = 20.0) -> int:
     """Make each site's lab-owned Neutron ports match the topology's VMs
     (delete, then update, then create); returns the number of changes."""
     changes = 0
@@ -360,9 +360,32 @@ def sync_ports(lab, sites: list[str] | None = None) -> int:
         creates += [_port_body(lab, vm) for name, vm in sorted(want.items())
                     if name not in have]
         if creates:
-            c.request("POST", "/ports", {"ports": creates})
+            _create(c, creates, conflict_wait)
             changes += len(creates)
     return changes
+
+
+def _create(c, bodies: list[dict], conflict_wait: float) -> None:
+    """Bulk-create ports. A MAC still held by a gateway's remote port (a VM
+    that moved here from another site, whose remote port the gateway has not
+    withdrawn yet) makes Neutron refuse with 409: wait, reading only, until
+    the MAC is free, then create; until ``conflict_wait`` runs out. A 500
+    (SQLite "database is locked" under concurrent writers) is retried too."""
+    from gwagent.neutron.source import NeutronError
+    deadline = time.monotonic() + conflict_wait
+    macs = [b["mac_address"] for b in bodies]
+    while True:
+        try:
+            c.request("POST", "/ports", {"ports": bodies})
+            return
+        except NeutronError as exc:
+            conflict = exc.status == 409 and "mac address" in str(exc).lower()
+            if not (conflict or exc.status >= 500) or time.monotonic() > deadline:
+                raise
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if not c.list("ports", mac_address=macs, fields=["id"]):
+                break
 
 
 def remote_ports_of(lab, site: str) -> list:
