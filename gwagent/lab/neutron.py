@@ -368,8 +368,8 @@ def sync_ports(lab, sites: list[str] | None = None, conflict_wait: float = 20.0)
 def _create(c, bodies: list[dict], conflict_wait: float) -> None:
     """Bulk-create ports. A MAC still held by a gateway's remote port (a VM
     that moved here from another site, whose remote port the gateway has not
-    withdrawn yet) makes Neutron refuse with 409: wait, reading only, until
-    the MAC is free, then create; until ``conflict_wait`` runs out. A 500
+    withdrawn yet) makes Neutron refuse with 409 (MAC in use, or IP already
+    allocated): wait, reading only, until the MAC is free, then create; until ``conflict_wait`` runs out. A 500
     (SQLite "database is locked" under concurrent writers) is retried too."""
     from gwagent.neutron.source import NeutronError
     deadline = time.monotonic() + conflict_wait
@@ -379,7 +379,9 @@ def _create(c, bodies: list[dict], conflict_wait: float) -> None:
             c.request("POST", "/ports", {"ports": bodies})
             return
         except NeutronError as exc:
-            conflict = exc.status == 409 and "mac address" in str(exc).lower()
+            text = str(exc).lower()
+            conflict = exc.status == 409 and ("mac address" in text
+                                              or "already allocated" in text)
             if not (conflict or exc.status >= 500) or time.monotonic() > deadline:
                 raise
         while time.monotonic() < deadline:

@@ -219,3 +219,23 @@ def test_lab_up_takes_neutron_on_the_command_line():
     lab_cli.add_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["lab", "up", "--neutron"]).neutron is True
     assert parser.parse_args(["lab", "up"]).neutron is False
+
+
+def test_a_vm_moved_across_sites_and_back_stays_reachable(nlab):
+    """Cross-site migration: the port is deleted in site a and created in
+    site b, which must wait until gateway b withdraws the remote port that
+    holds the VM's MAC (Neutron refuses a second port with it)."""
+    try:
+        for target in ("b-cn2", "a-cn1"):
+            t0 = build.move_vm(nlab, "a2-red", target)
+            placed = time.monotonic() - t0
+            vm = nlab.topology.vm("a2-red")
+            took = {src: probe.time_to_reach(nlab.ns(src), nlab.ns("a2-red"), vm.ip, t0,
+                                             timeout=20.0, port=probe.DEFAULT_PORT + 70 + i)
+                    for i, src in enumerate(("a1-red", "b1-red"))}
+            assert None not in took.values(), f"a2-red on {target} not reachable: {took}"
+            print(f"a2-red moved to {target}: port in place after {placed:.2f} s; reached "
+                  + ", ".join(f"from {s} after {t:.2f} s" for s, t in took.items()))
+    finally:
+        if nlab.topology.vm("a2-red").compute != "a-cn2":
+            build.move_vm(nlab, "a2-red", "a-cn2")
