@@ -133,6 +133,34 @@ def test_updates_and_deletes_propagate_in_place(pair):
     assert remote_in(b, pair.gw_b) == []
 
 
+def test_register_after_a_change_behind_its_back_reads_the_port_again(pair):
+    """register() works from remote_ports()' listing; a remote port changed
+    in between (revision moved on) is re-read, never written from the stale
+    copy, and a port deleted in between is created again."""
+    a, b = pair.a, pair.b
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.61"}])
+    vc = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.62"}])
+    src_a, src_b = pair.sources()
+    sync_once(src_b, [src_a])
+    a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.61"},
+                                        {"ip_address": "10.50.0.63"}])
+    a.admin.update(vc["id"], fixed_ips=[{"ip_address": "10.50.0.64"}])
+    registered = {rp.key: rp for rp in src_b.remote_ports()}  # the listing reused
+    rb = by_origin(remote_in(b, pair.gw_b))
+    # behind its back: someone edits one remote port, deletes the other
+    b.admin.update(rb[va["id"]]["id"], description="touched")
+    b.admin.delete(rb[vc["id"]]["id"])
+    want = [rp for rp in sync_desired(src_b, src_a) if registered.get(rp.key) != rp]
+    assert len(want) == 2
+    assert src_b.register(want) == {}
+    after = by_origin(remote_in(b, pair.gw_b))
+    assert after[va["id"]]["id"] == rb[va["id"]]["id"]
+    assert sorted(f["ip_address"] for f in after[va["id"]]["fixed_ips"]) == [
+        "10.50.0.61", "10.50.0.63"]
+    assert [f["ip_address"] for f in after[vc["id"]]["fixed_ips"]] == ["10.50.0.64"]
+    assert sync_once(src_b, [src_a]) == {"registered": 0, "unregistered": 0, "errors": {}}
+
+
 def test_restart_creates_no_duplicates(pair):
     a, b = pair.a, pair.b
     for i in range(5):
