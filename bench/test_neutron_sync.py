@@ -108,8 +108,8 @@ def _populate(client, net, count, third_octet_base):
 
 def _scenario(bench_sites, name, count, bulk_size, figures, benchmark):
     a, b = bench_sites["site-a"], bench_sites["site-b"]
-    net_a = _network(a, name, "10.0.0.0/8")
-    _network(b, name, "10.0.0.0/8")
+    net_a = _network(a, name, "198.18.0.0/15")
+    _network(b, name, "198.18.0.0/15")
     _populate(a, net_a, count, 0 if bulk_size > 1 else 100)
     gw_a = Gateway("gw-a", "198.18.0.1", "198.19.0.1")
     gw_b = Gateway(f"gw-b-{name}", "198.18.0.2", "198.19.0.2")

@@ -37,7 +37,7 @@ L2 population
       flooding entry goes with the last remote port of that tunnel IP on
       the network.
 
-    Prefix allowed address pairs (``10.0.0.0/24``) carry no ARP entry; their
+    Prefix allowed address pairs (``198.19.10.0/24``) carry no ARP entry; their
     MAC is published with the pair's network address only if it is not
     already covered.
 

@@ -205,7 +205,7 @@ class NeutronSite:
     # -- networks ------------------------------------------------------------
     def _stretched(self) -> dict[str, _LocalNet]:
         """{stretched name: local network}; ambiguous or unusable ones are
-        skipped with a logged reason."""
+        skipped with a logged reason; a missing one fails the whole read."""
         fields = {"fields": ["id", "name", "tags", "project_id", "provider:network_type",
                              "provider:segmentation_id", "subnets"]}
         if self.match == "name":
@@ -224,9 +224,11 @@ class NeutronSite:
         for name in sorted(self.networks):
             nets = by_name.get(name, [])
             if not nets:
-                LOG.warning("site %s: stretched network %r not found in Neutron (by %s)",
-                            self.site.name, name, self.match)
-                continue
+                # Not a skip: a snapshot without the network would withdraw
+                # every remote port on it. Rejected whole, the last good
+                # state stays in force and status shows why.
+                raise SourceError(f"site {self.site.name}: stretched network {name!r} not "
+                                  f"found in Neutron (by {self.match})")
             if len(nets) > 1:
                 LOG.error("site %s: stretched network %r is ambiguous: Neutron networks %s "
                           "all match; not stretching it", self.site.name, name,

@@ -6,15 +6,13 @@ different and unregister what this gateway owns but no longer wants.
 """
 from __future__ import annotations
 
+from gwagent.control import registrar
 from gwagent.model import Desired
 
 
 def sync_once(local, peers) -> dict:
     desired = Desired(local.snapshot(), tuple(p.snapshot() for p in peers))
-    want = {rp.key: rp for rp in desired.remote_ports()}
-    have = {rp.key: rp for rp in local.remote_ports()}
-    changed = [rp for key, rp in want.items() if have.get(key) != rp]
-    stale = [rp for key, rp in have.items() if key not in want]
+    changed, stale = registrar.diff(desired.remote_ports(), local.remote_ports())
     errors = {}
     errors.update(local.register(changed))
     errors.update(local.unregister(stale))

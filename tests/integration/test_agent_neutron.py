@@ -9,6 +9,7 @@ back, including what changed meanwhile.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from gwagent.control.agent import Agent
@@ -61,8 +62,12 @@ def test_agent_keeps_state_while_neutron_is_down_and_converges_after(sites, comp
             b.server.start()
         # Changed while the agent could not see: a new port in A.
         second = a.admin.port(net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.60.12"}])
-        back = agent.run_pass("resync")
-        assert back.ok, back.errors
+        # Right after a restart Neutron may not list the network yet: the
+        # agent's next passes (its backoff) get there.
+        deadline = time.monotonic() + 30
+        while not (back := agent.run_pass("resync")).ok and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert back.ok, (back.source_error, back.errors)
         assert agent.status()["last_error"] is None
         assert macs_toward(backend, gw_a.transit_ip) == {first["mac_address"],
                                                          second["mac_address"]}

@@ -3,6 +3,7 @@ back, through the Neutron source and registry, the way the agent drives them."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -11,7 +12,7 @@ from gwagent.model import Gateway
 from gwagent.neutron.source import DEVICE_OWNER, owner_device_id
 from syncer import sync_once
 
-CIDR = "10.50.0.0/24"
+CIDR = "198.19.50.0/24"
 
 
 @dataclasses.dataclass
@@ -48,11 +49,11 @@ def by_origin(ports: list[dict]) -> dict:
 
 def test_ports_appear_as_remote_ports_in_the_other_site_and_back(pair):
     a, b = pair.a, pair.b
-    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.11"}],
-                      allowed_address_pairs=[{"ip_address": "10.50.0.100",
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.11"}],
+                      allowed_address_pairs=[{"ip_address": "198.19.50.100",
                                               "mac_address": "00:00:5e:00:01:07"}])
-    vb = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "10.50.0.21"}])
-    unbound = a.admin.port(pair.net_a, None, fixed_ips=[{"ip_address": "10.50.0.12"}])
+    vb = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "198.19.50.21"}])
+    unbound = a.admin.port(pair.net_a, None, fixed_ips=[{"ip_address": "198.19.50.12"}])
     src_a, src_b = pair.sources()
 
     snap_a = src_a.snapshot()
@@ -62,17 +63,17 @@ def test_ports_appear_as_remote_ports_in_the_other_site_and_back(pair):
     assert 2000 <= src_b.snapshot().networks[0].segmentation_id < 3000
     (ep,) = snap_a.endpoints  # the unbound port has no VTEP
     assert (ep.mac, ep.ips, ep.vtep, ep.port_id) == (
-        va["mac_address"], ("10.50.0.11",), "198.18.1.1", va["id"])
+        va["mac_address"], ("198.19.50.11",), "198.18.1.1", va["id"])
     assert [(p.ip_address, p.mac_address) for p in ep.allowed_address_pairs] == [
-        ("10.50.0.100", "00:00:5e:00:01:07")]
+        ("198.19.50.100", "00:00:5e:00:01:07")]
 
     assert sync_once(src_b, [src_a])["errors"] == {}
     assert sync_once(src_a, [src_b])["errors"] == {}
 
     (rb,) = remote_in(b, pair.gw_b)
     assert rb["mac_address"] == va["mac_address"]
-    assert [f["ip_address"] for f in rb["fixed_ips"]] == ["10.50.0.11"]
-    assert rb["allowed_address_pairs"] == [{"ip_address": "10.50.0.100",
+    assert [f["ip_address"] for f in rb["fixed_ips"]] == ["198.19.50.11"]
+    assert rb["allowed_address_pairs"] == [{"ip_address": "198.19.50.100",
                                             "mac_address": "00:00:5e:00:01:07"}]
     assert rb["binding:host_id"] == pair.gw_b.host
     assert rb["binding:profile"]["gwagent"] == {
@@ -104,16 +105,16 @@ def sync_desired(local, peer):
 
 def test_updates_and_deletes_propagate_in_place(pair):
     a, b = pair.a, pair.b
-    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.31"}])
-    gone = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.32"}])
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.31"}])
+    gone = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.32"}])
     src_a, src_b = pair.sources()
     sync_once(src_b, [src_a])
     before = by_origin(remote_in(b, pair.gw_b))
     assert set(before) == {va["id"], gone["id"]}
 
-    a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.31"},
-                                        {"ip_address": "10.50.0.33"}],
-                   allowed_address_pairs=[{"ip_address": "10.50.0.200"}])
+    a.admin.update(va["id"], fixed_ips=[{"ip_address": "198.19.50.31"},
+                                        {"ip_address": "198.19.50.33"}],
+                   allowed_address_pairs=[{"ip_address": "198.19.50.200"}])
     a.admin.delete(gone["id"])
     result = sync_once(src_b, [src_a])
     assert result == {"registered": 1, "unregistered": 1, "errors": {}}
@@ -122,8 +123,8 @@ def test_updates_and_deletes_propagate_in_place(pair):
     assert set(after) == {va["id"]}
     rb = after[va["id"]]
     assert rb["id"] == before[va["id"]]["id"]  # updated in place
-    assert sorted(f["ip_address"] for f in rb["fixed_ips"]) == ["10.50.0.31", "10.50.0.33"]
-    assert rb["allowed_address_pairs"] == [{"ip_address": "10.50.0.200",
+    assert sorted(f["ip_address"] for f in rb["fixed_ips"]) == ["198.19.50.31", "198.19.50.33"]
+    assert rb["allowed_address_pairs"] == [{"ip_address": "198.19.50.200",
                                             "mac_address": va["mac_address"]}]
     assert b.admin.get(rb["id"])["status"] == "ACTIVE"
 
@@ -138,13 +139,13 @@ def test_register_after_a_change_behind_its_back_reads_the_port_again(pair):
     in between (revision moved on) is re-read, never written from the stale
     copy, and a port deleted in between is created again."""
     a, b = pair.a, pair.b
-    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.61"}])
-    vc = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.62"}])
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.61"}])
+    vc = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.62"}])
     src_a, src_b = pair.sources()
     sync_once(src_b, [src_a])
-    a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.61"},
-                                        {"ip_address": "10.50.0.63"}])
-    a.admin.update(vc["id"], fixed_ips=[{"ip_address": "10.50.0.64"}])
+    a.admin.update(va["id"], fixed_ips=[{"ip_address": "198.19.50.61"},
+                                        {"ip_address": "198.19.50.63"}])
+    a.admin.update(vc["id"], fixed_ips=[{"ip_address": "198.19.50.64"}])
     registered = {rp.key: rp for rp in src_b.remote_ports()}  # the listing reused
     rb = by_origin(remote_in(b, pair.gw_b))
     # behind its back: someone edits one remote port, deletes the other
@@ -156,15 +157,15 @@ def test_register_after_a_change_behind_its_back_reads_the_port_again(pair):
     after = by_origin(remote_in(b, pair.gw_b))
     assert after[va["id"]]["id"] == rb[va["id"]]["id"]
     assert sorted(f["ip_address"] for f in after[va["id"]]["fixed_ips"]) == [
-        "10.50.0.61", "10.50.0.63"]
-    assert [f["ip_address"] for f in after[vc["id"]]["fixed_ips"]] == ["10.50.0.64"]
+        "198.19.50.61", "198.19.50.63"]
+    assert [f["ip_address"] for f in after[vc["id"]]["fixed_ips"]] == ["198.19.50.64"]
     assert sync_once(src_b, [src_a]) == {"registered": 0, "unregistered": 0, "errors": {}}
 
 
 def test_restart_creates_no_duplicates(pair):
     a, b = pair.a, pair.b
     for i in range(5):
-        a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": f"10.50.0.{40 + i}"}])
+        a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": f"198.19.50.{40 + i}"}])
     src_a, src_b = pair.sources()
     assert sync_once(src_b, [src_a])["registered"] == 5
     ids = sorted(p["id"] for p in remote_in(b, pair.gw_b))
@@ -178,14 +179,14 @@ def test_restart_creates_no_duplicates(pair):
 
 def test_foreign_ports_are_never_touched_and_conflicts_fail_alone(pair, uniq):
     a, b = pair.a, pair.b
-    va1 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.51"}])
-    va2 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.52"}])
+    va1 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.51"}])
+    va2 = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.52"}])
     # In B: a local port already holds va2's IP (a conflict), and another
     # gateway's remote port that looks like ours except for the owner.
-    local_b = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "10.50.0.52"}])
+    local_b = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "198.19.50.52"}])
     other_gw = f"gwx-{uniq}"
     foreign = b.admin.port(
-        pair.net_b, other_gw, fixed_ips=[{"ip_address": "10.50.0.59"}],
+        pair.net_b, other_gw, fixed_ips=[{"ip_address": "198.19.50.59"}],
         device_owner=DEVICE_OWNER, device_id=owner_device_id(other_gw),
         **{"binding:profile": {"gwagent": {
             "tunnel_ip": "198.18.0.9", "gateway": other_gw, "origin_site": "site-a",
@@ -195,21 +196,33 @@ def test_foreign_ports_are_never_touched_and_conflicts_fail_alone(pair, uniq):
     result = sync_once(src_b, [src_a])
     key2 = ("site-a", pair.net, va2["id"])
     assert set(result["errors"]) == {key2}
-    assert "10.50.0.52" in result["errors"][key2]
+    assert "198.19.50.52" in result["errors"][key2]
     assert set(by_origin(remote_in(b, pair.gw_b))) == {va1["id"]}
 
     # unregistering everything ours leaves the foreign ports alone
     assert src_b.unregister(src_b.remote_ports()) == {}
     assert remote_in(b, pair.gw_b) == []
     assert b.admin.get(foreign["id"])["revision_number"] == foreign["revision_number"]
-    assert b.admin.get(local_b["id"])["fixed_ips"][0]["ip_address"] == "10.50.0.52"
+    assert b.admin.get(local_b["id"])["fixed_ips"][0]["ip_address"] == "198.19.50.52"
     # and the foreign remote port is no endpoint of site B
     assert foreign["id"] not in {e.port_id for e in src_b.snapshot().endpoints}
 
 
+def retried(call, timeout=30.0):
+    """``call`` again while its source fails, as the agent's backoff does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_neutron_down_and_back(pair):
     a, b = pair.a, pair.b
-    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.61"}])
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.61"}])
     src_a, src_b = pair.sources()
     sync_once(src_b, [src_a])
     b.server.stop()
@@ -219,22 +232,22 @@ def test_neutron_down_and_back(pair):
         with pytest.raises(SourceError, match="site-b"):
             src_b.remote_ports()
         # meanwhile site A changes
-        a.admin.update(va["id"], fixed_ips=[{"ip_address": "10.50.0.62"}])
-        vnew = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "10.50.0.63"}])
+        a.admin.update(va["id"], fixed_ips=[{"ip_address": "198.19.50.62"}])
+        vnew = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.63"}])
     finally:
         b.server.start()
-    assert sync_once(src_b, [src_a])["errors"] == {}  # the same objects recover
+    assert retried(lambda: sync_once(src_b, [src_a]))["errors"] == {}  # the same objects recover
     got = {k: sorted(f["ip_address"] for f in p["fixed_ips"])
            for k, p in by_origin(remote_in(b, pair.gw_b)).items()}
-    assert got == {va["id"]: ["10.50.0.62"], vnew["id"]: ["10.50.0.63"]}
+    assert got == {va["id"]: ["198.19.50.62"], vnew["id"]: ["198.19.50.63"]}
 
 
 def test_networks_matched_by_tag_keep_their_own_names(sites, computes, uniq):
     a, b = sites["site-a"], sites["site-b"]
     stretched = f"red-{uniq}"
-    net_a = a.admin.network(f"tenant-net-{uniq}", "10.60.0.0/24", tags=[stretched])
-    net_b = b.admin.network(f"other-name-{uniq}", "10.60.0.0/24", tags=[stretched])
-    va = a.admin.port(net_a, "cn-a1", fixed_ips=[{"ip_address": "10.60.0.5"}])
+    net_a = a.admin.network(f"tenant-net-{uniq}", "198.19.60.0/24", tags=[stretched])
+    net_b = b.admin.network(f"other-name-{uniq}", "198.19.60.0/24", tags=[stretched])
+    va = a.admin.port(net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.60.5"}])
     gw_b = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
     src_a = a.source(Gateway(f"gwa-{uniq}", "198.18.0.1", "198.19.0.1"), {stretched: 5002},
                      match="tag")
