@@ -64,7 +64,7 @@ def _add_agent(db: Path, host: str, tunnel_ip: str) -> None:
 @pytest.fixture(scope="module")
 def bench_sites(tmp_path_factory):
     if not (nserver.DEFAULT_VENV / "bin" / "uwsgi").exists():
-        pytest.skip("no Neutron venv: run tools/setup-neutron-venv.sh")
+        pytest.fail("no Neutron venv: run make setup (tools/setup-neutron-venv.sh)")
     base = tmp_path_factory.mktemp("neutron-bench")
     ports = {"site-a": _free_port(), "site-b": _free_port()}
     clouds = base / "clouds.yaml"

@@ -14,8 +14,8 @@
 Tests isolate themselves by names: each uses its own network names and
 gateway hosts, so the servers are shared by the whole session.
 
-Needs the Neutron venv (tools/setup-neutron-venv.sh) and rabbitmq-server;
-without them the tests are skipped with the reason.
+Needs the Neutron venv (tools/setup-neutron-venv.sh) and rabbitmq-server,
+which make setup installs; without them the tests fail and say so.
 """
 from __future__ import annotations
 
@@ -50,14 +50,14 @@ def free_port() -> int:
 def neutron_venv() -> Path:
     venv = nserver.DEFAULT_VENV
     if not (venv / "bin" / "uwsgi").exists():
-        pytest.skip(f"no Neutron venv at {venv}: run tools/setup-neutron-venv.sh")
+        pytest.fail(f"no Neutron venv at {venv}: run make setup (tools/setup-neutron-venv.sh)")
     return venv
 
 
 @pytest.fixture(scope="session")
 def rabbit(tmp_path_factory):
     if not rabbitmq.available():
-        pytest.skip("rabbitmq-server not installed (apt-get install rabbitmq-server)")
+        pytest.fail("rabbitmq-server not installed: run make setup (apt-get install rabbitmq-server)")
     broker = rabbitmq.Rabbit(tmp_path_factory.mktemp("rabbit"), port=free_port(),
                              dist_port=free_port(), epmd_port=free_port())
     broker.start()
