@@ -100,7 +100,7 @@ def _network(client, name, cidr):
 def _populate(client, net, count, third_octet_base):
     bodies = [{"network_id": net["id"], "project_id": "p", "binding:host_id": "cn-a1",
                "device_owner": "compute:bench",
-               "fixed_ips": [{"ip_address": f"10.{third_octet_base + i // 250}.{i // 250}"
+               "fixed_ips": [{"ip_address": f"198.19.{third_octet_base + i // 250}"
                                             f".{i % 250 + 2}"}]} for i in range(count)]
     for start in range(0, count, 250):
         client.request("POST", "/ports", {"ports": bodies[start:start + 250]})
