@@ -70,6 +70,7 @@ from pathlib import Path
 import yaml
 
 from gwagent.control.sources import atomic_write
+from gwagent.neutron import broker
 
 LAB_DEVICE_OWNER = "compute:lab"
 PROJECT = "lab"
@@ -130,17 +131,8 @@ def _port_open(port: int) -> bool:
 
 def _rabbit_env(lab) -> dict:
     r = lab.neutron["rabbit"]
-    w = Path(r["workdir"])
-    return dict(os.environ, HOME=str(w), ERL_EPMD_PORT=str(r["epmd_port"]),
-                ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=r["node"],
-                RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(r["port"]),
-                RABBITMQ_DIST_PORT=str(r["dist_port"]),
-                RABBITMQ_MNESIA_BASE=str(w / "mnesia"), RABBITMQ_LOG_BASE=str(w / "log"),
-                RABBITMQ_CONFIG_FILE=str(w / "rabbitmq"),
-                RABBITMQ_ENABLED_PLUGINS_FILE=str(w / "enabled_plugins"),
-                RABBITMQ_PID_FILE=str(w / "rabbit.pid"),
-                RABBITMQ_SERVER_ERL_ARGS="+P 1048576 -kernel inet_dist_use_interface "
-                                         "{127,0,0,1}")
+    return broker.environment(r["workdir"], r["node"], r["port"], r["dist_port"],
+                              r["epmd_port"])
 
 
 def start_rabbit(lab, timeout: float = 60.0) -> None:
@@ -155,9 +147,7 @@ def start_rabbit(lab, timeout: float = 60.0) -> None:
     r = lab.neutron["rabbit"]
     r["url"] = f"rabbit://guest:guest@127.0.0.1:{r['port']}/"
     lab.save()
-    (w / "rabbitmq.conf").write_text(
-        f"listeners.tcp.1 = 127.0.0.1:{r['port']}\nloopback_users = none\n")
-    (w / "enabled_plugins").write_text("[].\n")
+    broker.prepare(w, r["port"])
     env = _rabbit_env(lab)
     build.start_process(lab, "rabbit-epmd", ["/usr/bin/epmd", "-port", str(r["epmd_port"]),
                                              "-address", "127.0.0.1"],

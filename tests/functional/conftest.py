@@ -11,37 +11,9 @@ about 45 s), stopped the same way by ``down``.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import sys
-
 import pytest
 
-from gwagent.lab import build
-from gwagent.lab import topology as topo_mod
-
-
-@contextlib.contextmanager
-def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
-           neutron: bool = False):
-    if os.geteuid() != 0:
-        pytest.fail("functional lab tests need root (network namespaces); run them as root")
-    if neutron:
-        from gwagent.lab import neutron as lab_neutron
-        missing = lab_neutron.missing_requirements()
-        if missing:  # CI provides both: a missing one is a failure, not a skip
-            pytest.fail("the Neutron lab tests need " + " and ".join(missing))
-    prefix = f"gwf-{secrets.token_hex(3)}-"
-    lab = None
-    try:
-        lab = build.up(topology or topo_mod.load(), prefix, agents=agents, neutron=neutron)
-        yield lab
-    finally:
-        if lab is not None:
-            for record in lab.processes.values():
-                sys.stdout.write(f"--- tail of {record['log']}\n{build.log_tail(record['log'])}\n")
-        build.down(prefix)
+from labs import lab_up
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pyroute2 import IPRoute, netns
 
-from conftest import lab_up
+from labs import lab_up
 from gwagent.control.sources import FileInventory
 from gwagent.lab import build, l2pop, probe
 from gwagent.lab import topology as topo_mod

@@ -17,7 +17,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from conftest import lab_up
+from labs import lab_up
 from gwagent.lab import build, probe
 from gwagent.lab import neutron as lab_neutron
 from gwagent.lab import topology as topo_mod

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gwagent.neutron import broker
+
 
 def _server_script() -> str | None:
     found = sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server"))
@@ -62,20 +64,9 @@ class Rabbit:
             raise RuntimeError(f"127.0.0.1:{self.port} is already in use")
         w = self.workdir
         w.mkdir(parents=True, exist_ok=True)
-        (w / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
-        (w / "enabled_plugins").write_text("[].\n")
-        env = dict(os.environ, HOME=str(w), ERL_EPMD_PORT=str(self.epmd_port),
-                   ERL_EPMD_ADDRESS="127.0.0.1",
-                   RABBITMQ_NODENAME=f"{self.node}@localhost",
-                   RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(self.port),
-                   RABBITMQ_DIST_PORT=str(self.dist_port),
-                   RABBITMQ_MNESIA_BASE=str(w / "mnesia"), RABBITMQ_LOG_BASE=str(w / "log"),
-                   RABBITMQ_CONFIG_FILE=str(w / "rabbitmq"),
-                   RABBITMQ_ENABLED_PLUGINS_FILE=str(w / "enabled_plugins"),
-                   RABBITMQ_PID_FILE=str(w / "rabbit.pid"),
-                   RABBITMQ_SERVER_ERL_ARGS="+P 1048576 -kernel inet_dist_use_interface "
-                                            "{127,0,0,1}")
+        broker.prepare(w, self.port)
+        env = broker.environment(w, f"{self.node}@localhost", self.port, self.dist_port,
+                                 self.epmd_port)
         self.env = env
         log = open(w / "server.log", "ab")
         self.procs.append(subprocess.Popen(

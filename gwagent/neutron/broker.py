@@ -1,0 +1,38 @@
+"""A private RabbitMQ broker on loopback, for the Neutron lab and tests.
+
+Neutron's RPC (the agents' state reports, L2 population) needs a message
+bus. The lab and the integration tests each run their own broker, in a
+directory of their own and on ports of their own, so it never meets a
+system broker; this module writes its configuration and environment.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def prepare(workdir: str | os.PathLike, port: int) -> Path:
+    """Write the broker's configuration (listen on 127.0.0.1:``port`` only)."""
+    w = Path(workdir)
+    w.mkdir(parents=True, exist_ok=True)
+    (w / "rabbitmq.conf").write_text(
+        f"listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n")
+    (w / "enabled_plugins").write_text("[].\n")
+    return w
+
+
+def environment(workdir: str | os.PathLike, node: str, port: int, dist_port: int,
+                epmd_port: int) -> dict:
+    """The environment of epmd, rabbitmq-server and rabbitmqctl for the broker
+    ``node`` (``name@host``) kept in ``workdir``."""
+    w = Path(workdir)
+    return dict(os.environ, HOME=str(w), ERL_EPMD_PORT=str(epmd_port),
+                ERL_EPMD_ADDRESS="127.0.0.1", RABBITMQ_NODENAME=node,
+                RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_NODE_PORT=str(port),
+                RABBITMQ_DIST_PORT=str(dist_port),
+                RABBITMQ_MNESIA_BASE=str(w / "mnesia"), RABBITMQ_LOG_BASE=str(w / "log"),
+                RABBITMQ_CONFIG_FILE=str(w / "rabbitmq"),
+                RABBITMQ_ENABLED_PLUGINS_FILE=str(w / "enabled_plugins"),
+                RABBITMQ_PID_FILE=str(w / "rabbit.pid"),
+                RABBITMQ_SERVER_ERL_ARGS="+P 1048576 -kernel inet_dist_use_interface "
+                                         "{127,0,0,1}")

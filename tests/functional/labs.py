@@ -1,0 +1,38 @@
+"""``lab_up``: a lab with a prefix of its own, always brought down.
+
+A module of its own (not conftest) so that tests import it by a name no
+other test directory uses.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+
+import pytest
+
+from gwagent.lab import build
+from gwagent.lab import topology as topo_mod
+
+
+@contextlib.contextmanager
+def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
+           neutron: bool = False):
+    if os.geteuid() != 0:
+        pytest.fail("functional lab tests need root (network namespaces); run them as root")
+    if neutron:
+        from gwagent.lab import neutron as lab_neutron
+        missing = lab_neutron.missing_requirements()
+        if missing:  # CI provides both: a missing one is a failure, not a skip
+            pytest.fail("the Neutron lab tests need " + " and ".join(missing))
+    prefix = f"gwf-{secrets.token_hex(3)}-"
+    lab = None
+    try:
+        lab = build.up(topology or topo_mod.load(), prefix, agents=agents, neutron=neutron)
+        yield lab
+    finally:
+        if lab is not None:
+            for record in lab.processes.values():
+                sys.stdout.write(f"--- tail of {record['log']}\n{build.log_tail(record['log'])}\n")
+        build.down(prefix)
