@@ -60,16 +60,21 @@ def neutron_sources(conf: cfg.ConfigOpts):
     n = conf.neutron
 
     def site(name, group, cloud_group):
-        missing = [opt for opt in ("cloud", "gateway_host", "gateway_tunnel_ip",
+        missing = [opt for opt in ("cloud", "network_ids", "gateway_host", "gateway_tunnel_ip",
                                    "gateway_transit_ip") if not cloud_group[opt]]
         if missing:
             raise SystemExit(f"gwagent: [{group}] needs {', '.join(missing)} with source=neutron")
+        unknown = sorted(set(networks) ^ set(cloud_group.network_ids))
+        if unknown:
+            raise SystemExit(f"gwagent: [{group}] network_ids must name exactly the stretched "
+                             f"networks of [neutron] networks ({', '.join(sorted(networks))}); "
+                             f"mismatch: {', '.join(unknown)}")
         try:
             gw = Gateway(cloud_group.gateway_host, cloud_group.gateway_tunnel_ip,
                          cloud_group.gateway_transit_ip)
             return NeutronSite(NeutronClient(cloud_group.cloud, cloud_group.clouds_file,
                                              timeout=n.api_timeout),
-                               Site(name, gw), networks, n.network_match)
+                               Site(name, gw), networks, cloud_group.network_ids)
         except ValidationError as exc:
             raise SystemExit(f"gwagent: [{group}] {exc}") from None
 
@@ -106,7 +111,8 @@ def setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    from gwagent.control.agent import Agent
+    from gwagent.control.agent import Agent, MobilityWorker
+    from gwagent.control.mobility import MobilityTable
     setup_logging(args.debug)
     conf = load_conf(args.config_file)
     status_path, pid_path = state_paths(conf)
@@ -115,9 +121,12 @@ def cmd_run(args) -> int:
     a = conf.agent
     local, peers, registry = build_sources(conf)
     backend = build_backend(conf)
+    m = conf.mobility
     agent = Agent(local, peers, registry, backend, status_path=status_path,
                   resync_interval=a.resync_interval, poll_interval=a.poll_interval,
-                  backoff_initial=a.backoff_initial, backoff_max=a.backoff_max)
+                  backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
+                  mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time))
+    worker = MobilityWorker(agent) if m.enabled else None
 
     def on_term(signum, frame):
         LOG.info("signal %d: stopping; the dataplane stays as it is", signum)
@@ -137,6 +146,10 @@ def cmd_run(args) -> int:
             n = new.agent
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max
+            mob = new.mobility
+            with agent.lock:
+                agent.mobility.max_moves = mob.max_moves
+                agent.mobility.window, agent.mobility.hold = mob.move_window, mob.freeze_time
         except (SystemExit, cfg.Error, OSError) as exc:
             LOG.error("reload failed, keeping the running configuration: %s", exc)
 
@@ -145,9 +158,16 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     LOG.info("gwagent starting: source=%s netns=%s status=%s", conf.gateway.source,
              conf.gateway.netns or "(current)", status_path)
+    if worker is not None:
+        worker.start()
     try:
         agent.run(on_reload=reload)
     finally:
+        if worker is not None:
+            worker.stop()
+            worker.join(2.0)
+            worker.close()
+        agent.close()
         backend.close()
         if pid_path.exists() and pid_path.read_text().strip() == str(os.getpid()):
             pid_path.unlink()
@@ -207,6 +227,34 @@ def format_status(status: dict, pid: int | None) -> str:
         f" items retrying: {status.get('retrying', 0)}",
         f"last error: {status.get('last_error') or 'none'}",
     ]
+    mobile = status.get("mobile_macs") or []
+    if mobile:
+        counts = status.get("mobility") or {}
+        lines += ["", f"mobile MACs: {len(mobile)}; moves {counts.get('moved', 0)}, refused "
+                      f"claims {counts.get('refused', 0)}, claims while frozen "
+                      f"{counts.get('frozen', 0)}",
+                  f"{'NETWORK':<12} {'MAC':<18} {'AT':<24} {'SEQ':>4} {'MOVED':>8}  "
+                  f"CANDIDATES / ALARMS"]
+        for m in mobile:
+            at = m["location"]
+            where = f"{at['side']} {at['vtep']}" if at else "nowhere (floods)"
+            moved = f"{time.time() - m['moved_at']:.0f}s ago" if m.get("moved_at") else "-"
+            notes = ", ".join(f"{c['side']} {c['vtep']}" for c in m["candidates"])
+            if m.get("frozen"):
+                notes = (f"FROZEN (flapping: {m['moves_in_window']} moves), for "
+                         f"{m['frozen_for']}s more; " + notes)
+            if m.get("refused"):
+                notes += "; REFUSED claims from " + ", ".join(
+                    f"{src} x{n}" for src, n in sorted(m["refused"].items()))
+            lines.append(f"{m['network']:<12} {m['mac']:<18} {where:<24} {m['seq']:>4} "
+                         f"{moved:>8}  {notes}")
+    rejected = status.get("rejected_endpoints") or []
+    if rejected:
+        lines += ["", f"endpoints left out: {len(rejected)}",
+                  f"{'SITE':<8} {'NETWORK':<12} {'PORT':<38} {'MAC':<18} REASON"]
+        for r in rejected:
+            lines.append(f"{r['site']:<8} {r['network']:<12} {r['port_id'] or '-':<38} "
+                         f"{r['mac']:<18} {r['reason']}")
     return "\n".join(lines)
 
 

@@ -43,6 +43,20 @@ agent_opts = [
                       "unreachable source."),
 ]
 
+mobility_opts = [
+    cfg.BoolOpt("enabled", default=True,
+                help="Move mobile MACs (claimed by several ports, e.g. a VRRP virtual MAC in "
+                     "allowed address pairs) the moment a frame from one arrives from one of "
+                     "its candidate VTEPs. Off: they stay at their home, or flood."),
+    cfg.IntOpt("max_moves", default=5, min=2,
+               help="Duplicate detection, as FRR's dup-addr-detection: this many moves of "
+                    "one MAC within move_window seconds freeze it where it is."),
+    cfg.FloatOpt("move_window", default=180.0, min=1.0,
+                 help="Seconds over which moves are counted for duplicate detection."),
+    cfg.FloatOpt("freeze_time", default=180.0, min=1.0,
+                 help="Seconds a flapping MAC stays frozen (an alarm in status) before it "
+                      "may move again."),
+]
 
 neutron_opts = [
     cfg.StrOpt("cloud", help="clouds.yaml entry of the local cloud (as openstack --os-cloud)."),
@@ -52,9 +66,10 @@ neutron_opts = [
     cfg.DictOpt("networks", default={},
                 help="Stretched networks and their transit VNI, the same in every site: "
                      "name:vni,name:vni."),
-    cfg.StrOpt("network_match", default="name", choices=["name", "tag"],
-               help="Find a stretched network by its Neutron name, or by a tag equal to the "
-                    "stretched name."),
+    cfg.DictOpt("network_ids", default={},
+                help="The Neutron network ID of each stretched network in this site: "
+                     "name:UUID,name:UUID (every name of 'networks'). Networks are never "
+                     "found by name or tag, which any tenant could reuse."),
     cfg.StrOpt("gateway_host",
                help="This site's gateway host: the binding host of the remote ports it "
                     "registers, and the owner mark on them."),
@@ -62,7 +77,8 @@ neutron_opts = [
     cfg.StrOpt("gateway_transit_ip", help="This site's gateway address facing peer gateways."),
     cfg.ListOpt("peers", default=[],
                 help="Peer site names; each has a group [neutron_peer_<name>] with cloud, "
-                     "clouds_file, gateway_host, gateway_tunnel_ip and gateway_transit_ip."),
+                     "clouds_file, network_ids, gateway_host, gateway_tunnel_ip and "
+                     "gateway_transit_ip."),
     cfg.FloatOpt("api_timeout", default=30.0, min=0.1, help="Seconds per Neutron request."),
     cfg.FloatOpt("poll_interval", default=0.5, min=0.05,
                  help="Seconds between the cheap change checks against each Neutron (a "
@@ -72,6 +88,9 @@ neutron_opts = [
 neutron_peer_opts = [
     cfg.StrOpt("cloud", help="clouds.yaml entry of the peer's cloud (read only)."),
     cfg.StrOpt("clouds_file", help="Explicit clouds.yaml path for this peer."),
+    cfg.DictOpt("network_ids", default={},
+                help="The Neutron network ID of each stretched network in the peer's "
+                     "cloud: name:UUID,..."),
     cfg.StrOpt("gateway_host", help="The peer gateway's host."),
     cfg.StrOpt("gateway_tunnel_ip", help="The peer gateway's VTEP facing its computes."),
     cfg.StrOpt("gateway_transit_ip",
@@ -85,6 +104,7 @@ PEER_GROUP = "neutron_peer_{}"
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(gateway_opts, group="gateway")
     conf.register_opts(agent_opts, group="agent")
+    conf.register_opts(mobility_opts, group="mobility")
     conf.register_opts(neutron_opts, group="neutron")
 
 
@@ -95,5 +115,6 @@ def register_peer_opts(conf: cfg.ConfigOpts) -> None:
 
 
 def list_opts():
-    return [("gateway", gateway_opts), ("agent", agent_opts), ("neutron", neutron_opts),
+    return [("gateway", gateway_opts), ("agent", agent_opts), ("mobility", mobility_opts),
+            ("neutron", neutron_opts),
             (PEER_GROUP.format("SITE"), neutron_peer_opts)]

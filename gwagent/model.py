@@ -202,9 +202,14 @@ class RemotePort:
     origin: Endpoint
     vtep: str
     gateway_host: str = ""
+    #: The origin's MACs that are mobile as the local site sees them: its L2
+    #: population must leave them to learning, not pin them at ``vtep``.
+    mobile_macs: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "vtep", ip(self.vtep, "remote_port.vtep", 4))
+        object.__setattr__(self, "mobile_macs", tuple(sorted(
+            mac(m, "remote_port.mobile_macs") for m in self.mobile_macs)))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -213,15 +218,59 @@ class RemotePort:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A tenant endpoint left out of the desired state, and why.
+
+    Tenant data is judged per endpoint (DESIGN.md, "Failover and
+    mobility"): a malformed or conflicting port is left out and shown here,
+    never the whole snapshot, so no tenant can freeze or empty a gateway.
+    """
+
+    site: str
+    network: str
+    port_id: str
+    mac: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class SiteSnapshot:
-    """Everything one site's source said at one moment."""
+    """Everything one site's source said at one moment.
+
+    Operator configuration (the site, its gateway, its stretched networks)
+    is validated whole: a mistake there raises :class:`ValidationError`.
+    Tenant endpoints are judged one by one: one on an unknown network, or
+    whose own MAC another endpoint of the site already uses on that
+    network, moves to ``rejected`` with its reason.
+    """
 
     site: Site
     networks: tuple[Network, ...]
     endpoints: tuple[Endpoint, ...]
+    rejected: tuple[Rejected, ...] = ()
 
     def __post_init__(self):
         validate_site(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileMac:
+    """A MAC that several endpoints of one network may send from (a VRRP
+    virtual MAC in the allowed address pairs of both peers, or a port's own
+    MAC that another port may take over).
+
+    ``claimants`` are the endpoints that claim it, as (site, port_id, vtep);
+    ``home`` is the endpoint whose own MAC it is, if any: where it is until
+    a frame from it says otherwise.
+    """
+
+    network: str
+    mac: str
+    claimants: tuple[tuple[str, str, str], ...]
+    home: tuple[str, str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,17 +280,37 @@ class Desired:
     ``local`` is this gateway's site; ``peers`` the other sites. Local
     endpoints sit behind their own VTEPs; a peer's endpoints sit behind that
     peer's gateway transit IP.
+
+    Operator configuration across sites (names, transit IPs and VNIs) is
+    validated whole. An endpoint whose own MAC an endpoint of another site
+    also uses on the same network is a conflict: the one that held the MAC
+    in ``previous`` (the last good state) keeps it, else the first by (site,
+    port), and the other moves to ``rejected``. A MAC claimed by several
+    endpoints through allowed address pairs is *mobile* (``mobile``).
     """
 
     local: SiteSnapshot
     peers: tuple[SiteSnapshot, ...]
+    previous: "Desired | None" = dataclasses.field(default=None, compare=False, repr=False)
+    rejected: tuple[Rejected, ...] = dataclasses.field(default=(), compare=False)
+    mobile: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         validate_desired(self)
+        resolve_conflicts(self)
+        object.__setattr__(self, "previous", None)  # never a chain of old states
 
     @property
     def networks(self) -> tuple[Network, ...]:
         return self.local.networks
+
+    @property
+    def sites(self) -> tuple[SiteSnapshot, ...]:
+        return (self.local, *self.peers)
+
+    def all_rejected(self) -> tuple[Rejected, ...]:
+        """Every endpoint left out: per site, then across sites."""
+        return tuple(r for snap in self.sites for r in snap.rejected) + self.rejected
 
     def remote_endpoints(self) -> Iterable[tuple[SiteSnapshot, Endpoint]]:
         stretched = {n.name for n in self.local.networks}
@@ -251,13 +320,35 @@ class Desired:
                     yield peer, ep
 
     def remote_ports(self) -> tuple[RemotePort, ...]:
-        """The remote ports the local site must hold, one per remote endpoint."""
+        """The remote ports the local site must hold, one per remote endpoint.
+
+        ``mobile_macs`` lists the endpoint's MACs that are mobile *as the
+        local site sees them* (claimed by endpoints behind more than one
+        VTEP of the site: a local compute, or the gateway for remote ones):
+        the site's L2 population must not pin those at the gateway."""
         gw = self.local.site.gateway
-        return tuple(RemotePort(origin=ep, vtep=gw.tunnel_ip, gateway_host=gw.host)
+        site_mobile = self.site_mobile_macs()
+        return tuple(RemotePort(origin=ep, vtep=gw.tunnel_ip, gateway_host=gw.host,
+                                mobile_macs=tuple(m for m in ep.macs
+                                                  if (ep.network, m) in site_mobile))
                      for _, ep in self.remote_endpoints())
+
+    def site_mobile_macs(self) -> frozenset[tuple[str, str]]:
+        """(network, MAC) of mobile MACs whose claimants are behind more than
+        one VTEP as the local site's computes see them (remote endpoints all
+        behind the local gateway's tunnel IP)."""
+        local = self.local.site.name
+        tunnel = self.local.site.gateway.tunnel_ip
+        out = set()
+        for key, mob in self.mobile.items():
+            vteps = {vtep if site == local else tunnel for site, _, vtep in mob.claimants}
+            if len(vteps) > 1:
+                out.add(key)
+        return frozenset(out)
 
 
 def validate_site(snap: SiteSnapshot) -> None:
+    """Operator errors raise; endpoint errors move endpoints to ``rejected``."""
     site = snap.site.name
     nets: dict[str, Network] = {}
     vnis: dict[int, str] = {}
@@ -273,30 +364,34 @@ def validate_site(snap: SiteSnapshot) -> None:
                     f"site[{site}].network[{net.name}].{field}", number,
                     f"VNI already used by {owner} (one gateway cannot carry a VNI twice)")
             vnis[number] = f"{net.name}.{field}"
-    macs: dict[tuple[str, str], Endpoint] = {}
+    owners: dict[tuple[str, str], Endpoint] = {}
+    accepted = []
+    rejected = list(snap.rejected)
     for ep in snap.endpoints:
-        where = f"site[{site}].endpoint[{ep.port_id or ep.mac}]"
         if ep.site != site:
-            raise ValidationError(f"{where}.site", ep.site, f"endpoint listed in site {site!r}")
-        if ep.network not in nets:
-            raise ValidationError(f"{where}.network", ep.network,
-                                  f"unknown network in site {site!r}")
-        for m in ep.macs:
-            other = macs.get((ep.network, m))
-            if other is not None and other is not ep:
-                raise ValidationError(
-                    f"{where}.mac", m,
-                    f"duplicate MAC on network {ep.network!r} "
-                    f"(also {other.port_id or other.mac})")
-            macs[(ep.network, m)] = ep
+            reason = f"listed in site {site!r} but belongs to site {ep.site!r}"
+        elif ep.network not in nets:
+            reason = f"network {ep.network!r} is not a stretched network of site {site!r}"
+        else:
+            other = owners.get((ep.network, ep.mac))
+            if other is not None:
+                reason = (f"MAC {ep.mac} is already the own MAC of port "
+                          f"{other.port_id or other.mac} on network {ep.network!r}")
+            else:
+                owners[(ep.network, ep.mac)] = ep
+                accepted.append(ep)
+                continue
+        rejected.append(Rejected(site, ep.network, ep.port_id, ep.mac, reason))
+    if len(accepted) != len(snap.endpoints):
+        object.__setattr__(snap, "endpoints", tuple(accepted))
+        object.__setattr__(snap, "rejected", tuple(rejected))
 
 
 def validate_desired(desired: Desired) -> None:
+    """Operator configuration across sites, validated whole."""
     local = desired.local
     names = {local.site.name}
     ips = {local.site.gateway.transit_ip: local.site.name}
-    local_nets = {n.name: n for n in local.networks}
-    seen_macs = {(ep.network, m): ep.site for ep in local.endpoints for m in ep.macs}
     for peer in desired.peers:
         pname = peer.site.name
         if pname in names:
@@ -317,14 +412,77 @@ def validate_desired(desired: Desired) -> None:
                 raise ValidationError(
                     f"site[{pname}].network[{net.name}].transit_vni", other.transit_vni,
                     f"differs from site {local.site.name!r} ({net.transit_vni})")
-        for ep in peer.endpoints:
-            if ep.network not in local_nets:
-                # A network the peer has and we do not stretch is not ours.
+
+
+def resolve_conflicts(desired: Desired) -> None:
+    """Leave out endpoints whose own MAC another site's endpoint holds, and
+    find the mobile MACs (see :class:`Desired`). Per site, own MACs are
+    already unique (:func:`validate_site`)."""
+    stretched = {n.name for n in desired.local.networks}
+    incumbent: dict[tuple[str, str], tuple[str, str]] = {}
+    if desired.previous is not None:
+        for snap in desired.previous.sites:
+            for ep in snap.endpoints:
+                incumbent[(ep.network, ep.mac)] = (ep.site, ep.port_id)
+    claims: dict[tuple[str, str], list[Endpoint]] = {}
+    for snap in desired.sites:
+        for ep in snap.endpoints:
+            if ep.network in stretched:
+                claims.setdefault((ep.network, ep.mac), []).append(ep)
+    losers: set[int] = set()
+    rejected = []
+    for key, eps in claims.items():
+        if len(eps) < 2:
+            continue
+        held = incumbent.get(key)
+        eps = sorted(eps, key=lambda e: ((e.site, e.port_id) != held, e.site, e.port_id))
+        winner = eps[0]
+        for ep in eps[1:]:
+            losers.add(id(ep))
+            rejected.append(Rejected(
+                ep.site, ep.network, ep.port_id, ep.mac,
+                f"MAC {ep.mac} is already the own MAC of port {winner.port_id or winner.mac} "
+                f"of site {winner.site!r} on network {ep.network!r}"))
+    if losers:
+        local = _without(desired.local, losers)
+        peers = tuple(_without(p, losers) for p in desired.peers)
+        object.__setattr__(desired, "local", local)
+        object.__setattr__(desired, "peers", peers)
+        object.__setattr__(desired, "rejected", tuple(rejected))
+    object.__setattr__(desired, "mobile", find_mobile(desired))
+
+
+def _without(snap: SiteSnapshot, losers: set[int]) -> SiteSnapshot:
+    keep = tuple(ep for ep in snap.endpoints if id(ep) not in losers)
+    if len(keep) == len(snap.endpoints):
+        return snap
+    return dataclasses.replace(snap, endpoints=keep)
+
+
+def find_mobile(desired: Desired) -> dict[tuple[str, str], MobileMac]:
+    """(network, MAC) -> MobileMac for every MAC more than one endpoint claims."""
+    stretched = {n.name for n in desired.local.networks}
+    claims: dict[tuple[str, str], list[Endpoint]] = {}
+    for snap in desired.sites:
+        for ep in snap.endpoints:
+            if ep.network not in stretched or not ep.allowed_address_pairs:
                 continue
-            for m in ep.macs:
-                owner = seen_macs.get((ep.network, m))
-                if owner is not None:
-                    raise ValidationError(
-                        f"site[{pname}].endpoint[{ep.port_id or ep.mac}].mac", m,
-                        f"duplicate MAC on network {ep.network!r} (also in site {owner!r})")
-                seen_macs[(ep.network, m)] = pname
+            for m in ep.macs[1:]:
+                claims.setdefault((ep.network, m), []).append(ep)
+    if not claims:
+        return {}
+    owners = {}
+    for snap in desired.sites:
+        for ep in snap.endpoints:
+            if (ep.network, ep.mac) in claims:
+                owners[(ep.network, ep.mac)] = ep
+    out = {}
+    for key, eps in claims.items():
+        home = owners.get(key)
+        everyone = ([home] if home is not None else []) + [e for e in eps if e is not home]
+        if len(everyone) < 2:
+            continue
+        out[key] = MobileMac(key[0], key[1],
+                             tuple(sorted((e.site, e.port_id, e.vtep) for e in everyone)),
+                             (home.site, home.port_id, home.vtep) if home is not None else None)
+    return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Iterable, NamedTuple, Union
+from typing import Iterable, Mapping, NamedTuple, Union
 
 from gwagent.model import Desired
 
@@ -126,9 +126,67 @@ class OpError:
     error: str
 
 
-def desired_dataplane(desired: Desired) -> DataplaneState:
-    """What the gateway's dataplane must hold for ``desired``."""
+SITE, TRANSIT = "site", "transit"
+
+
+class Location(NamedTuple):
+    """Where a MAC is, as the gateway forwards to it: on the ``site`` side
+    at a compute's VTEP, or on the ``transit`` side at a peer gateway."""
+
+    side: str
+    vtep: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileSpec:
+    """A mobile MAC as this gateway sees it: the distinct locations of the
+    endpoints that claim it, and where it is until evidence (``home``: the
+    location of the endpoint whose own MAC it is; None: nowhere, so frames
+    to it flood like those to any unknown MAC)."""
+
+    network: str
+    mac: str
+    candidates: frozenset[Location]
+    home: Location | None = None
+
+
+def gateway_mobile(desired: Desired) -> dict[tuple[str, str], MobileSpec]:
+    """The model's mobile MACs whose claimants sit at more than one location
+    from this gateway (two claimants behind one peer gateway are not mobile
+    here: both are at that gateway)."""
+    local = desired.local.site.name
+    transit = {p.site.name: p.site.gateway.transit_ip for p in desired.peers}
+
+    def where(site: str, vtep: str) -> Location:
+        return Location(SITE, vtep) if site == local else Location(TRANSIT, transit[site])
+
+    out = {}
+    for key, mob in desired.mobile.items():
+        candidates = frozenset(where(site, vtep) for site, _, vtep in mob.claimants)
+        if len(candidates) > 1:
+            home = where(mob.home[0], mob.home[2]) if mob.home else None
+            out[key] = MobileSpec(mob.network, mob.mac, candidates, home)
+    return out
+
+
+def desired_dataplane(desired: Desired,
+                      locations: Mapping[tuple[str, str], Location | None] | None = None,
+                      mobile: Mapping[tuple[str, str], MobileSpec] | None = None
+                      ) -> DataplaneState:
+    """What the gateway's dataplane must hold for ``desired``, with every
+    mobile MAC where ``locations`` says (its home when absent)."""
+    static = static_dataplane(desired, mobile)
+    mobile = gateway_mobile(desired) if mobile is None else mobile
+    return with_mobile(static, mobile, locations or {})
+
+
+def static_dataplane(desired: Desired,
+                     mobile: Mapping[tuple[str, str], MobileSpec] | None = None
+                     ) -> DataplaneState:
+    """Everything but the mobile MACs' entries (they follow the evidence:
+    :func:`with_mobile`)."""
     gw = desired.local.site.gateway
+    mobile = gateway_mobile(desired) if mobile is None else mobile
     devices: dict[str, NetworkDevices] = {}
     fdb: set[FdbEntry] = set()
     for net in desired.local.networks:
@@ -139,12 +197,41 @@ def desired_dataplane(desired: Desired) -> DataplaneState:
             fdb.add(FdbEntry(devs.transit_side.name, FLOOD_MAC, peer.site.gateway.transit_ip))
     for ep in desired.local.endpoints:
         devs = devices[ep.network]
-        _endpoint_entries(fdb, devs.site_side.name, ep.macs, ep.vtep)
+        _endpoint_entries(fdb, devs.site_side.name, _fixed(ep, mobile), ep.vtep)
         fdb.add(FdbEntry(devs.site_side.name, FLOOD_MAC, ep.vtep))
     for peer, ep in desired.remote_endpoints():
         devs = devices[ep.network]
-        _endpoint_entries(fdb, devs.transit_side.name, ep.macs, peer.site.gateway.transit_ip)
+        _endpoint_entries(fdb, devs.transit_side.name, _fixed(ep, mobile),
+                          peer.site.gateway.transit_ip)
     return DataplaneState(tuple(sorted(devices.values())), frozenset(fdb))
+
+
+def _fixed(ep, mobile) -> Iterable[str]:
+    if not mobile:
+        return ep.macs
+    return [m for m in ep.macs if (ep.network, m) not in mobile]
+
+
+def mobile_entries(networks: Iterable[NetworkDevices], spec: MobileSpec,
+                   location: Location | None) -> tuple[FdbEntry, ...]:
+    """The entries that put one mobile MAC at ``location`` (none: nowhere)."""
+    if location is None:
+        return ()
+    for devs in networks:
+        if devs.network == spec.network:
+            dev = devs.site_side.name if location.side == SITE else devs.transit_side.name
+            return (FdbEntry(dev, spec.mac, None), FdbEntry(dev, spec.mac, location.vtep))
+    return ()
+
+
+def with_mobile(static: DataplaneState, mobile: Mapping[tuple[str, str], MobileSpec],
+                locations: Mapping[tuple[str, str], Location | None]) -> DataplaneState:
+    if not mobile:
+        return static
+    extra = []
+    for key, spec in mobile.items():
+        extra.extend(mobile_entries(static.networks, spec, locations.get(key, spec.home)))
+    return DataplaneState(static.networks, static.fdb | frozenset(extra))
 
 
 def _endpoint_entries(fdb: set, dev: str, macs: Iterable[str], dst: str) -> None:

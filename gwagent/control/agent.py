@@ -10,8 +10,19 @@ never permanent drift.
 
 Failures are isolated per item: a failed operation or remote port is retried
 with a doubling delay capped at ``backoff_max`` while everything else goes
-on. Time is injected (``clock``, ``wall``) so passes are deterministic in
-tests; the only blocking wait is in :meth:`Agent.run`.
+on. An exception anywhere in a pass (a backend, a source, the status write)
+is logged with its cause and retried; the agent keeps running. Time is
+injected (``clock``, ``wall``) so passes are deterministic in tests; the
+only blocking wait is in :meth:`Agent.run`.
+
+Mobile MACs (gwagent.control.mobility) move between passes: a
+:class:`MobilityWorker` thread reads the backend's tap and applies a move
+the moment a frame says so, under :attr:`Agent.lock`; a pass takes the
+table's locations as input and applies no operation for a mobile MAC whose
+sequence number changed since it planned, so the latest move always wins.
+Events a pass causes itself (the kernel echoes every change) are told apart
+from foreign ones by the backend, so a change that arrives during a pass
+starts another pass, and our own echoes do not.
 """
 from __future__ import annotations
 
@@ -19,15 +30,19 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import select
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from gwagent.control import planner, registrar
+from gwagent.control.mobility import Decision, MobilityTable
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.model import Desired, ValidationError
-from gwagent.state import FdbOp, NetworkOp, desired_dataplane
+from gwagent.state import (SITE, TRANSIT, DataplaneState, FdbOp, Location, NetworkOp,
+                           gateway_mobile, mobile_entries, static_dataplane, with_mobile)
 
 LOG = logging.getLogger(__name__)
 
@@ -79,9 +94,20 @@ class Agent:
                  status_path: Path | None = None,
                  resync_interval: float = 10.0, poll_interval: float = 0.1,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
+                 mobility: MobilityTable | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
+        self.mobility = mobility or MobilityTable()
+        self.mobile: dict = {}
+        self.static_dp: DataplaneState | None = None
+        self.desired_dp: DataplaneState | None = None
+        #: Held by whoever changes mobile MACs' entries or the table.
+        self.lock = threading.RLock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.on_mobility_change: Callable[[], None] | None = None
         self.status_path = status_path
         self.resync_interval, self.poll_interval = resync_interval, poll_interval
         self.clock, self.wall = clock, wall
@@ -91,6 +117,7 @@ class Agent:
         self.last: PassResult | None = None
         self.last_error: str | None = None
         self.registered_count = 0
+        self.mobility_counters: collections.Counter = collections.Counter()
         self.stopping = False
         self.reload_requested = False
         self.configure(local, peers, registry)
@@ -118,12 +145,47 @@ class Agent:
 
     # -- one pass ---------------------------------------------------------
     def versions(self) -> tuple:
-        return tuple(src.version() for src in [self.local, *self.peers])
+        out = []
+        for src in [self.local, *self.peers]:
+            try:
+                out.append(src.version())
+            except Exception:  # noqa: BLE001 - unknown: the pass re-reads and reports
+                out.append(None)
+        return tuple(out)
 
     def read_sources(self) -> Desired:
         local = self.local.snapshot()
         peers = tuple(peer.snapshot() for peer in self.peers)
-        return Desired(local, peers)
+        return Desired(local, peers, previous=self.desired)
+
+    def wake(self) -> None:
+        """Ask the loop for a look (from any thread)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already pending
+
+    def _take_desired(self, desired: Desired, now: float) -> None:
+        mobile = gateway_mobile(desired)
+        static = static_dataplane(desired, mobile)
+        with self.lock:
+            self.desired, self.mobile, self.static_dp = desired, mobile, static
+            self.mobility.update(mobile, now)
+        self._log_rejected(desired)
+        if self.on_mobility_change is not None:
+            self.on_mobility_change()
+
+    def _log_rejected(self, desired: Desired) -> None:
+        now = {(r.site, r.network, r.port_id, r.mac): r.reason for r in desired.all_rejected()}
+        before = getattr(self, "_rejected_logged", {})
+        for key, reason in sorted(now.items()):
+            if before.get(key) != reason:
+                LOG.warning("endpoint left out: site %s network %s port %s MAC %s: %s",
+                            key[0], key[1], key[2] or "-", key[3], reason)
+        for key in sorted(set(before) - set(now)):
+            LOG.info("endpoint no longer left out: site %s network %s port %s MAC %s",
+                     *key)
+        self._rejected_logged = now
 
     def run_pass(self, reason: str = "manual") -> PassResult:
         start = self.clock()
@@ -135,18 +197,22 @@ class Agent:
         self._versions = versions
         if fresh:
             try:
-                self.desired = self.read_sources()
-                self.desired_dp = desired_dataplane(self.desired)
+                self._take_desired(self.read_sources(), now)
                 self.source_backoff.succeeded("sources")
-            except (SourceError, ValidationError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a source must never end the agent
                 delay = self.source_backoff.failed("sources", now)
-                result.source_error = str(exc)
-                LOG.error("sources rejected, keeping the last good state (%s); retry in %.1fs: %s",
-                          "none yet" if self.desired is None else "in force", delay, exc)
+                result.source_error = str(exc) or type(exc).__name__
+                if isinstance(exc, (SourceError, ValidationError, OSError)):
+                    LOG.error("sources rejected, keeping the last good state (%s); retry in "
+                              "%.1fs: %s", "none yet" if self.desired is None else "in force",
+                              delay, exc)
+                else:
+                    LOG.exception("reading the sources failed unexpectedly, keeping the last "
+                                  "good state; retry in %.1fs", delay)
         if self.desired is not None:
             if self.registry is not None and (fresh or self._registry_changed()):
-                self._sync_registry(result, now)
-            self._sync_dataplane(result, now)
+                self._guarded(result, "registry", self._sync_registry, result, now)
+            self._guarded(result, "dataplane", self._sync_dataplane, result, now)
         result.ok = not result.errors and result.source_error is None
         result.elapsed_ms = round((self.clock() - start) * 1000, 1)
         self.last = result
@@ -154,6 +220,16 @@ class Agent:
         self._log(result)
         self.write_status()
         return result
+
+    def _guarded(self, result: PassResult, what: str, func, *args) -> None:
+        """Run one step of a pass; an unexpected exception is logged with
+        its cause, counted as an error of the pass and retried soon."""
+        try:
+            func(*args)
+        except Exception as exc:  # noqa: BLE001 - the agent survives itself
+            LOG.exception("%s step failed; retrying", what)
+            result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            self.source_backoff.failed(("step", what), self.clock())
 
     def _sync_registry(self, result: PassResult, now: float) -> None:
         try:
@@ -190,12 +266,17 @@ class Agent:
 
     def _sync_dataplane(self, result: PassResult, now: float) -> None:
         observed = self.backend.observe()
+        with self.lock:
+            locations = self.mobility.locations()
+            seqs = {key: self.mobility.seq(key) for key in self.mobile}
+        self.desired_dp = with_mobile(self.static_dp, self.mobile, locations)
         ops = planner.plan(self.desired_dp, observed)
         ready, not_done = [], []
         for op in ops:
             (ready if self.items.ready(op.key, now) else not_done).append(op)
         result.deferred += len(not_done)
-        failures = self.backend.apply(ready) if ready else []
+        failures = self._apply(ready, seqs) if ready else []
+        self.source_backoff.succeeded(("step", "dataplane"))
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)
             result.errors.append(f"{failure.error} (retry in {delay:.1f}s)")
@@ -211,6 +292,40 @@ class Agent:
                              if isinstance(op, FdbOp) and op.action != "delete"}
         self.broken_networks = {op.devices.bridge for op in not_done
                                 if isinstance(op, NetworkOp) and op.action == "ensure"}
+
+    def _apply(self, ops: list, seqs: dict) -> list:
+        """Apply a pass's operations; those about a mobile MAC under the
+        lock, and only if no move happened since the plan was made."""
+        if not self.mobile:
+            return self.backend.apply(ops)
+        mobile_macs = {mac for _, mac in self.mobile}
+        dev_net = {name: devs.network for devs in self.desired_dp.networks
+                   for name in devs.names}
+        plain, mobile = [], []
+        for op in ops:
+            key = None
+            if isinstance(op, FdbOp) and op.entry.mac in mobile_macs:
+                key = (dev_net.get(op.entry.dev), op.entry.mac)
+            (mobile if key in self.mobile else plain).append((key, op))
+        failures = self.backend.apply([op for _, op in plain]) if plain else []
+        if mobile:
+            with self.lock:
+                current = [op for key, op in mobile if self.mobility.seq(key) == seqs.get(key)]
+                if current:
+                    failures += self.backend.apply(current)
+        return failures
+
+    def apply_move(self, decision: Decision) -> list:
+        """Put a mobile MAC where ``decision`` says, at once (the caller
+        holds :attr:`lock`). Returns the backend's failures."""
+        spec = self.mobile.get(decision.key)
+        if spec is None or self.static_dp is None:
+            return []
+        nets = self.static_dp.networks
+        old = DataplaneState(nets, frozenset(mobile_entries(nets, spec, decision.previous)))
+        new = DataplaneState(nets, frozenset(mobile_entries(nets, spec, decision.location)))
+        ops = planner.plan(new, old)
+        return self.backend.move(ops) if ops else []
 
     def _log(self, r: PassResult) -> None:
         d = self.desired
@@ -232,7 +347,7 @@ class Agent:
         d = self.desired
         networks, local_n, remote_n, programmed = [], 0, 0, 0
         if d is not None:
-            dp = self.desired_dp
+            dp = self.desired_dp or self.static_dp
             missing = getattr(self, "unprogrammed", set())
             broken = getattr(self, "broken_networks", set())
             per_dev = collections.Counter(e.dev for e in dp.fdb if e not in missing)
@@ -250,6 +365,9 @@ class Agent:
                 programmed += entries
             local_n, remote_n = sum(local.values()), sum(remote.values())
         last = dataclasses.asdict(self.last) if self.last else None
+        with self.lock:
+            mobility = self.mobility.status(self.clock(), self.wall() - self.clock())
+        rejected = [r.to_dict() for r in d.all_rejected()] if d is not None else []
         return {
             "site": d.local.site.name if d else None,
             "networks": networks,
@@ -259,11 +377,19 @@ class Agent:
             "last_pass": last,
             "last_error": self.last_error,
             "retrying": len(self.items),
+            "rejected_endpoints": rejected,
+            "mobile_macs": mobility,
+            "mobility": dict(self.mobility_counters),
         }
 
     def write_status(self) -> None:
-        if self.status_path is not None:
+        """Write status.json; a failure is logged, never fatal."""
+        if self.status_path is None:
+            return
+        try:
             atomic_write(self.status_path, json.dumps(self.status(), indent=1) + "\n")
+        except Exception:  # noqa: BLE001 - the agent survives itself
+            LOG.exception("cannot write the status file %s", self.status_path)
 
     # -- the loop -------------------------------------------------------------
     def run(self, on_reload: Callable[[], None] | None = None) -> None:
@@ -282,19 +408,171 @@ class Agent:
                 reason = "resync"
             if reason is not None:
                 result = self.run_pass(reason)
-                self.backend.drain_events()  # our own changes echo back: not news
                 now = self.clock()
                 due = now + self.resync_interval
                 retry = self.items.next_due()
-                if result.source_error:
+                if result.source_error or result.errors:
                     retry = min(retry or due, self.source_backoff.next_due() or due)
                 if retry is not None:
                     due = min(due, max(retry, now + self.poll_interval))
                 reason = None
+                # Events that arrived during the pass and are not echoes of
+                # its own changes start another pass at once.
+                if self._drain_kernel():
+                    reason = "kernel"
+                    continue
             timeout = max(0.0, min(self.poll_interval, due - self.clock()))
             try:
-                readable, _, _ = select.select([self.backend], [], [], timeout)
+                readable, _, _ = select.select([self.backend, self._wake_r], [], [], timeout)
             except InterruptedError:
                 readable = []
-            if readable and self.backend.drain_events():
+            if self._wake_r in readable:
+                self._drain_wake()
+                self.write_status()
+            if self.backend in readable and self._drain_kernel():
                 reason = "kernel"
+
+    def _drain_kernel(self) -> bool:
+        try:
+            return self.backend.drain_events()
+        except Exception:  # noqa: BLE001 - unknown: look at the dataplane
+            LOG.exception("reading kernel events failed; reconciling")
+            return True
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class MobilityWorker(threading.Thread):
+    """Moves mobile MACs the moment the backend's tap reports a frame from
+    one, without waiting for a pass or any source (module docstring).
+
+    The tap reports (VNI, inner source MAC, outer source IP); the VNI says
+    the network and the side (the site's segmentation ID or the transit
+    VNI: one gateway never carries a VNI twice), the outer source the
+    VTEP. The table decides; a move is applied under the agent's lock and
+    the tap's filter is rebuilt so that frames from the new location are no
+    longer evidence.
+    """
+
+    def __init__(self, agent: Agent, clock: Callable[[], float] = time.monotonic):
+        super().__init__(name="mobility", daemon=True)
+        self.agent, self.clock = agent, clock
+        self.tap = None  # opened once the gateway's addresses are known
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._vnis: dict[int, tuple[str, str]] = {}
+        self._watched = None
+        self._logged_refusals: dict = {}
+        agent.on_mobility_change = self.poke
+
+    def poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.poke()
+
+    def close(self) -> None:
+        if self.tap is not None:
+            self.tap.close()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._rewatch()
+                expiry = self.agent.mobility.next_expiry()
+                timeout = 1.0 if expiry is None else max(0.0, min(1.0, expiry - self.clock()))
+                waitables = [self._wake_r] + ([self.tap] if self.tap is not None else [])
+                readable, _, _ = select.select(waitables, [], [], timeout)
+                if self._wake_r in readable:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                if self.tap is not None and self.tap in readable:
+                    for evidence in self.tap.read():
+                        self.handle(evidence)
+                with self.agent.lock:
+                    self.agent.mobility.tick(self.clock())
+            except Exception:  # noqa: BLE001 - the fast path must survive its own bugs
+                LOG.exception("mobility worker: error; going on")
+                self._stop.wait(0.1)
+
+    def _rewatch(self) -> None:
+        agent = self.agent
+        with agent.lock:
+            version = (agent.mobility.version, id(agent.static_dp))
+            if version == self._watched:
+                return
+            if self.tap is None and agent.desired is not None:
+                gw = agent.desired.local.site.gateway
+                self.tap = agent.backend.tap([gw.tunnel_ip, gw.transit_ip])
+            self._vnis = {}
+            if agent.static_dp is not None:
+                for devs in agent.static_dp.networks:
+                    self._vnis[devs.site_side.vni] = (devs.network, SITE)
+                    self._vnis[devs.transit_side.vni] = (devs.network, TRANSIT)
+            vni_of = {}
+            for vni, (network, side) in self._vnis.items():
+                vni_of.setdefault(network, []).append(vni)
+            watches = [(vni, key[1], exclude)
+                       for key, exclude in agent.mobility.watches()
+                       for vni in vni_of.get(key[0], ())]
+            self._watched = version
+        if self.tap is not None:
+            self.tap.watch(watches)
+
+    def handle(self, evidence) -> None:
+        where = self._vnis.get(evidence.vni)
+        if where is None:
+            return
+        network, side = where
+        key, location = (network, evidence.mac), Location(side, evidence.src)
+        agent = self.agent
+        with agent.lock:
+            decision = agent.mobility.claim(key, location, self.clock())
+            failures = agent.apply_move(decision) if decision.outcome == "moved" else []
+        agent.mobility_counters[decision.outcome] += 1
+        if decision.outcome == "moved":
+            took = (time.time() - evidence.at) * 1000 if evidence.at else float("nan")
+            agent.mobility_counters["last_move_ms"] = round(took, 3)
+            LOG.info("mobility: %s %s moved %s -> %s %s (seq %d, %.2f ms after the frame%s)",
+                     network, evidence.mac,
+                     f"{decision.previous.side} {decision.previous.vtep}"
+                     if decision.previous else "nowhere", side, evidence.src, decision.seq,
+                     took, ", ARP" if evidence.arp else "")
+            for failure in failures:
+                LOG.error("mobility: %s", failure.error)
+            if decision.alarm:
+                LOG.warning("mobility: %s %s is flapping (%d moves in %.0f s): frozen at %s %s "
+                            "for %.0f s", network, evidence.mac, agent.mobility.max_moves,
+                            agent.mobility.window, side, evidence.src, agent.mobility.hold)
+            agent.wake()
+        elif decision.outcome == "refused":
+            last = self._logged_refusals.get((key, evidence.src))
+            now = self.clock()
+            if last is None or now - last > 60:
+                self._logged_refusals[(key, evidence.src)] = now
+                LOG.warning("mobility: refused claim of %s %s from %s %s: not a candidate "
+                            "(candidates: %s)", network, evidence.mac, side, evidence.src,
+                            ", ".join(f"{c.side} {c.vtep}" for c in sorted(
+                                agent.mobility.macs[key].spec.candidates)))
+                agent.wake()

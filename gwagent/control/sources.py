@@ -24,7 +24,7 @@ from typing import Iterable, Protocol
 
 import yaml
 
-from gwagent.model import (AddressPair, Endpoint, Gateway, Network, RemotePort, Site,
+from gwagent.model import (AddressPair, Endpoint, Gateway, Network, Rejected, RemotePort, Site,
                            SiteSnapshot, ValidationError)
 
 
@@ -138,9 +138,18 @@ def parse_site(data: object, origin: str = "<site>") -> SiteSnapshot:
     eps = data.get("endpoints") or []
     if not isinstance(eps, list):
         raise ValidationError("endpoints", eps, "must be a list")
-    endpoints = tuple(endpoint_from_dict(site.name, ep, f"endpoints[{i}]")
-                      for i, ep in enumerate(eps))
-    return SiteSnapshot(site, tuple(networks), endpoints)
+    # Tenant data is judged per endpoint: a malformed one is left out with
+    # its reason, and the rest of the site stands.
+    endpoints, rejected = [], []
+    for i, ep in enumerate(eps):
+        try:
+            endpoints.append(endpoint_from_dict(site.name, ep, f"endpoints[{i}]"))
+        except ValidationError as exc:
+            raw = ep if isinstance(ep, dict) else {}
+            rejected.append(Rejected(site.name, str(raw.get("network", "")),
+                                     str(raw.get("port_id", f"endpoints[{i}]")),
+                                     str(raw.get("mac", "")), str(exc)))
+    return SiteSnapshot(site, tuple(networks), tuple(endpoints), tuple(rejected))
 
 
 def site_to_dict(snap: SiteSnapshot) -> dict:
@@ -236,7 +245,8 @@ class FileInventory:
         for i, item in enumerate(data.get("remote_ports", [])):
             origin = endpoint_from_dict(item["origin_site"], item["origin"],
                                         f"{self.registry_path}: remote_ports[{i}]")
-            ports.append(RemotePort(origin, item["vtep"], item.get("gateway_host", "")))
+            ports.append(RemotePort(origin, item["vtep"], item.get("gateway_host", ""),
+                                    tuple(item.get("mobile_macs", ()))))
         return ports
 
     def remote_ports(self) -> list[RemotePort]:
@@ -259,7 +269,8 @@ class FileInventory:
             change(ports)
             body = {"remote_ports": [
                 {"origin_site": p.origin.site, "origin": endpoint_to_dict(p.origin),
-                 "vtep": p.vtep, "gateway_host": p.gateway_host}
+                 "vtep": p.vtep, "gateway_host": p.gateway_host,
+                 **({"mobile_macs": list(p.mobile_macs)} if p.mobile_macs else {})}
                 for _, p in sorted(ports.items())]}
             atomic_write(self.registry_path, json.dumps(body, indent=1) + "\n")
 

@@ -49,10 +49,13 @@ import gc
 import logging
 import re
 import sys
+import threading
+import time
 from typing import Iterable, Sequence
 
-from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, FdbRecord, FdbRequest,
-                                       Link, Monitor, Netlink, NetlinkError)
+from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
+                                       RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
+                                       Netlink, NetlinkError)
 from gwagent.state import (PREFIX, DataplaneState, FdbEntry, FdbOp, NetworkDevices,
                            NetworkOp, Op, OpError, Vxlan, is_owned_name)
 
@@ -233,18 +236,28 @@ def normalise_fdb(records: Iterable[FdbRecord], owned: dict[int, Link]) -> froze
 class LinuxBackend:
     """The Backend protocol (gwagent.dataplane) on a Linux namespace."""
 
-    def __init__(self, netns: str | None = None):
+    #: How long after we changed an entry its notification counts as our
+    #: own echo (they are queued during the request; this is slack).
+    ECHO_SECONDS = 2.0
+
+    def __init__(self, netns: str | None = None, clock=time.monotonic):
         self.netns = netns
+        self.clock = clock
         self.nl = Netlink(netns)
         self._monitor = Monitor(netns)
         self._owned_ifindexes = {link.index for link in self.nl.links()
                                  if is_owned_name(link.name)}
+        self._expected: dict[tuple[int, str, int], float] = {}  # (ifindex, mac, type) -> until
+        self._expected_lock = threading.Lock()
+        self._fast_nl: Netlink | None = None
+        self._fast_index: dict[str, int] = {}
 
     # observe --------------------------------------------------------------
 
     def observe(self) -> DataplaneState:
         owned = {link.index: link for link in self.nl.links() if is_owned_name(link.name)}
         self._owned_ifindexes = set(owned)
+        self._fast_index = {link.name: index for index, link in owned.items()}
         with _gc_paused():
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
             fdb = normalise_fdb(records, owned)
@@ -287,8 +300,20 @@ class LinuxBackend:
                                f"({', '.join(devs.names)}): {exc}")
         return None
 
-    def _fdb(self, ops: Sequence[FdbOp]) -> list[OpError]:
-        index = {link.name: link.index for link in self.nl.links() if is_owned_name(link.name)}
+    def move(self, ops: Sequence[FdbOp]) -> list[OpError]:
+        """Apply a mobile MAC's few FDB operations at once, from the
+        mobility worker's thread: on a socket of its own, with the device
+        indexes of the last observe() (a device recreated since fails the
+        op; the next pass repairs it)."""
+        if self._fast_nl is None:
+            self._fast_nl = Netlink(self.netns)
+        return self._fdb(ops, self._fast_index, self._fast_nl)
+
+    def _fdb(self, ops: Sequence[FdbOp], index: dict[str, int] | None = None,
+             nl: Netlink | None = None) -> list[OpError]:
+        nl = nl or self.nl
+        if index is None:
+            index = {link.name: link.index for link in nl.links() if is_owned_name(link.name)}
         errors, reqs, sent = [], [], []
         for op in ops:
             e = op.entry
@@ -299,8 +324,9 @@ class LinuxBackend:
             else:
                 reqs.append(FdbRequest(op.action, index[e.dev], e.mac, e.dst))
                 sent.append(op)
+        self._expect(reqs)
         try:
-            failed = self.nl.fdb_bulk(reqs)
+            failed = nl.fdb_bulk(reqs)
         except (NetlinkError, OSError) as exc:
             return errors + [OpError(op, f"{_describe(op)}: {exc}") for op in sent]
         errors.extend(OpError(sent[i], f"{_describe(sent[i])}: {exc}")
@@ -324,24 +350,51 @@ class LinuxBackend:
     def fileno(self) -> int:
         return self._monitor.fileno()
 
+    def _expect(self, reqs: Sequence[FdbRequest]) -> None:
+        until = self.clock() + self.ECHO_SECONDS
+        with self._expected_lock:
+            for req in reqs:
+                mtype = RTM_DELNEIGH if req.action == "delete" else RTM_NEWNEIGH
+                self._expected[(req.ifindex, req.mac, mtype)] = until
+
     def drain_events(self) -> bool:
         """Read every pending link/FDB event; True if one concerned an owned
-        device or if events were lost (the socket overflowed)."""
+        device and is not the echo of a change of ours (an FDB event of the
+        kind we caused, new or deleted, for an entry we changed in the last
+        ``ECHO_SECONDS``: a foreign delete right after our add still
+        counts), or if events were
+        lost (the socket overflowed)."""
         events, concerned = self._monitor.drain()
-        for mtype, ifindex, name in events:
-            if name is not None and is_owned_name(name):
-                concerned = True
-                if mtype == RTM_NEWLINK:
-                    self._owned_ifindexes.add(ifindex)
-                else:
-                    self._owned_ifindexes.discard(ifindex)
-            elif ifindex in self._owned_ifindexes:
-                concerned = True
+        now = self.clock()
+        with self._expected_lock:
+            expected = self._expected
+            if expected:
+                for key in [k for k, until in expected.items() if until < now]:
+                    del expected[key]
+            for mtype, ifindex, name in events:
+                if mtype in (RTM_NEWLINK, RTM_DELLINK):
+                    if name is not None and is_owned_name(name):
+                        concerned = True
+                        if mtype == RTM_NEWLINK:
+                            self._owned_ifindexes.add(ifindex)
+                        else:
+                            self._owned_ifindexes.discard(ifindex)
+                    elif ifindex in self._owned_ifindexes:
+                        concerned = True
+                elif ifindex in self._owned_ifindexes and (ifindex, name, mtype) not in expected:
+                    concerned = True
         return concerned
+
+    def tap(self, local_ips: Sequence[str]):
+        """The mobility tap on this namespace's underlay (see capture)."""
+        from gwagent.dataplane.capture import MobilityTap
+        return MobilityTap(self.netns, local_ips)
 
     def close(self) -> None:
         self._monitor.close()
         self.nl.close()
+        if self._fast_nl is not None:
+            self._fast_nl.close()
 
     def __enter__(self) -> "LinuxBackend":
         return self

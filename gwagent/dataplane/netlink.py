@@ -542,8 +542,9 @@ class Monitor:
 
     def drain(self) -> tuple[list[tuple[int, int, str | None]], bool]:
         """Read every pending message without blocking. Returns the events
-        as (message type, ifindex, link name or None) and whether the kernel
-        dropped some (ENOBUFS: the socket overflowed)."""
+        as (message type, ifindex, link name for a link event or MAC for
+        an FDB event, or None) and whether the kernel dropped some (ENOBUFS:
+        the socket overflowed)."""
         events: list[tuple[int, int, str | None]] = []
         overflow = False
         while True:
@@ -571,8 +572,20 @@ def _decode_events(buf, n: int, events: list) -> None:
             events.append((mtype, index, _ifname(buf, off + 32, off + length)))
         elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= 28:
             index = _NDMSG.unpack_from(buf, off + 16)[1]
-            events.append((mtype, index, None))
+            events.append((mtype, index, _lladdr(buf, off + 28, off + length)))
         off += (length + 3) & ~3
+
+
+def _lladdr(buf, a: int, end: int) -> str | None:
+    """The MAC (NDA_LLADDR) of a neighbour message, as the model writes it."""
+    while a + 4 <= end:
+        alen, atype = _ATTR.unpack_from(buf, a)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == NDA_LLADDR and alen == 10:
+            return sys.intern(bytes(buf[a + 4:a + 10]).hex(":"))
+        a += (alen + 3) & ~3
+    return None
 
 
 def _ifname(buf, a: int, end: int) -> str | None:

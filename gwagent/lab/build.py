@@ -8,8 +8,10 @@ with its peer placed straight into another one). The shape:
   for site n (198.18.<n>.0/24) and ``br-transit`` (198.18.0.0/24);
 * ``<prefix><compute>``: ``eth0`` on its site's segment and, per network,
   ``brq-<segid>`` with ``vxlan-<segid>`` (VNI = the site's segmentation ID,
-  local = compute IP, dstport 4789, learning off), as Neutron's linuxbridge
-  agent builds them with l2population; VMs plug in with ``tap<hash>`` veths;
+  local = compute IP, dstport 4789), programmed as Neutron's l2population
+  does, with static entries; VXLAN learning is on for the MACs it leaves
+  alone (mobile MACs), as the OVS agent's learn flows do; VMs plug in with
+  ``tap<hash>`` veths;
 * ``<prefix><vm>``: ``eth0`` with the VM's MAC and IP, MTU 1450;
 * ``<prefix><gateway>``: ``eth0`` (tunnel IP, site segment) and ``eth1``
   (transit IP, transit segment). Its VXLAN devices belong to the agent.
@@ -258,8 +260,10 @@ def _build_compute_networks(ns: str, local_ip: str, segmentation_ids: list[int])
         for seg in segmentation_ids:
             br, vx = bridge_name(seg), vxlan_name(seg)
             ipr.link("add", ifname=br, kind="bridge")
+            # Learning on, for the MACs Neutron does not pin (mobile ones):
+            # static entries are never moved by it (DESIGN.md, kernel facts).
             ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=seg, vxlan_local=local_ip,
-                     vxlan_link=uplink, vxlan_port=VXLAN_PORT, vxlan_learning=0,
+                     vxlan_link=uplink, vxlan_port=VXLAN_PORT, vxlan_learning=1,
                      mtu=VM_MTU)
             ipr.link("set", index=_index(ipr, vx), master=_index(ipr, br), state="up")
             ipr.link("set", index=_index(ipr, br), state="up")

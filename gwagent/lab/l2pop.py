@@ -6,7 +6,8 @@ on this compute: local ports at their compute's IP, and the remote ports the
 gateway registered in the site's registry at the VTEP they name (the
 gateway's tunnel IP). Allowed-address-pair MACs count like port MACs. Each
 other VTEP with ports on the network also gets a head-end replication entry
-(all-zero MAC, appended). Learning is off, as with l2population.
+(all-zero MAC, appended). A MAC claimed from several VTEPs (mobile) gets no static entry: the
+compute learns it from the frames it receives (VXLAN learning on).
 
 Unlike Neutron's l2pop, which pushes deltas, this reconciles from full
 snapshots (DESIGN.md, style 2): the desired entries of every compute are
@@ -63,20 +64,27 @@ class DeviceEntries:
 
 def desired_entries(snapshot: SiteSnapshot, remote_ports: list[RemotePort],
                     compute_ip: str) -> dict[str, DeviceEntries]:
-    """Per network name: the entries of the VXLAN device on ``compute_ip``."""
+    """Per network name: the entries of the VXLAN device on ``compute_ip``.
+
+    A MAC claimed from more than one VTEP (a VRRP virtual MAC in the allowed
+    address pairs of ports on two computes, or of a local port and a remote
+    one) is mobile: it gets no static entry, and the compute learns where it
+    is from the frames it receives (VXLAN learning is on, as the OVS
+    agent's learn flows do), so it follows a failover."""
     result = {}
     for net in snapshot.networks:
-        unicast: dict[str, str] = {}
         vteps: set[str] = set()
-        where = [(ep.macs, ep.vtep) for ep in snapshot.endpoints if ep.network == net.name]
-        where += [(p.origin.macs, p.vtep) for p in remote_ports
-                  if p.origin.network == net.name]
-        for macs, vtep in where:
-            if vtep == compute_ip:
-                continue
-            vteps.add(vtep)
+        where: dict[str, set[str]] = {}
+        claims = [(ep.macs, ep.vtep) for ep in snapshot.endpoints if ep.network == net.name]
+        claims += [(p.origin.macs, p.vtep) for p in remote_ports
+                   if p.origin.network == net.name]
+        for macs, vtep in claims:
             for m in macs:
-                unicast[m] = vtep
+                where.setdefault(m, set()).add(vtep)
+            if vtep != compute_ip:
+                vteps.add(vtep)
+        unicast = {m: next(iter(at)) for m, at in where.items()
+                   if len(at) == 1 and compute_ip not in at}
         result[net.name] = DeviceEntries.of(unicast, vteps)
     return result
 
@@ -89,8 +97,8 @@ def observe(ipr: IPRoute, devices: dict[str, int]) -> dict[str, DeviceEntries]:
     for msg in ipr.fdb("dump"):
         name = by_index.get(msg["ifindex"])
         dst = msg.get_attr("NDA_DST")
-        if name is None or dst is None:
-            continue
+        if name is None or dst is None or not msg["state"] & NUD_PERMANENT:
+            continue  # not ours: learned entries belong to the kernel
         mac = msg.get_attr("NDA_LLADDR").lower()
         if mac == FLOOD_MAC:
             flood[name].add(dst)

@@ -70,10 +70,12 @@ from pathlib import Path
 import yaml
 
 from gwagent.control.sources import atomic_write
+from gwagent.lab import topology as topo_mod
 from gwagent.neutron import broker
 
 LAB_DEVICE_OWNER = "compute:lab"
 PROJECT = "lab"
+TENANT_VNI_RANGE = "{}:{}".format(*topo_mod.TENANT_VNIS)
 REPORT_INTERVAL = 20  # seconds between the L2 agents' report_state
 RABBIT_NODE = "gwlab{}@localhost"
 PORT_FIELDS = ["id", "name", "network_id", "mac_address", "fixed_ips", "binding:host_id",
@@ -193,10 +195,11 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
     servers = {}
     for site in lab.topology.sites:
         port = free_port()
-        segs = [seg for _, seg in site.segmentation_ids]
+        # A tenant VXLAN range apart from the stretched networks' provider
+        # segmentation IDs: tenants can create networks (of any name).
         srv = nserver.prepare(site.name, lab.lab_dir / f"neutron-{site.name}", port,
                               transport_url=transport_urls[site.name],
-                              vni_range=f"{min(segs)}:{max(segs)}", venv=neutron_venv())
+                              vni_range=TENANT_VNI_RANGE, venv=neutron_venv())
         servers[site.name] = srv
         lab.neutron["sites"][site.name] = {
             "cloud": cloud_name(site.name), "url": srv.url, "port": port,
@@ -238,7 +241,17 @@ def neutron_site(lab, site_name: str):
     site = lab.topology.site(site_name)
     return NeutronSite(client(lab, site_name),
                        Site(site.name, Gateway(site.gateway, site.tunnel_ip, site.transit_ip)),
-                       {n.name: n.transit_vni for n in lab.topology.networks}, "name")
+                       {n.name: n.transit_vni for n in lab.topology.networks},
+                       network_ids(lab, site_name))
+
+
+def network_ids(lab, site_name: str) -> dict[str, str]:
+    """{stretched name: Neutron network ID} the lab created in the site."""
+    return {name: info["id"] for name, info in lab.neutron["sites"][site_name]["networks"].items()}
+
+
+def _ids_option(lab, site_name: str) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(network_ids(lab, site_name).items()))
 
 
 # -- L2 agents -------------------------------------------------------------------------
@@ -425,7 +438,7 @@ def agent_config(lab, site) -> str:
             f"clouds_file = {clouds_file(lab)}\n"
             f"site_name = {site.name}\n"
             f"networks = {nets}\n"
-            "network_match = name\n"
+            f"network_ids = {_ids_option(lab, site.name)}\n"
             f"gateway_host = {site.gateway}\n"
             f"gateway_tunnel_ip = {site.tunnel_ip}\n"
             f"gateway_transit_ip = {site.transit_ip}\n"
@@ -435,6 +448,7 @@ def agent_config(lab, site) -> str:
         text += (f"\n[neutron_peer_{peer.name}]\n"
                  f"cloud = {cloud_name(peer.name)}\n"
                  f"clouds_file = {clouds_file(lab)}\n"
+                 f"network_ids = {_ids_option(lab, peer.name)}\n"
                  f"gateway_host = {peer.gateway}\n"
                  f"gateway_tunnel_ip = {peer.tunnel_ip}\n"
                  f"gateway_transit_ip = {peer.transit_ip}\n")

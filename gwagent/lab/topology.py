@@ -22,8 +22,10 @@ that could collide. The format::
     vms:
       - {name: a1-red, site: a, compute: a-cn1, network: red, ip: 198.19.10.11}
       # optional per VM: mac (default fa:16:3e:xx:xx:xx derived from the
-      # name), port_id (default lab-<name>), allowed_address_pairs:
-      # [{ip_address: 198.19.10.100, mac_address: fa:16:3e:00:00:01}]
+      # name; unique per network), port_id (default lab-<name>),
+      # allowed_address_pairs: [{ip_address: 198.19.10.100, mac_address:
+      # 00:00:5e:00:01:01}] (a pair's MAC may be shared by several VMs: a
+      # VRRP virtual MAC, mobile among them)
 
 Derived underlay (198.18.0.0/16, never written in the file): site number n
 (1-based, in file order) owns the segment 198.18.<n>.0/24 with its gateway's
@@ -56,6 +58,7 @@ MAX_SITES = 250
 MAX_COMPUTES = 200
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 RESERVED_NAMES = {"switch"}
+TENANT_VNIS = (60000, 60099)  # the lab Neutrons' tenant VXLAN range (lab.neutron)
 DEFAULT_FILE = Path(__file__).with_name("default.yaml")
 
 
@@ -261,6 +264,10 @@ def _parse(data: dict) -> Topology:
                                     "carries every stretched network)")
         seg_ids = tuple((n.name, Network(n.name, seg[n.name], n.transit_vni).segmentation_id)
                         for n in networks)
+        for net, number in seg_ids:
+            if TENANT_VNIS[0] <= number <= TENANT_VNIS[1]:
+                raise TopologyError(f"{where}.segmentation_ids.{net}: {number}: in the lab "
+                                    f"Neutrons' tenant range {TENANT_VNIS[0]}-{TENANT_VNIS[1]}")
         sites.append(LabSite(name, i + 1, gateway, computes, seg_ids))
 
     vms: list[Vm] = []
@@ -311,11 +318,12 @@ def _vm(item: dict, where: str, networks, sites, nodes, ips, macs) -> Vm:
         raise TopologyError(f"{where}.allowed_address_pairs: must be a list of "
                             "{ip_address, mac_address}")
     pairs = tuple(AddressPair(p.get("ip_address"), p.get("mac_address", mac)) for p in pairs)
-    for m in {mac, *(p.mac_address for p in pairs)}:
-        if (net.name, m) in macs and macs[(net.name, m)] != name:
-            raise TopologyError(f"{where}.mac: {m!r}: already used on network {net.name!r} "
-                                f"by {macs[(net.name, m)]}")
-        macs[(net.name, m)] = name
+    # A VM's own MAC is unique per network; a MAC in allowed address pairs
+    # may be shared (a VRRP virtual MAC: mobile among the VMs that claim it).
+    if (net.name, mac) in macs:
+        raise TopologyError(f"{where}.mac: {mac!r}: already used on network {net.name!r} "
+                            f"by {macs[(net.name, mac)]}")
+    macs[(net.name, mac)] = name
     return Vm(name, site.name, compute, net.name, str(addr), mac,
               str(item.get("port_id") or f"lab-{name}"), pairs)
 

@@ -102,13 +102,25 @@ def tunnel_ip(port: dict | None) -> str | None:
 
 
 def port_entries(port: dict) -> dict[str, set[str]]:
-    """{mac: {ip, ...}} a remote port makes reachable at its tunnel IP."""
+    """{mac: {ip, ...}} a remote port makes reachable at its tunnel IP.
+
+    MACs the gateway lists as mobile (``mobile_macs`` in the profile: a VRRP
+    virtual MAC that a local port claims too) are left out: pinned at the
+    gateway they would break a failover to the local port, so the agents
+    learn them from the traffic instead (the flooding entry still brings
+    the gateway broadcasts and unknown unicast)."""
     mac = port["mac_address"]
-    entries: dict[str, set[str]] = {mac: set()}
+    profile = port.get(portbindings.PROFILE) or {}
+    info = profile.get(PROFILE_KEY) if isinstance(profile, dict) else None
+    mobile = set((info or {}).get("mobile_macs") or ()) if isinstance(info, dict) else set()
+    entries: dict[str, set[str]] = {} if mac in mobile else {mac: set()}
     for fixed in port.get("fixed_ips") or ():
-        entries[mac].add(fixed["ip_address"])
+        if mac in entries:
+            entries[mac].add(fixed["ip_address"])
     for pair in port.get("allowed_address_pairs") or ():
         pmac = pair.get("mac_address") or mac
+        if pmac in mobile:
+            continue
         try:
             net = ipaddress.ip_network(pair["ip_address"], strict=False)
         except (KeyError, ValueError):

@@ -12,16 +12,22 @@ such clouds the requests carry ``X-Roles: admin,service`` (setting
 ``binding:profile`` needs the service role under the default policy).
 
 What is read
-    Stretched networks are matched by name (or by a tag equal to the
-    stretched name); each site keeps its own segmentation ID
-    (``provider:segmentation_id``), only VXLAN networks qualify. For every
+    Stretched networks are identified by their Neutron network ID, from the
+    operator's configuration: something only the operator controls. A
+    name or a tag would let any tenant who may create a network take a
+    stretched network over (a network of another project named "red" once
+    emptied a gateway's remote ports). Each site keeps its own segmentation
+    ID (``provider:segmentation_id``); only VXLAN networks qualify. For every
     port on them: MAC, fixed IPs, allowed address pairs (with their MACs) and
     the VTEP of its host, the ``tunneling_ip`` of the L2 agent on
     ``binding:host_id``. Remote ports (``device_owner`` or profile of
-    gwagent) are never endpoints. Unbound ports have no VTEP and are left
-    out; malformed data (no MAC, an IP outside every subnet, a pair MAC
-    already claimed by another port) is skipped with a logged reason, never
-    fatal. Neutron unreachable or answering errors raises ``SourceError``.
+    gwagent) are never endpoints. Unbound ports have no VTEP and are not
+    endpoints; malformed data (no MAC, an IP outside every subnet, a host
+    without an L2 agent) leaves that port out, with its reason logged and
+    listed in the snapshot's ``rejected``, never the whole read. A MAC in
+    the allowed address pairs of several ports is legal (a VRRP virtual
+    MAC: mobile). Neutron unreachable or answering errors raises
+    ``SourceError``.
 
 What is written
     A remote port has the origin's MAC, IPs (``fixed_ips`` on the local
@@ -61,8 +67,8 @@ import time
 from typing import Iterable, Mapping
 
 from gwagent.control.sources import SourceError
-from gwagent.model import (AddressPair, Endpoint, Network, RemotePort, Site, SiteSnapshot,
-                           ValidationError)
+from gwagent.model import (AddressPair, Endpoint, Network, Rejected, RemotePort, Site,
+                           SiteSnapshot, ValidationError)
 
 LOG = logging.getLogger(__name__)
 
@@ -183,18 +189,20 @@ class NeutronSite:
     gateway is this gateway, registry of the remote ports it owns.
 
     ``networks`` maps each stretched network's name to its transit VNI;
-    ``match`` is ``"name"`` (the Neutron network has that name) or
-    ``"tag"`` (it carries a tag equal to that name).
+    ``network_ids`` maps the same names to the Neutron network IDs that
+    carry them in this site (module docstring: never a name).
     """
 
     def __init__(self, client: NeutronClient, site: Site, networks: Mapping[str, int],
-                 match: str = "name", bulk_size: int = BULK_SIZE):
-        if match not in ("name", "tag"):
-            raise ValueError(f"network match must be 'name' or 'tag', not {match!r}")
+                 network_ids: Mapping[str, str], bulk_size: int = BULK_SIZE):
+        missing = sorted(set(networks) - set(network_ids))
+        if missing:
+            raise ValueError(f"site {site.name}: no Neutron network ID for stretched "
+                             f"network(s) {', '.join(missing)}")
         self.client = client
         self.site = site
         self.networks = dict(networks)
-        self.match = match
+        self.network_ids = {name: network_ids[name] for name in networks}
         self.bulk_size = bulk_size
         self._listed: tuple | None = None   # (monotonic time, owned ports, uses)
 
@@ -204,37 +212,20 @@ class NeutronSite:
 
     # -- networks ------------------------------------------------------------
     def _stretched(self) -> dict[str, _LocalNet]:
-        """{stretched name: local network}; ambiguous or unusable ones are
-        skipped with a logged reason; a missing one fails the whole read."""
-        fields = {"fields": ["id", "name", "tags", "project_id", "provider:network_type",
-                             "provider:segmentation_id", "subnets"]}
-        if self.match == "name":
-            found = self.client.list("networks", name=sorted(self.networks), **fields)
-            key = lambda n: [n.get("name")]  # noqa: E731
-        else:
-            found = self.client.list("networks", **{"tags-any": ",".join(sorted(self.networks))},
-                                     **fields)
-            key = lambda n: n.get("tags") or []  # noqa: E731
-        by_name: dict[str, list[dict]] = {}
-        for net in found:
-            for name in key(net):
-                if name in self.networks:
-                    by_name.setdefault(name, []).append(net)
+        """{stretched name: local network}, by the configured IDs; a network
+        that is not VXLAN is skipped with a logged reason; a missing one
+        fails the whole read (a snapshot without it would withdraw every
+        remote port on it)."""
+        fields = ["id", "name", "project_id", "provider:network_type",
+                  "provider:segmentation_id", "subnets"]
+        found = {n["id"]: n for n in self.client.list(
+            "networks", id=sorted(self.network_ids.values()), fields=fields)}
         result = {}
         for name in sorted(self.networks):
-            nets = by_name.get(name, [])
-            if not nets:
-                # Not a skip: a snapshot without the network would withdraw
-                # every remote port on it. Rejected whole, the last good
-                # state stays in force and status shows why.
-                raise SourceError(f"site {self.site.name}: stretched network {name!r} not "
-                                  f"found in Neutron (by {self.match})")
-            if len(nets) > 1:
-                LOG.error("site %s: stretched network %r is ambiguous: Neutron networks %s "
-                          "all match; not stretching it", self.site.name, name,
-                          ", ".join(sorted(n["id"] for n in nets)))
-                continue
-            net = nets[0]
+            net = found.get(self.network_ids[name])
+            if net is None:
+                raise SourceError(f"site {self.site.name}: stretched network {name!r} (Neutron "
+                                  f"network {self.network_ids[name]}) not found in Neutron")
             if net.get("provider:network_type") != "vxlan":
                 LOG.error("site %s: network %r (%s) is of type %r; only vxlan networks can "
                           "be stretched", self.site.name, name, net["id"],
@@ -275,15 +266,16 @@ class NeutronSite:
         ports = self.client.list("ports", network_id=[n.id for n in nets.values()],
                                  fields=list(PORT_FIELDS))
         by_id = {net.id: net for net in nets.values()}
-        endpoints = []
-        claimed: dict[tuple[str, str], str] = {}
+        endpoints, rejected = [], []
         for port in sorted(ports, key=lambda p: p.get("id", "")):
-            if is_remote(port):
+            if is_remote(port) or port.get("network_id") not in by_id:
                 continue
-            ep = self._endpoint(port, by_id[port["network_id"]], vteps, claimed)
-            if ep is not None:
+            ep = self._endpoint(port, by_id[port["network_id"]], vteps)
+            if isinstance(ep, Rejected):
+                rejected.append(ep)
+            elif ep is not None:
                 endpoints.append(ep)
-        return SiteSnapshot(self.site, networks, tuple(endpoints))
+        return SiteSnapshot(self.site, networks, tuple(endpoints), tuple(rejected))
 
     def _vteps(self) -> dict[str, str]:
         vteps: dict[str, str] = {}
@@ -293,22 +285,24 @@ class NeutronSite:
                 vteps[agent["host"]] = tip
         return vteps
 
-    def _endpoint(self, port: dict, net: _LocalNet, vteps: dict, claimed: dict):
+    def _endpoint(self, port: dict, net: _LocalNet, vteps: dict) -> Endpoint | Rejected | None:
         pid = port.get("id", "?")
         where = f"site {self.site.name}: port {pid} on {net.name}"
+        mac = port.get("mac_address")
+
+        def reject(reason: str) -> Rejected:
+            LOG.warning("%s: left out: %s", where, reason)
+            return Rejected(self.site.name, net.name, pid, str(mac or ""), reason)
+
         host = port.get("binding:host_id") or ""
         if not host:
-            LOG.debug("%s: unbound, no VTEP; left out", where)
+            LOG.debug("%s: unbound, no VTEP; not an endpoint", where)
             return None
         vtep = vteps.get(host)
         if not vtep:
-            LOG.warning("%s: host %r has no L2 agent with a tunneling_ip; left out",
-                        where, host)
-            return None
-        mac = port.get("mac_address")
+            return reject(f"host {host!r} has no L2 agent with a tunneling_ip")
         if not mac:
-            LOG.warning("%s: no MAC address; skipped", where)
-            return None
+            return reject("no MAC address")
         ips = []
         for fixed in port.get("fixed_ips") or ():
             addr = fixed.get("ip_address")
@@ -322,33 +316,17 @@ class NeutronSite:
                             "ignored", where, addr)
                 continue
             ips.append(str(parsed))
-        pairs = []
-        for pair in port.get("allowed_address_pairs") or ():
-            pmac = (pair.get("mac_address") or mac).lower()
-            if pmac != mac.lower():
-                owner = claimed.get((net.name, pmac))
-                if owner is not None and owner != pid:
-                    LOG.warning("%s: allowed address pair %s with MAC %s ignored: the MAC "
-                                "belongs to port %s", where, pair.get("ip_address"), pmac, owner)
-                    continue
-            pairs.append({"ip_address": pair.get("ip_address"), "mac_address": pmac})
+        pairs = [{"ip_address": pair.get("ip_address"),
+                  "mac_address": (pair.get("mac_address") or mac).lower()}
+                 for pair in port.get("allowed_address_pairs") or ()]
         try:
-            ep = Endpoint(site=self.site.name, network=net.name, mac=mac, vtep=vtep,
-                          ips=tuple(_sorted_ips(ips)),
-                          allowed_address_pairs=tuple(_sorted_pairs(
-                              AddressPair(p["ip_address"], p["mac_address"]) for p in pairs)),
-                          port_id=pid)
+            return Endpoint(site=self.site.name, network=net.name, mac=mac, vtep=vtep,
+                            ips=tuple(_sorted_ips(ips)),
+                            allowed_address_pairs=tuple(_sorted_pairs(
+                                AddressPair(p["ip_address"], p["mac_address"]) for p in pairs)),
+                            port_id=pid)
         except ValidationError as exc:
-            LOG.warning("%s: skipped: %s", where, exc)
-            return None
-        for m in ep.macs:
-            if claimed.get((net.name, m), pid) != pid:
-                LOG.warning("%s: skipped: MAC %s already belongs to port %s", where, m,
-                            claimed[(net.name, m)])
-                return None
-        for m in ep.macs:
-            claimed[(net.name, m)] = pid
-        return ep
+            return reject(str(exc))
 
     # -- registry ------------------------------------------------------------
     def _owned(self) -> list[dict]:
@@ -387,7 +365,8 @@ class NeutronSite:
                         AddressPair(p["ip_address"], p.get("mac_address") or port["mac_address"])
                         for p in port.get("allowed_address_pairs") or ())),
                     port_id=prof.get("origin_port") or "")
-                result.append(RemotePort(origin, prof.get("tunnel_ip"), self.owner))
+                result.append(RemotePort(origin, prof.get("tunnel_ip"), self.owner,
+                                         tuple(prof.get("mobile_macs") or ())))
             except (ValidationError, KeyError, TypeError) as exc:
                 LOG.warning("site %s: remote port %s has a malformed gwagent profile (%s); "
                             "it will be replaced", self.site.name, port.get("id"), exc)
@@ -409,7 +388,8 @@ class NeutronSite:
             "binding:host_id": self.owner,
             "binding:profile": {PROFILE_KEY: {
                 "tunnel_ip": rp.vtep, "gateway": self.owner, "origin_site": o.site,
-                "origin_port": o.port_id, "origin_vtep": o.vtep, "network": o.network}},
+                "origin_port": o.port_id, "origin_vtep": o.vtep, "network": o.network,
+                **({"mobile_macs": list(rp.mobile_macs)} if rp.mobile_macs else {})}},
         }
 
     def register(self, ports: Iterable[RemotePort]) -> dict[tuple, str]:

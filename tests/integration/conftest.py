@@ -82,6 +82,10 @@ class Admin:
         net["subnet"] = sub
         return net
 
+    def network_id(self, name: str) -> str:
+        (net,) = self.client.list("networks", name=name, fields=["id"])
+        return net["id"]
+
     def port(self, net: dict, host: str | None = None, **attrs) -> dict:
         body = {"network_id": net["id"], "project_id": self.project, **attrs}
         if host:
@@ -111,8 +115,13 @@ class SiteEnv:
     def client(self) -> NeutronClient:
         return NeutronClient(self.name, clouds_file=str(self.clouds_file), timeout=10)
 
-    def source(self, gateway: Gateway, networks: dict, match="name") -> NeutronSite:
-        return NeutronSite(self.client(), Site(self.name, gateway), networks, match=match)
+    def source(self, gateway: Gateway, networks: dict, ids: dict | None = None) -> NeutronSite:
+        """The site's source for ``networks`` ({name: transit VNI}); the
+        Neutron network IDs, as an operator writes them in the
+        configuration, are looked up here by name unless given."""
+        if ids is None:
+            ids = {name: self.admin.network_id(name) for name in networks}
+        return NeutronSite(self.client(), Site(self.name, gateway), networks, ids)
 
 
 @pytest.fixture(scope="session")

@@ -51,9 +51,9 @@ def test_malformed_inventory_keeps_last_good_state(tmp_path):
     agent, dp, _, _, b = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "red", 2)])
     agent.run_pass()
     good = dp.observe()
-    b.write_text(b.read_text().replace("fa:16:3e", "zz:16:3e"))
+    b.write_text(b.read_text().replace("transit_ip: 198.18.200.2", "transit_ip: 198.18.200.999"))
     result = agent.run_pass("inventory")
-    assert not result.ok and "zz:16:3e" in agent.status()["last_error"]
+    assert not result.ok and "198.18.200.999" in agent.status()["last_error"]
     assert dp.observe() == good
     assert len(FileInventory(tmp_path / "a.yaml").remote_ports()) == 1
     write(b, site("b", [endpoint("b", "red", 2)]))

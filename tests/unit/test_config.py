@@ -17,12 +17,14 @@ source = neutron
 cloud = site-a
 site_name = a
 networks = red:5001,blue:5002
+network_ids = red:11111111-0000-0000-0000-00000000000a,blue:22222222-0000-0000-0000-00000000000a
 gateway_host = gw-a
 gateway_tunnel_ip = 198.18.1.1
 gateway_transit_ip = 198.18.0.1
 peers = b
 [neutron_peer_b]
 cloud = site-b
+network_ids = red:11111111-0000-0000-0000-00000000000b,blue:22222222-0000-0000-0000-00000000000b
 gateway_host = gw-b
 gateway_tunnel_ip = 198.18.2.1
 gateway_transit_ip = 198.18.0.2
@@ -37,6 +39,14 @@ def test_neutron_sources_from_config(tmp_path):
     (peer,) = peers
     assert peer.source.site.gateway.transit_ip == "198.18.0.2"
     assert peer.source.client.cloud == "site-b"
+    assert peer.source.network_ids["red"] == "11111111-0000-0000-0000-00000000000b"
+
+
+def test_neutron_networks_need_their_ids_never_a_name(tmp_path):
+    text = NEUTRON.replace("red:11111111-0000-0000-0000-00000000000b,", "", 1)
+    with pytest.raises(SystemExit) as info:
+        cli.build_sources(cli.load_conf(write(tmp_path, text)))
+    assert "[neutron_peer_b] network_ids" in str(info.value) and "red" in str(info.value)
 
 
 @pytest.mark.parametrize("broken, message", [

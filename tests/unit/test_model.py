@@ -42,11 +42,13 @@ def test_bad_ip():
     assert e.field.endswith(".ips") and e.value == "nope"
 
 
-def test_duplicate_mac_on_one_network_rejected():
-    ep = endpoint("a", "red", 1)
-    twin = Endpoint("a", "red", ep.mac, "198.18.1.12", port_id="other")
-    e = err(site, "a", [ep, twin])
-    assert "duplicate MAC" in str(e) and e.value == ep.mac
+def test_duplicate_own_mac_on_one_network_leaves_only_that_endpoint_out():
+    ep, other = endpoint("a", "red", 1), endpoint("a", "red", 3)
+    twin = Endpoint("a", "red", ep.mac, "198.18.1.12", port_id="twin")
+    snap = site("a", [ep, twin, other])
+    assert snap.endpoints == (ep, other)
+    (rej,) = snap.rejected
+    assert (rej.port_id, rej.mac) == ("twin", ep.mac) and "already the own MAC" in rej.reason
 
 
 def test_same_mac_on_two_networks_is_fine():
@@ -55,15 +57,32 @@ def test_same_mac_on_two_networks_is_fine():
     assert len(site("a", [ep, other]).endpoints) == 2
 
 
-def test_duplicate_mac_through_address_pair_rejected():
-    ep = endpoint("a", "red", 1)
-    vip = endpoint("a", "red", 2, allowed_address_pairs=(AddressPair("198.19.10.100", ep.mac),))
-    assert "duplicate MAC" in str(err(site, "a", [ep, vip]))
+def test_a_pair_mac_shared_by_two_ports_is_mobile_not_an_error():
+    vmac = "00:00:5e:00:01:01"
+    pair = (AddressPair("198.19.10.100", vmac),)
+    a1 = endpoint("a", "red", 1, allowed_address_pairs=pair)
+    b1 = endpoint("b", "red", 2, allowed_address_pairs=pair)
+    d = Desired(site("a", [a1]), (site("b", [b1]),))
+    assert d.all_rejected() == ()
+    mob = d.mobile[("red", vmac)]
+    assert mob.home is None
+    assert {c[1] for c in mob.claimants} == {a1.port_id, b1.port_id}
 
 
-def test_endpoint_on_unknown_network_rejected():
-    e = err(site, "a", [endpoint("a", "green", 1)])
-    assert e.value == "green" and "unknown network" in e.reason
+def test_a_port_mac_another_port_may_take_over_is_mobile_with_a_home():
+    a1 = endpoint("a", "red", 1)
+    a2 = endpoint("a", "red", 2, compute=2,
+                  allowed_address_pairs=(AddressPair("198.19.10.100", a1.mac),))
+    d = Desired(site("a", [a1, a2]), (site("b"),))
+    mob = d.mobile[("red", a1.mac)]
+    assert mob.home == ("a", a1.port_id, a1.vtep)
+
+
+def test_endpoint_on_unknown_network_left_out_with_reason():
+    good = endpoint("a", "red", 1)
+    snap = site("a", [endpoint("a", "green", 1), good])
+    assert snap.endpoints == (good,)
+    assert "not a stretched network" in snap.rejected[0].reason
 
 
 def test_network_unknown_to_peer_rejected():
@@ -84,11 +103,31 @@ def test_vni_reused_on_one_gateway_rejected():
     assert e.value == 5001 and "already used" in e.reason
 
 
-def test_duplicate_mac_across_sites_rejected():
+def test_own_mac_claimed_in_two_sites_keeps_the_first_and_leaves_the_other_out():
     ep = endpoint("a", "red", 1)
     clash = Endpoint("b", "red", ep.mac, "198.18.2.11", port_id="b1")
-    e = err(Desired, site("a", [ep]), (site("b", [clash]),))
-    assert "also in site 'a'" in e.reason
+    d = Desired(site("a", [ep]), (site("b", [clash]),))
+    assert d.local.endpoints == (ep,) and d.peers[0].endpoints == ()
+    (rej,) = d.all_rejected()
+    assert rej.site == "b" and "of site 'a'" in rej.reason
+    assert d.remote_ports() == ()
+
+
+def test_the_holder_of_a_mac_keeps_it_against_a_newcomer():
+    # b held the MAC first: a port of a taking it later must not win it
+    held = Endpoint("b", "red", "fa:16:3e:00:00:aa", "198.18.2.11", port_id="b1")
+    first = Desired(site("a"), (site("b", [held]),))
+    newcomer = Endpoint("a", "red", held.mac, "198.18.1.11", port_id="a0")
+    d = Desired(site("a", [newcomer]), (site("b", [held]),), previous=first)
+    assert d.peers[0].endpoints == (held,) and d.local.endpoints == ()
+    assert [r.port_id for r in d.all_rejected()] == ["a0"]
+
+
+def test_one_bad_endpoint_never_empties_the_rest():
+    eps = [endpoint("b", "red", n) for n in range(1, 6)]
+    clash = Endpoint("b", "red", eps[0].mac, "198.18.2.12", port_id="zz")
+    d = Desired(site("a"), (site("b", eps + [clash]),))
+    assert len(d.remote_ports()) == 5
 
 
 def test_remote_ports_point_at_local_gateway():

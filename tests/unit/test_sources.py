@@ -39,17 +39,30 @@ def test_round_trip():
 @pytest.mark.parametrize("change, field", [
     (lambda d: d.pop("gateway"), "gateway"),
     (lambda d: d["networks"][0].pop("transit_vni"), "networks[0].transit_vni"),
-    (lambda d: d["endpoints"][0].update(mac="nope"), "endpoint[vm1].mac"),
-    (lambda d: d["endpoints"][0].update(colour="red"), "endpoints[0]"),
-    (lambda d: d["endpoints"][0].pop("vtep"), "endpoints[0].vtep"),
     (lambda d: d["networks"][0].update(segmentation_id=0), "network[red].segmentation_id"),
 ])
-def test_bad_site_names_field(change, field):
+def test_bad_operator_configuration_rejects_the_site_naming_the_field(change, field):
     data = yaml.safe_load(EXAMPLE)
     change(data)
     with pytest.raises(ValidationError) as info:
         parse_site(data)
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda ep: ep.update(mac="nope"), "endpoint[vm1].mac"),
+    (lambda ep: ep.update(colour="red"), "'colour': unknown key"),
+    (lambda ep: ep.pop("vtep"), "endpoints[0].vtep"),
+])
+def test_a_malformed_endpoint_is_left_out_with_its_reason_and_the_rest_stands(change, words):
+    data = yaml.safe_load(EXAMPLE)
+    good = dict(data["endpoints"][0], port_id="vm2", mac="fa:16:3e:00:00:02")
+    change(data["endpoints"][0])
+    data["endpoints"].append(good)
+    snap = parse_site(data)
+    assert [ep.port_id for ep in snap.endpoints] == ["vm2"]
+    (rej,) = snap.rejected
+    assert rej.port_id == "vm1" and words in rej.reason
 
 
 def test_file_errors_say_which_file(tmp_path):
