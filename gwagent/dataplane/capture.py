@@ -328,8 +328,8 @@ class MobilityTap:
         for w in watches:
             table.setdefault((w.vni, bytes.fromhex(w.mac.replace(":", ""))), []).append(
                 frozenset(_ip(a) for a in w.exclude))
-        self._watches = table       # before the filter: anything it lets through is checked
         _attach(self._sock, program)
+        self._watches = table       # read() checks queued frames against these
 
     def read(self) -> list[Evidence]:
         """Every piece of evidence pending, without blocking; frames that do not

@@ -103,3 +103,7 @@ class FakeDataplane:
             dst = self.vxlan_fdb.get((p, mac))
             out |= {dst} if dst else {d for dev, d in self.flood if dev == p}
         return out
+
+    def move(self, ops) -> list[OpError]:
+        """The mobility fast path: the same operations, at once."""
+        return self.apply(ops)
