@@ -470,7 +470,7 @@ class MobilityWorker(threading.Thread):
         super().__init__(name="mobility", daemon=True)
         self.agent, self.clock = agent, clock
         self.tap = None  # opened once the gateway's addresses are known
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -486,7 +486,7 @@ class MobilityWorker(threading.Thread):
             pass
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.poke()
 
     def close(self) -> None:
@@ -494,7 +494,7 @@ class MobilityWorker(threading.Thread):
             self.tap.close()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._rewatch()
                 expiry = self.agent.mobility.next_expiry()
@@ -514,7 +514,7 @@ class MobilityWorker(threading.Thread):
                     self.agent.mobility.tick(self.clock())
             except Exception:  # noqa: BLE001 - the fast path must survive its own bugs
                 LOG.exception("mobility worker: error; going on")
-                self._stop.wait(0.1)
+                self._halt.wait(0.1)
 
     def _rewatch(self) -> None:
         agent = self.agent
@@ -538,7 +538,22 @@ class MobilityWorker(threading.Thread):
                        for vni in vni_of.get(key[0], ())]
             self._watched = version
         if self.tap is not None:
+            try:
+                self.tap.watch(watches)
+            except ValueError as exc:  # more than the kernel's filter can hold
+                keep = len(watches)
+                while keep and not self._try_watch(watches[:keep]):
+                    keep = keep * 9 // 10
+                LOG.error("mobility: %s; watching %d of %d (network, MAC) pairs, the others "
+                          "stay where the sources put them until a pass", exc, keep,
+                          len(watches))
+
+    def _try_watch(self, watches) -> bool:
+        try:
             self.tap.watch(watches)
+            return True
+        except ValueError:
+            return False
 
     def handle(self, evidence) -> None:
         where = self._vnis.get(evidence.vni)

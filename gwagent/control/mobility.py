@@ -140,7 +140,8 @@ class MobilityTable:
         state.location = where
         state.seq += 1
         state.moved_at = now
-        state.moves.append(now)
+        if previous is not None:  # a first sighting is no move for detection
+            state.moves.append(now)
         while state.moves and state.moves[0] < now - self.window:
             state.moves.popleft()
         alarm = len(state.moves) >= self.max_moves

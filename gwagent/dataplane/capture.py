@@ -322,7 +322,9 @@ class MobilityTap:
 
     def watch(self, watches: Sequence[Watch]) -> None:
         """Watch exactly these (VNI, MAC) pairs from now on, replacing the last
-        list; an empty list watches nothing."""
+        list; an empty list watches nothing. Plain (vni, mac, exclude)
+        tuples are taken too."""
+        watches = [w if isinstance(w, Watch) else Watch(*w) for w in watches]
         program = compile_filter(watches, self.local_ips, self.port)
         table: dict[tuple[int, bytes], list[frozenset[int]]] = {}
         for w in watches:

@@ -388,6 +388,8 @@ class LinuxBackend:
     def tap(self, local_ips: Sequence[str]):
         """The mobility tap on this namespace's underlay (see capture)."""
         from gwagent.dataplane.capture import MobilityTap
+        if self._fast_nl is None:  # opened now: a namespace switch costs ~30 ms
+            self._fast_nl = Netlink(self.netns)
         return MobilityTap(self.netns, local_ips)
 
     def close(self) -> None:

@@ -59,6 +59,13 @@ VM_MTU = 1450
 VXLAN_PORT = 4789
 SWITCH = "switch"
 AGENT_RESYNC = 2.0
+# Drills move VIPs back and forth many times a minute: duplicate detection
+# (production default 5 moves in 180 s) would freeze them. The lab keeps it
+# on with room for drills; a test of damping sets its own.
+MOBILITY_SECTION = ("\n[mobility]\n"
+                    "max_moves = 1000\n"
+                    "move_window = 60\n"
+                    "freeze_time = 30\n")
 
 
 class LabError(Exception):
@@ -321,7 +328,8 @@ def write_agent_configs(lab: Lab) -> None:
             f"state_dir = {lab.state_dir(site.name)}\n"
             "\n[agent]\n"
             f"resync_interval = {AGENT_RESYNC}\n"
-            "poll_interval = 0.1\n"))
+            "poll_interval = 0.1\n"
+            + MOBILITY_SECTION))
 
 
 # -- processes -----------------------------------------------------------------
@@ -594,24 +602,37 @@ def _set_vms(lab: Lab, vms: list[dict]) -> Topology:
 def add_vm(lab: Lab, vm: dict) -> float:
     """Plug a new VM (file-format dict) and add its port; returns the time
     (monotonic) of the inventory change."""
-    topo = _set_vms(lab, topo_mod.to_dict(lab.topology)["vms"] + [vm])
-    new = topo.vm(vm["name"])
+    return add_vms(lab, [vm])
+
+
+def add_vms(lab: Lab, vms: list[dict]) -> float:
+    """Plug new VMs (file-format dicts) and add their ports in one change of
+    each site concerned; returns the time (monotonic) of the change."""
+    topo = _set_vms(lab, topo_mod.to_dict(lab.topology)["vms"] + list(vms))
+    new = [topo.vm(vm["name"]) for vm in vms]
     lab.topology = topo
     lab.save()
-    plug_vm(lab, new)
+    for vm in new:
+        plug_vm(lab, vm)
     t0 = time.monotonic()
-    update_sites(lab, [new.site])
+    update_sites(lab, sorted({vm.site for vm in new}))
     return t0
 
 
 def remove_vm(lab: Lab, name: str) -> float:
     """Delete the VM's port, then the VM; returns the inventory change time."""
-    old = lab.topology.vm(name)
+    return remove_vms(lab, [name])
+
+
+def remove_vms(lab: Lab, names: list[str]) -> float:
+    """Delete the VMs' ports, then the VMs; returns the inventory change time."""
+    old = [lab.topology.vm(name) for name in names]
     lab.topology = _set_vms(lab, [v for v in topo_mod.to_dict(lab.topology)["vms"]
-                                  if v["name"] != name])
+                                  if v["name"] not in names])
     t0 = time.monotonic()
-    update_sites(lab, [old.site])
-    unplug_vm(lab, old, delete_namespace=True)
+    update_sites(lab, sorted({vm.site for vm in old}))
+    for vm in old:
+        unplug_vm(lab, vm, delete_namespace=True)
     lab.save()
     return t0
 

@@ -433,6 +433,7 @@ def agent_config(lab, site) -> str:
             "\n[agent]\n"
             f"resync_interval = {build.AGENT_RESYNC}\n"
             "poll_interval = 0.1\n"
+            + build.MOBILITY_SECTION +
             "\n[neutron]\n"
             f"cloud = {cloud_name(site.name)}\n"
             f"clouds_file = {clouds_file(lab)}\n"

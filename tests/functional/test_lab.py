@@ -315,19 +315,20 @@ def test_foreign_links_and_fdb_entries_are_left_alone(lab):
 
 
 @pytest.mark.parametrize("observer", ["a", "b"], ids=["as-peer-file", "as-local-file"])
-def test_malformed_inventory_keeps_the_last_good_state_and_reports_it(lab, observer):
-    """Site b's file goes bad: agent a reads it as a peer's, agent b as its own."""
+def test_malformed_operator_data_keeps_the_last_good_state_and_reports_it(lab, observer):
+    """Site b's gateway entry goes bad: agent a reads it as a peer's, agent b
+    as its own; the whole file is refused and the last good state stays."""
     path = lab.inventory("b")
     good = path.read_text()
     try:
         data = yaml.safe_load(good)
-        data["endpoints"][0]["mac"] = "not-a-mac"
+        data["gateway"]["transit_ip"] = "198.18.0.999"
         path.write_text(yaml.safe_dump(data))
 
         def reported():
             """the agent reports the bad file in 'gwagent status --json'"""
             error = (agent_status(lab, observer)["status"] or {}).get("last_error")
-            return bool(error and "not-a-mac" in error)
+            return bool(error and "198.18.0.999" in error)
         wait_for(reported, 3.0, interval=0.1)
         got, = probe.stream(lab.ns("a1-red"), lab.ns("b1-red"), lab.topology.vm("b1-red").ip,
                             count=300)
@@ -341,6 +342,35 @@ def test_malformed_inventory_keeps_the_last_good_state_and_reports_it(lab, obser
             build.start_agent(lab, observer)  # leave the shared lab as we found it
     wait_for(lambda: agent_status(lab, observer)["status"]["last_error"] is None, 3.0,
              interval=0.1)
+
+
+def test_a_malformed_endpoint_is_left_out_alone_and_shown(lab):
+    """One tenant port of site b goes bad: only it is left out (both gateways
+    show why); every other VM pair keeps talking."""
+    path = lab.inventory("b")
+    good = path.read_text()
+    data = yaml.safe_load(good)
+    bad = data["endpoints"][0]
+    victim = next(vm.name for vm in lab.topology.vms if vm.port_id == bad["port_id"])
+    try:
+        bad["mac"] = "not-a-mac"
+        path.write_text(yaml.safe_dump(data))
+
+        def shown(site):
+            rejected = (agent_status(lab, site)["status"] or {}).get("rejected_endpoints") or []
+            return any(r["port_id"] == bad["port_id"] and "not-a-mac" in r["reason"]
+                       for r in rejected)
+        wait_for(lambda: shown("a") and shown("b"), 3.0, interval=0.1)
+        others = [vm.name for vm in lab.topology.vms if vm.name != victim]
+        failed = [p for p, rtt in ping_matrix(lab).items() if rtt is None
+                  and victim not in p]
+        assert failed == [] and others
+    finally:
+        build.write_inventories(lab, ["b"])
+    wait_for(lambda: not agent_status(lab, "a")["status"]["rejected_endpoints"], 3.0,
+             interval=0.1)
+    wait_for(lambda: all(rtt is not None for rtt in ping_matrix(lab).values()), 5.0,
+             interval=0.2)
 
 
 def test_agent_restart_under_traffic_loses_no_packet(lab):

@@ -67,19 +67,19 @@ def test_watches_leave_out_the_current_location():
 
 def test_flapping_freezes_the_mac_raises_an_alarm_and_recovers_after_the_hold():
     t = table(max_moves=5, window=180, hold=30)
-    where = [B, A1, B, A1]
+    where = [B, A1, B, A1, B]      # first sighting, then four moves
     for i, loc in enumerate(where):
         assert t.claim(KEY, loc, 10.0 + i).outcome == "moved"
-    fifth = t.claim(KEY, B, 15.0)
+    fifth = t.claim(KEY, A1, 15.0)
     assert fifth.outcome == "moved" and fifth.alarm
-    assert t.claim(KEY, A1, 16.0).outcome == "frozen"
-    assert t.locations() == {KEY: B}
+    assert t.claim(KEY, B, 16.0).outcome == "frozen"
+    assert t.locations() == {KEY: A1}
     assert t.watches() == []                      # its frames no longer reach us
     (row,) = t.status(16.0)
     assert row["frozen"] and row["claims_while_frozen"] == 1
     t.tick(45.1)
-    d = t.claim(KEY, A1, 45.2)
-    assert d.outcome == "moved" and not d.alarm and t.seq(KEY) == 6
+    d = t.claim(KEY, B, 45.2)
+    assert d.outcome == "moved" and not d.alarm and t.seq(KEY) == 7
 
 
 def test_moves_outside_the_window_do_not_count():
