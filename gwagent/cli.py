@@ -23,6 +23,7 @@ from pathlib import Path
 from oslo_config import cfg
 
 from gwagent import config
+from gwagent.drill.cli import add_parser as add_drill_parser
 from gwagent.lab.cli import add_parser as add_lab_parser
 
 LOG = logging.getLogger("gwagent")
@@ -310,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     cl.add_argument("--force", action="store_true", help="even if the agent is running")
     cl.set_defaults(func=cmd_cleanup)
     add_lab_parser(sub)
+    add_drill_parser(sub)
     return p
 
 

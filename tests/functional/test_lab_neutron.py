@@ -197,7 +197,10 @@ def test_a_port_created_in_neutron_after_start_becomes_reachable(nlab):
 
 def test_agent_config_builds_neutron_sources_for_the_site_and_its_peers(tmp_path):
     from gwagent import cli
-    lab = build.Lab("gwx-", tmp_path, topology(), neutron={"sites": {}})
+    ids = {site: {net: {"id": f"{net}-{site}-uuid"} for net in ("red", "blue")}
+           for site in ("a", "b")}
+    lab = build.Lab("gwx-", tmp_path, topology(),
+                    neutron={"sites": {site: {"networks": nets} for site, nets in ids.items()}})
     build.write_agent_configs(lab)
     conf = cli.load_conf([str(lab.agent_conf("a"))])
     assert conf.gateway.source == "neutron"
@@ -210,6 +213,8 @@ def test_agent_config_builds_neutron_sources_for_the_site_and_its_peers(tmp_path
     assert [p.source.site.name for p in peers] == ["b"]
     assert peers[0].source.site.gateway.transit_ip == "198.18.0.2"
     assert peers[0].source.client.cloud == "lab-b"
+    assert registry.network_ids == {"red": "red-a-uuid", "blue": "blue-a-uuid"}
+    assert peers[0].source.network_ids == {"red": "red-b-uuid", "blue": "blue-b-uuid"}
 
 
 def test_lab_up_takes_neutron_on_the_command_line():

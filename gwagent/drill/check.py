@@ -1,0 +1,108 @@
+"""After a drill: does every gateway, compute and client point at the holder?
+
+What is checked, for the MAC that carries the VIP (the virtual MAC, or the
+holder's own MAC):
+
+* every gateway: the bridge entry and the VXLAN entry of the network's
+  devices lead to the holder: its compute's VTEP when the holder is in the
+  gateway's site, else the transit IP of the holder's site's gateway;
+* every compute of the network: its VXLAN entry for the MAC, static or
+  learned, leads to the holder's compute (same site) or to its site's
+  gateway (other site); the holder's own compute has no VXLAN entry for it.
+  No entry at all is no stale entry: the frame floods and reaches the
+  holder;
+* every client: its neighbour entry for the VIP names the expected MAC.
+
+A check is a :class:`Check` (node, what, expected, found, ok); the drill
+reports the ones that failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from pyroute2 import IPRoute
+
+from gwagent.drill.scenario import Node, Scenario
+from gwagent.lab import build
+
+NUD_FAILED, NUD_INCOMPLETE = 0x20, 0x01
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    node: str
+    what: str
+    expected: str
+    found: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.found
+
+    def to_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), ok=self.ok)
+
+
+def _entries(ns: str, devices: list[str], mac: str) -> dict[str, set]:
+    """{device: {dst or None}} of the FDB entries for ``mac`` on ``devices``."""
+    out: dict[str, set] = {d: set() for d in devices}
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = {}
+        for dev in devices:
+            found = ipr.link_lookup(ifname=dev)
+            if found:
+                index[found[0]] = dev
+        for msg in ipr.fdb("dump"):
+            dev = index.get(msg["ifindex"])
+            if dev is None or (msg.get_attr("NDA_LLADDR") or "").lower() != mac:
+                continue
+            out[dev].add(msg.get_attr("NDA_DST"))
+    return out
+
+
+def _fmt(entries: set) -> str:
+    return ",".join(sorted("bridge" if d is None else d for d in entries)) or "none"
+
+
+def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
+    lab, topo = scenario.lab, scenario.lab.topology
+    mac = scenario.expected_mac(holder, mode)
+    net = topo.network(scenario.network)
+    home = topo.site(holder.site)
+    holder_vtep = home.compute_ip(holder.compute)
+    checks: list[Check] = []
+    for site in topo.sites:
+        vl, vt = f"gwa-vl-{net.transit_vni}", f"gwa-vt-{net.transit_vni}"
+        found = _entries(lab.ns(site.gateway), [vl, vt], mac)
+        if site.name == holder.site:
+            expected = {vl: {None, holder_vtep}, vt: set()}
+        else:
+            expected = {vl: set(), vt: {None, home.transit_ip}}
+        for dev in (vl, vt):
+            checks.append(Check(site.gateway, f"FDB {mac} on {dev}", _fmt(expected[dev]),
+                                _fmt(found[dev])))
+        seg = site.segmentation_id(scenario.network)
+        vx = build.vxlan_name(seg)
+        for compute in site.computes:
+            found = _entries(lab.ns(compute), [vx], mac)[vx]
+            found.discard(None)
+            if not found:
+                continue  # floods: reaches the holder
+            if site.name == holder.site:
+                want = "none" if compute == holder.compute else holder_vtep
+            else:
+                want = site.tunnel_ip
+            checks.append(Check(compute, f"FDB {mac} on {vx}", want, _fmt(found)))
+    for client in scenario.clients:
+        checks.append(Check(client.name, f"neighbour {scenario.vip}", mac,
+                            _neighbour(scenario.ns(client), scenario.vip)))
+    return checks
+
+
+def _neighbour(ns: str, ip: str) -> str:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        for msg in ipr.get_neighbours(dst=ip):
+            if msg["state"] & (NUD_FAILED | NUD_INCOMPLETE):
+                return "unresolved"
+            return (msg.get_attr("NDA_LLADDR") or "none").lower()
+    return "none"

@@ -1,0 +1,230 @@
+"""The drill's VMs in a running lab, where the VIP is, and the GARP that moves it.
+
+A drill brings its own VMs (module ``gwagent.drill``): on one stretched
+network, three *holders* that may carry the VIP (two in the first site, on
+different computes when it has two, one in the second site) and one
+*client* per site. The holders' ports carry the VIP in their allowed
+address pairs twice: with their own MAC (keepalived's default mode) and
+with the shared virtual MAC (``use_vmac``), as Neutron's port security
+demands. Addresses are free host addresses of the network's subnet, taken
+from the top; nothing of the lab's own VMs changes.
+
+The VIP is carried either on the holder's ``eth0`` (``own-mac``), or on a
+macvlan ``dvip0`` with the virtual MAC (``vmac``), which is what keepalived's
+``use_vmac`` builds.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import socket
+import time
+
+from pyroute2 import IPRoute
+
+from gwagent.lab import build, probe
+from gwagent.lab import topology as topo_mod
+
+OWN_MAC, VMAC = "own-mac", "vmac"
+MODES = (OWN_MAC, VMAC)
+INTRA, CROSS = "intra", "cross"
+SCOPES = (INTRA, CROSS)
+VRID = 51
+VIP_IF = "dvip0"
+ETH_P_ARP = 0x0806
+
+
+class DrillError(Exception):
+    """The drill cannot run; the message says why and what to do."""
+
+
+def vmac_of(vrid: int) -> str:
+    """VRRP's virtual MAC for a router id (RFC 5798: 00:00:5e:00:01:VRID)."""
+    return f"00:00:5e:00:01:{vrid:02x}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    name: str
+    site: str
+    compute: str
+    ip: str
+    mac: str
+
+
+@dataclasses.dataclass
+class Scenario:
+    lab: build.Lab
+    network: str
+    vip: str
+    vrid: int
+    holders: dict[str, Node]      # "h1" (site 1), "h2" (site 1), "h3" (site 2)
+    clients: list[Node]
+
+    @property
+    def vmac(self) -> str:
+        return vmac_of(self.vrid)
+
+    @property
+    def prefixlen(self) -> int:
+        return self.lab.topology.prefixlen(self.network)
+
+    def ns(self, node: Node) -> str:
+        return self.lab.ns(node.name)
+
+    def pair(self, scope: str) -> tuple[Node, Node]:
+        """The two holders a move of ``scope`` goes between."""
+        h = self.holders
+        return (h["h1"], h["h2"]) if scope == INTRA else (h["h1"], h["h3"])
+
+    def expected_mac(self, holder: Node, mode: str) -> str:
+        return self.vmac if mode == VMAC else holder.mac
+
+
+def _free_ips(lab: build.Lab, network: str, count: int) -> list[str]:
+    subnet = ipaddress.ip_network(lab.topology.network(network).subnet)
+    used = set()
+    for vm in lab.topology.vms:
+        if vm.network == network:
+            used.add(vm.ip)
+            used.update(p.ip_address for p in vm.allowed_address_pairs)
+    free = [str(a) for a in reversed(list(subnet.hosts())) if str(a) not in used]
+    if len(free) < count:
+        raise DrillError(f"network {network}'s subnet {subnet} has fewer than {count} free "
+                         "addresses for the drill's VMs")
+    return free[:count]
+
+
+def prepare(lab: build.Lab, network: str | None = None, vrid: int = VRID,
+            progress=lambda msg: None, timeout: float = 60.0) -> Scenario:
+    """Add the drill's VMs to the lab and wait until every client reaches
+    every holder. Call :func:`teardown` after, even on failure."""
+    topo = lab.topology
+    if len(topo.sites) < 2:
+        raise DrillError("a drill needs a lab with at least two sites")
+    network = network or topo.networks[0].name
+    try:
+        topo.network(network)
+    except KeyError:
+        raise DrillError(f"no network {network!r} in the lab (networks: "
+                         f"{', '.join(n.name for n in topo.networks)})") from None
+    if any(vm.name.startswith("dr-") for vm in topo.vms):
+        raise DrillError("the lab already has drill VMs (dr-*): another drill is running, "
+                         "or one was interrupted; remove them with "
+                         "'gwagent drill cleanup'")
+    s1, s2 = topo.sites[0], topo.sites[1]
+    ips = _free_ips(lab, network, 4 + len(topo.sites))
+    vip, ips = ips[0], ips[1:]
+    vmac = vmac_of(vrid)
+    pairs = lambda mac: [{"ip_address": vip, "mac_address": mac},  # noqa: E731
+                         {"ip_address": vip, "mac_address": vmac}]
+    places = {"h1": (s1, s1.computes[0]), "h2": (s1, s1.computes[-1]),
+              "h3": (s2, s2.computes[0])}
+    items = []
+    for (role, (site, compute)), ip in zip(places.items(), ips):
+        mac = topo_mod.derive_mac(f"dr-{role}")
+        items.append({"name": f"dr-{role}", "site": site.name, "compute": compute,
+                      "network": network, "ip": ip, "mac": mac,
+                      "allowed_address_pairs": pairs(mac)})
+    for site, ip in zip(topo.sites, ips[3:]):
+        items.append({"name": f"dr-c-{site.name}", "site": site.name,
+                      "compute": site.computes[-1], "network": network, "ip": ip})
+    progress(f"adding the drill's VMs on {network}: holders dr-h1, dr-h2 (site {s1.name}), "
+             f"dr-h3 (site {s2.name}), a client per site; VIP {vip}, virtual MAC {vmac}")
+    build.add_vms(lab, items)
+    vms = {vm.name: vm for vm in lab.topology.vms}
+
+    def node(name):
+        vm = vms[name]
+        return Node(vm.name, vm.site, vm.compute, vm.ip, vm.mac)
+    scenario = Scenario(lab, network, vip, vrid,
+                        {role: node(f"dr-{role}") for role in places},
+                        [node(f"dr-c-{site.name}") for site in topo.sites])
+    for client in scenario.clients:
+        # Let a gratuitous ARP replace a fresh neighbour entry at once.
+        build._sysctls_in(scenario.ns(client), {"net.ipv4.neigh.eth0.locktime": "0"})
+    wait_reachable(scenario, timeout, progress)
+    return scenario
+
+
+def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None) -> None:
+    """Until every client pings every holder (the agents registered them)."""
+    deadline = time.monotonic() + timeout
+    pending = [(c, h) for c in scenario.clients for h in scenario.holders.values()]
+    while pending:
+        pending = [(c, h) for c, h in pending
+                   if probe.ping(scenario.ns(c), h.ip, attempts=1, timeout=0.3) is None]
+        if pending and time.monotonic() > deadline:
+            raise DrillError("the drill's VMs are not reachable after "
+                             f"{timeout:.0f} s: " + ", ".join(f"{c.name}->{h.name}"
+                                                               for c, h in pending[:6]))
+    progress("every client reaches every holder")
+
+
+def teardown(lab: build.Lab) -> None:
+    """Remove every drill VM (dr-*) from the lab, and their VIPs with them."""
+    names = [vm.name for vm in lab.topology.vms if vm.name.startswith("dr-")]
+    if names:
+        build.remove_vms(lab, names)
+
+
+# -- the VIP --------------------------------------------------------------------
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def place_vip(scenario: Scenario, holder: Node, mode: str) -> None:
+    """Give ``holder`` the VIP (own MAC: on eth0; vmac: on dvip0)."""
+    with IPRoute(netns=scenario.ns(holder), flags=0) as ipr:
+        eth0 = _index(ipr, "eth0")
+        if mode == VMAC:
+            dev = _index(ipr, VIP_IF)
+            if dev is None:
+                ipr.link("add", ifname=VIP_IF, kind="macvlan", link=eth0,
+                         macvlan_mode="bridge")
+                dev = _index(ipr, VIP_IF)
+                ipr.link("set", index=dev, address=scenario.vmac)
+            ipr.link("set", index=dev, state="up")
+        else:
+            dev = eth0
+        with contextlib.suppress(Exception):  # already there
+            ipr.addr("add", index=dev, address=scenario.vip, prefixlen=scenario.prefixlen)
+
+
+def remove_vip(scenario: Scenario, holder: Node) -> None:
+    """Take the VIP (and the virtual MAC's device) from ``holder``."""
+    with IPRoute(netns=scenario.ns(holder), flags=0) as ipr:
+        dev = _index(ipr, VIP_IF)
+        if dev is not None:
+            ipr.link("del", index=dev)
+        eth0 = _index(ipr, "eth0")
+        if eth0 is not None:
+            with contextlib.suppress(Exception):
+                ipr.addr("del", index=eth0, address=scenario.vip, prefixlen=scenario.prefixlen)
+
+
+def garp_frame(mac: str, ip: str) -> bytes:
+    """A gratuitous ARP request (RFC 5227 announcement), built with scapy."""
+    from scapy.layers.l2 import ARP, Ether
+    return bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff")
+                 / ARP(op=1, hwsrc=mac, psrc=ip, hwdst="00:00:00:00:00:00", pdst=ip))
+
+
+def send_garp(scenario: Scenario, holder: Node, mode: str) -> float:
+    """Send one GARP for the VIP from ``holder``; returns when it left
+    (monotonic, taken right after the send)."""
+    mac = scenario.expected_mac(holder, mode)
+    ifname = VIP_IF if mode == VMAC else "eth0"
+    frame = garp_frame(mac, scenario.vip)
+    sock = probe.ns_socket(scenario.ns(holder), socket.AF_PACKET, socket.SOCK_RAW,
+                           socket.htons(ETH_P_ARP))
+    try:
+        sock.bind((ifname, ETH_P_ARP))
+        before = time.monotonic()
+        sock.send(frame)
+        return before
+    finally:
+        sock.close()
