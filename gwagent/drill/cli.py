@@ -104,7 +104,7 @@ def _run(args, body) -> int:
         return 2
     finally:
         _progress("removing the drill's VMs")
-        sc.teardown(lab)
+        sc.teardown(lab, scenario)
     return _finish(args, moves, extra)
 
 

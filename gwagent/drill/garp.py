@@ -1,9 +1,11 @@
 """``gwagent drill garp``: move a VIP by one gratuitous ARP and measure it.
 
 Per mode (own MAC, virtual MAC) and scope (inside the first site, across
-to the second), the VIP starts on holder dr-h1; each run takes it from the
-current holder, gives it to the other one and sends one GARP from there
-(scapy-built, from the drill); the clock starts when the GARP leaves.
+to the second), the VIP starts on holder dr-h1; each run gives it to the
+other holder and sends one GARP from there (scapy-built, from the drill);
+the clock starts when the GARP leaves. The old holder keeps answering until
+every client has settled on the new one, so a probe it still answers after
+the new one did shows forwarding that did not follow the move.
 Probes from a client in every site run all along, every millisecond. A run
 ends when every client has had a steady stream of replies from the new
 holder (or after ``timeout``), and the forwarding of every gateway, compute
@@ -18,6 +20,8 @@ from gwagent.drill.probes import Prober
 from gwagent.drill.scenario import Scenario, place_vip, remove_vip, send_garp
 
 STEADY = 20  # replies from the new holder that make a client's view settled
+TAIL = 0.1   # seconds of probes kept after that
+LEAD = 0.05  # and before the move
 
 
 def settled(prober: Prober, holder: str, since: float) -> bool:
@@ -51,11 +55,16 @@ def run(scenario: Scenario, modes, scopes, runs: int = 1, interval: float = 0.00
                              "client before the first move; measuring anyway")
                 current, other = a, b
                 for i in range(1, runs + 1):
-                    start = time.monotonic()
-                    remove_vip(scenario, current)
+                    start = time.monotonic() - LEAD
+                    # The new holder takes the VIP and announces it. The old
+                    # one keeps answering until every client has settled on
+                    # the new one: whatever still reaches it then is stale
+                    # forwarding, counted as "old after".
                     place_vip(scenario, other, mode)
                     garp = send_garp(scenario, other, mode)
                     ok = wait_settled(prober, other.name, garp, timeout)
+                    remove_vip(scenario, current)
+                    time.sleep(TAIL)  # probes after the move, for the count and the plot
                     end = time.monotonic()
                     results = [report.analyse(rec, current.name, other.name, start, end, garp)
                                for rec in prober.records]

@@ -26,6 +26,8 @@ import time
 from pyroute2 import netns
 
 PORT = 7480
+SO_TIMESTAMPNS = 35      # struct timespec of two longs, CLOCK_REALTIME
+_TIMESPEC = struct.Struct("=qq")
 PROBE = struct.Struct("!IIQd")        # run id, client, seq, sent (monotonic)
 REPLY = struct.Struct("!IIQdI")       # ... + holder
 PAD = b"\0" * 16
@@ -71,6 +73,11 @@ class Prober:
 
     def __enter__(self) -> "Prober":
         self.tx = [ns_socket(ns) for _, _, ns in self.clients]
+        for sock in self.tx:
+            # The kernel's receive time: a reply's arrival is not blurred by
+            # this process's own work (threads share one interpreter lock).
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._offset = time.time() - time.monotonic()
         self.rx = []
         for _, ns in self.holders:
             sock = ns_socket(ns)
@@ -118,12 +125,17 @@ class Prober:
             for sock in ready:
                 while True:
                     try:
-                        data = sock.recv(256)
+                        data, anc, _flags, _addr = sock.recvmsg(256, 64)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError:
                         break
                     now = time.monotonic()
+                    for level, kind, raw in anc:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS \
+                                and len(raw) >= _TIMESPEC.size:
+                            sec, nsec = _TIMESPEC.unpack_from(raw)
+                            now = sec + nsec / 1e9 - self._offset
                     if len(data) < REPLY.size:
                         continue
                     rid, client, seq, sent, holder = REPLY.unpack_from(data)

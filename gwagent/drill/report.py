@@ -202,7 +202,8 @@ def plot(moves: list[Move], path: str) -> None:
             seen.setdefault(lab, h)
         ax.legend(seen.values(), seen.keys(), fontsize=7, loc="upper left",
                   bbox_to_anchor=(1.01, 1.0))
-    axes[-1, 0].set_xlabel("probe send time, ms from the GARP")
+    axes[-1, 0].set_xlabel("ms from the GARP (probes at their send time; the star: the first "
+                           "reply from the new holder, at its arrival)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -61,6 +61,29 @@ class Scenario:
     vrid: int
     holders: dict[str, Node]      # "h1" (site 1), "h2" (site 1), "h3" (site 2)
     clients: list[Node]
+    _sockets: dict = dataclasses.field(default_factory=dict, repr=False)
+    frames: dict = dataclasses.field(default_factory=dict, repr=False)   # mac -> GARP
+
+    def ipr(self, node: Node) -> IPRoute:
+        """A netlink socket in the node's namespace, kept open: opening one
+        switches namespaces (tens of ms), which would blur a move."""
+        ns = self.ns(node)
+        if ns not in self._sockets:
+            self._sockets[ns] = IPRoute(netns=ns, flags=0)
+        return self._sockets[ns]
+
+    def packet_socket(self, node: Node) -> socket.socket:
+        """A packet socket in the node's namespace, kept open (as ipr())."""
+        key = ("packet", self.ns(node))
+        if key not in self._sockets:
+            self._sockets[key] = probe.ns_socket(self.ns(node), socket.AF_PACKET,
+                                                 socket.SOCK_RAW, 0)
+        return self._sockets[key]
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     @property
     def vmac(self) -> str:
@@ -145,6 +168,11 @@ def prepare(lab: build.Lab, network: str | None = None, vrid: int = VRID,
         # Let a gratuitous ARP replace a fresh neighbour entry at once.
         build._sysctls_in(scenario.ns(client), {"net.ipv4.neigh.eth0.locktime": "0"})
     wait_reachable(scenario, timeout, progress)
+    for holder in scenario.holders.values():  # now: scapy takes ~0.3 s to load,
+        scenario.ipr(holder)                  # a namespace switch tens of ms
+        scenario.packet_socket(holder)
+        for mac in (holder.mac, scenario.vmac):
+            scenario.frames[mac] = garp_frame(mac, vip)
     return scenario
 
 
@@ -162,8 +190,10 @@ def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None
     progress("every client reaches every holder")
 
 
-def teardown(lab: build.Lab) -> None:
+def teardown(lab: build.Lab, scenario: Scenario | None = None) -> None:
     """Remove every drill VM (dr-*) from the lab, and their VIPs with them."""
+    if scenario is not None:
+        scenario.close()
     names = [vm.name for vm in lab.topology.vms if vm.name.startswith("dr-")]
     if names:
         build.remove_vms(lab, names)
@@ -178,32 +208,30 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 def place_vip(scenario: Scenario, holder: Node, mode: str) -> None:
     """Give ``holder`` the VIP (own MAC: on eth0; vmac: on dvip0)."""
-    with IPRoute(netns=scenario.ns(holder), flags=0) as ipr:
-        eth0 = _index(ipr, "eth0")
-        if mode == VMAC:
+    ipr = scenario.ipr(holder)
+    dev = eth0 = _index(ipr, "eth0")
+    if mode == VMAC:
+        dev = _index(ipr, VIP_IF)
+        if dev is None:
+            ipr.link("add", ifname=VIP_IF, kind="macvlan", link=eth0, macvlan_mode="bridge")
             dev = _index(ipr, VIP_IF)
-            if dev is None:
-                ipr.link("add", ifname=VIP_IF, kind="macvlan", link=eth0,
-                         macvlan_mode="bridge")
-                dev = _index(ipr, VIP_IF)
-                ipr.link("set", index=dev, address=scenario.vmac)
-            ipr.link("set", index=dev, state="up")
-        else:
-            dev = eth0
-        with contextlib.suppress(Exception):  # already there
-            ipr.addr("add", index=dev, address=scenario.vip, prefixlen=scenario.prefixlen)
+            ipr.link("set", index=dev, address=scenario.vmac)
+        ipr.link("set", index=dev, state="up")
+    with contextlib.suppress(Exception):  # already there
+        ipr.addr("add", index=dev, address=scenario.vip, prefixlen=scenario.prefixlen)
 
 
 def remove_vip(scenario: Scenario, holder: Node) -> None:
-    """Take the VIP (and the virtual MAC's device) from ``holder``."""
-    with IPRoute(netns=scenario.ns(holder), flags=0) as ipr:
-        dev = _index(ipr, VIP_IF)
-        if dev is not None:
-            ipr.link("del", index=dev)
-        eth0 = _index(ipr, "eth0")
-        if eth0 is not None:
-            with contextlib.suppress(Exception):
-                ipr.addr("del", index=eth0, address=scenario.vip, prefixlen=scenario.prefixlen)
+    """Take the VIP from ``holder``: the virtual MAC's device goes down (a
+    delete waits for an RCU grace period, tens of ms), the address goes."""
+    ipr = scenario.ipr(holder)
+    dev = _index(ipr, VIP_IF)
+    if dev is not None:
+        ipr.link("set", index=dev, state="down")
+    eth0 = _index(ipr, "eth0")
+    if eth0 is not None:
+        with contextlib.suppress(Exception):  # not there
+            ipr.addr("del", index=eth0, address=scenario.vip, prefixlen=scenario.prefixlen)
 
 
 def garp_frame(mac: str, ip: str) -> bytes:
@@ -218,13 +246,10 @@ def send_garp(scenario: Scenario, holder: Node, mode: str) -> float:
     (monotonic, taken right after the send)."""
     mac = scenario.expected_mac(holder, mode)
     ifname = VIP_IF if mode == VMAC else "eth0"
-    frame = garp_frame(mac, scenario.vip)
-    sock = probe.ns_socket(scenario.ns(holder), socket.AF_PACKET, socket.SOCK_RAW,
-                           socket.htons(ETH_P_ARP))
-    try:
-        sock.bind((ifname, ETH_P_ARP))
-        before = time.monotonic()
-        sock.send(frame)
-        return before
-    finally:
-        sock.close()
+    frame = scenario.frames.get(mac)
+    if frame is None:
+        frame = scenario.frames[mac] = garp_frame(mac, scenario.vip)
+    sock = scenario.packet_socket(holder)
+    before = time.monotonic()
+    sock.sendto(frame, (ifname, ETH_P_ARP))
+    return before
