@@ -280,7 +280,7 @@ def _resolve(prog: list[tuple]) -> list[Insn]:
     return out
 
 
-def _attach(sock: socket.socket, program: Sequence[Insn]) -> None:
+def attach_filter(sock: socket.socket, program: Sequence[Insn]) -> None:
     """SO_ATTACH_FILTER: the kernel copies the program and swaps it in atomically."""
     insns = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in program))
     fprog = struct.pack("HP", len(program), ctypes.addressof(insns))   # struct sock_fprog
@@ -303,7 +303,7 @@ class MobilityTap:
         self._sock = pyroute2_netns.create_socket(netns, socket.AF_PACKET, socket.SOCK_RAW,
                                                   socket.htons(ETH_P_ALL), flags=0)
         try:
-            _attach(self._sock, compile_filter((), ()))
+            attach_filter(self._sock, compile_filter((), ()))
             self._sock.setblocking(False)
             self._drain()                               # whatever arrived before the filter
             self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -330,7 +330,7 @@ class MobilityTap:
         for w in watches:
             table.setdefault((w.vni, bytes.fromhex(w.mac.replace(":", ""))), []).append(
                 frozenset(_ip(a) for a in w.exclude))
-        _attach(self._sock, program)
+        attach_filter(self._sock, program)
         self._watches = table       # read() checks queued frames against these
 
     def read(self) -> list[Evidence]:
