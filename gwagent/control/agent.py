@@ -380,6 +380,9 @@ class Agent:
             "rejected_endpoints": rejected,
             "mobile_macs": mobility,
             "mobility": dict(self.mobility_counters),
+            "mobility_config": {"max_moves": self.mobility.max_moves,
+                                "move_window": self.mobility.window,
+                                "freeze_time": self.mobility.hold},
         }
 
     def write_status(self) -> None:

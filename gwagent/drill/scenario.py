@@ -176,9 +176,37 @@ def prepare(lab: build.Lab, network: str | None = None, vrid: int = VRID,
     return scenario
 
 
+def expected_candidates(scenario: Scenario, site_name: str) -> list[dict]:
+    """The virtual MAC's candidate locations as the gateway of ``site_name``
+    must see them: local holders at their compute, remote ones at their
+    site's gateway."""
+    topo = scenario.lab.topology
+    out = set()
+    for h in scenario.holders.values():
+        site = topo.site(h.site)
+        out.add(("site", site.compute_ip(h.compute)) if h.site == site_name
+                else ("transit", site.transit_ip))
+    return [{"side": side, "vtep": vtep} for side, vtep in sorted(out)]
+
+
 def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None) -> None:
-    """Until every client pings every holder (the agents registered them)."""
+    """Until every gateway knows the virtual MAC's candidates (it read every
+    site's new ports) and every client pings every holder (registered)."""
     deadline = time.monotonic() + timeout
+    for site in scenario.lab.topology.sites:
+        want = expected_candidates(scenario, site.name)
+        while True:
+            status = build.agent_status(scenario.lab, site.name) or {}
+            rows = [r for r in status.get("mobile_macs") or ()
+                    if r["mac"] == scenario.vmac and r["network"] == scenario.network]
+            if rows and rows[0]["candidates"] == want:
+                break
+            if time.monotonic() > deadline:
+                raise DrillError(f"the gateway of site {site.name} does not show the virtual "
+                                 f"MAC {scenario.vmac} with candidates {want} after "
+                                 f"{timeout:.0f} s (see gwagent status --config-file "
+                                 f"{scenario.lab.agent_conf(site.name)})")
+            time.sleep(0.05)
     pending = [(c, h) for c in scenario.clients for h in scenario.holders.values()]
     while pending:
         pending = [(c, h) for c, h in pending

@@ -351,14 +351,14 @@ def sync_ports(lab, sites: list[str] | None = None, conflict_wait: float = 20.0)
             body = _port_body(lab, vm) if vm else None
             if (vm is None or port["network_id"] != body["network_id"]
                     or port["mac_address"].lower() != vm.mac):
-                c.request("DELETE", f"/ports/{port['id']}")
+                _retrying(c, "DELETE", f"/ports/{port['id']}")
                 changes += 1
                 if vm is not None:
                     creates.append(body)
                 continue
             change = _differs(port, body)
             if change:
-                c.request("PUT", f"/ports/{port['id']}", {"port": change})
+                _retrying(c, "PUT", f"/ports/{port['id']}", {"port": change})
                 changes += 1
         creates += [_port_body(lab, vm) for name, vm in sorted(want.items())
                     if name not in have]
@@ -366,6 +366,24 @@ def sync_ports(lab, sites: list[str] | None = None, conflict_wait: float = 20.0)
             _create(c, creates, conflict_wait)
             changes += len(creates)
     return changes
+
+
+def _retrying(c, method: str, path: str, body: dict | None = None,
+              timeout: float = 20.0) -> None:
+    """A request retried on 5xx (SQLite "database is locked" under
+    concurrent writers) until ``timeout``; a 404 on DELETE is done."""
+    from gwagent.neutron.source import NeutronError
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c.request(method, path, body)
+            return
+        except NeutronError as exc:
+            if method == "DELETE" and exc.status == 404:
+                return
+            if exc.status < 500 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _create(c, bodies: list[dict], conflict_wait: float) -> None:
@@ -376,8 +394,8 @@ def _create(c, bodies: list[dict], conflict_wait: float) -> None:
     (SQLite "database is locked" under concurrent writers) is retried too."""
     from gwagent.neutron.source import NeutronError
     deadline = time.monotonic() + conflict_wait
-    macs = [b["mac_address"] for b in bodies]
     while True:
+        macs = [b["mac_address"] for b in bodies]
         try:
             c.request("POST", "/ports", {"ports": bodies})
             return
@@ -387,6 +405,15 @@ def _create(c, bodies: list[dict], conflict_wait: float) -> None:
                                               or "already allocated" in text)
             if not (conflict or exc.status >= 500) or time.monotonic() > deadline:
                 raise
+        # A 500 may come after the ports were committed (SQLite locked in a
+        # later step): those that exist as the lab made them are done.
+        made = {(p["name"], p["mac_address"].lower()) for p in c.list(
+            "ports", device_owner=LAB_DEVICE_OWNER, mac_address=macs,
+            fields=["name", "mac_address"])}
+        bodies = [b for b in bodies if (b["name"], b["mac_address"]) not in made]
+        if not bodies:
+            return
+        macs = [b["mac_address"] for b in bodies]
         while time.monotonic() < deadline:
             time.sleep(0.2)
             if not c.list("ports", mac_address=macs, fields=["id"]):

@@ -22,12 +22,14 @@ and stopped by their process-group id, never by name.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -259,6 +261,13 @@ def _copy_template_db(venv: Path, dest: Path, site: str) -> None:
         _create_db(venv, template, site)
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(template, tmp)
+    # WAL: readers no longer block the writer. In the default rollback
+    # journal, the API's and the RPC server's concurrent requests (the
+    # gateway registering while the lab creates ports) failed with
+    # "database is locked" mid-request, and Neutron then leaked IP
+    # allocations ("already allocated" for an address no port holds).
+    with contextlib.closing(sqlite3.connect(tmp)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
     os.replace(tmp, dest)
 
 

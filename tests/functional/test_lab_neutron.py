@@ -244,3 +244,25 @@ def test_a_vm_moved_across_sites_and_back_stays_reachable(nlab):
     finally:
         if nlab.topology.vm("a2-red").compute != "a-cn2":
             build.move_vm(nlab, "a2-red", "a-cn2")
+
+
+def test_failover_drills_pass_with_neutron_as_the_source(nlab):
+    """The VRRP pair's virtual MAC in the allowed address pairs of ports in
+    both clouds (as port security demands) is mobile: remote ports carry
+    the pairs and mark the MAC mobile, and a VIP moves by GARP and by real
+    keepalived, inside a site and across, with nothing left stale."""
+    from gwagent.drill import garp, scenario as sc, vrrp
+    s = sc.prepare(nlab, "red", timeout=60)
+    try:
+        (h3_remote,) = [p for p in lab_neutron.remote_ports_of(nlab, "a")
+                        if p.origin.mac == s.holders["h3"].mac]
+        assert s.vmac in h3_remote.mobile_macs
+        assert (s.vip, s.vmac) in {(p.ip_address, p.mac_address)
+                                   for p in h3_remote.origin.allowed_address_pairs}
+        for moves in (garp.run(s, [sc.VMAC, sc.OWN_MAC], sc.SCOPES, runs=1),
+                      vrrp.run(s, [sc.VMAC], sc.SCOPES, runs=1, advert_ms=100)):
+            for move in moves:
+                assert [c.client for c in move.clients if c.first_reply_ms is None] == []
+                assert [c.to_dict() for c in move.stale] == []
+    finally:
+        sc.teardown(nlab, s)
