@@ -109,12 +109,13 @@ def _populate(client, net, count, third_octet_base):
 def _scenario(bench_sites, name, count, bulk_size, figures, benchmark):
     a, b = bench_sites["site-a"], bench_sites["site-b"]
     net_a = _network(a, name, "198.18.0.0/15")
-    _network(b, name, "198.18.0.0/15")
+    net_b = _network(b, name, "198.18.0.0/15")
     _populate(a, net_a, count, 0 if bulk_size > 1 else 100)
     gw_a = Gateway("gw-a", "198.18.0.1", "198.19.0.1")
     gw_b = Gateway(f"gw-b-{name}", "198.18.0.2", "198.19.0.2")
-    src_a = NeutronSite(a, Site("site-a", gw_a), {name: 5001})
-    src_b = NeutronSite(b, Site("site-b", gw_b), {name: 5001}, bulk_size=bulk_size)
+    src_a = NeutronSite(a, Site("site-a", gw_a), {name: 5001}, {name: net_a["id"]})
+    src_b = NeutronSite(b, Site("site-b", gw_b), {name: 5001}, {name: net_b["id"]},
+                        bulk_size=bulk_size)
 
     t0 = time.perf_counter()
     result = benchmark.pedantic(sync_once, args=(src_b, [src_a]), rounds=1, iterations=1)

@@ -1,12 +1,29 @@
 """The agent: reconcile full snapshots, on a timer and on every change signal.
 
-One pass reads every source, validates the whole into a ``Desired`` (an
-invalid or unreadable snapshot keeps the last good one in force and is
-reported), brings the local registry of remote ports in step, then plans
-against what the backend observes and applies the plan. Events only wake the
-loop (an inventory version change, a kernel report about an owned object, the
+Concurrency: threads with one job each, and nothing shared but values
+behind one lock (``Agent.lock``) and a wake-up pipe:
+
+* one **reader** per source (the local site, each peer; gwagent.control.views)
+  keeps that source's last good snapshot, on its own schedule, with its own
+  deadlines and backoff. A hung, slow or dead cloud delays only what comes
+  from that cloud;
+* the **registrar** brings the local registry of remote ports in step with
+  the latest desired state (a hung own Neutron delays registrations, never
+  the dataplane);
+* the **mobility worker** moves mobile MACs the moment a frame says so;
+* the **dataplane loop** (the main thread) builds the desired state from
+  the views, plans against what the backend observes and applies the plan.
+  It never calls a source or a registry, so no other failure domain can
+  stall it: repairs, local changes and moves go on at their usual speed.
+
+A pass validates the views into a ``Desired`` (operator inconsistencies
+keep the last good state in force and are reported). A source that never
+answered yet is *unknown*: what it may own in the dataplane and the registry
+is left alone, neither programmed anew nor withdrawn. Events only wake the
+loop (a source's new snapshot, a kernel report about an owned object, the
 resync timer); a lost event therefore costs at most one resync interval,
-never permanent drift.
+never permanent drift. :meth:`Agent.run_pass` does all of it in one call,
+without threads, for tests and one-shot use.
 
 Failures are isolated per item: a failed operation or remote port is retried
 with a doubling delay capped at ``backoff_max`` while everything else goes
@@ -40,9 +57,11 @@ from typing import Callable, Sequence
 from gwagent.control import planner, registrar
 from gwagent.control.mobility import Decision, MobilityTable
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
+from gwagent.control.views import Reader, SourceView
 from gwagent.model import Desired, ValidationError
-from gwagent.state import (SITE, TRANSIT, DataplaneState, FdbOp, Location, NetworkOp,
-                           gateway_mobile, mobile_entries, static_dataplane, with_mobile)
+from gwagent.state import (FLOOD_MAC, SITE, TRANSIT, DataplaneState, FdbEntry, FdbOp, Location,
+                           NetworkOp, gateway_mobile, mobile_entries, static_dataplane,
+                           with_mobile)
 
 LOG = logging.getLogger(__name__)
 
@@ -86,6 +105,7 @@ class PassResult:
     registered: int = 0
     unregistered: int = 0
     source_error: str | None = None
+    over_budget: bool = False
 
 
 class Agent:
@@ -95,6 +115,7 @@ class Agent:
                  resync_interval: float = 10.0, poll_interval: float = 0.1,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  mobility: MobilityTable | None = None,
+                 read_deadline: float = 10.0, pass_budget: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
@@ -102,7 +123,8 @@ class Agent:
         self.mobile: dict = {}
         self.static_dp: DataplaneState | None = None
         self.desired_dp: DataplaneState | None = None
-        #: Held by whoever changes mobile MACs' entries or the table.
+        #: Held by whoever changes the desired state, mobile MACs' entries or
+        #: the mobility table.
         self.lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -110,53 +132,63 @@ class Agent:
         self.on_mobility_change: Callable[[], None] | None = None
         self.status_path = status_path
         self.resync_interval, self.poll_interval = resync_interval, poll_interval
+        self.read_deadline, self.pass_budget = read_deadline, pass_budget
         self.clock, self.wall = clock, wall
-        self.items = Backoff(backoff_initial, backoff_max)
-        self.source_backoff = Backoff(backoff_initial, backoff_max)
+        self.items = Backoff(backoff_initial, backoff_max)        # dataplane operations
+        self.port_items = Backoff(backoff_initial, backoff_max)   # remote ports
+        self.step_backoff = Backoff(backoff_initial, backoff_max)
         self.desired: Desired | None = None
+        self.desired_error: str | None = None
+        self.unknown: list[SourceView] = []
+        self._built: tuple | None = None
         self.last: PassResult | None = None
         self.last_error: str | None = None
         self.registered_count = 0
+        self.registry_state: dict = {"state": "idle"}
         self.mobility_counters: collections.Counter = collections.Counter()
         self.stopping = False
         self.reload_requested = False
+        self.views: list[SourceView] = []
+        self._readers: list[Reader] = []
+        self._registrar: threading.Thread | None = None
+        self._registry_due = threading.Event()
+        self._sources_changed = threading.Event()
         self.configure(local, peers, registry)
 
     def configure(self, local: SiteSource, peers: Sequence[SiteSource],
                   registry: Registry | None) -> None:
-        """Swap sources (SIGHUP); the last good desired state stays in force."""
+        """Swap sources (SIGHUP). What a source of the same name said stays
+        in force until it answers again; the last good desired state too."""
+        running = bool(self._readers)
+        if running:
+            self._stop_readers()
+        old = {v.initial_label: v for v in self.views}
+        views = [SourceView(local, "local", self.read_deadline, self.clock, self.wall)]
+        views += [SourceView(p, "peer", self.read_deadline, self.clock, self.wall)
+                  for p in peers]
+        for view in views:
+            if view.initial_label in old and old[view.initial_label].role == view.role:
+                view.adopt(old[view.initial_label])
+        self.views = views
         self.local, self.peers, self.registry = local, list(peers), registry
-        self._versions = None
+        self._built = None
         self._registry_version = None
+        if running:
+            self._start_readers()
 
     def _read_registry_version(self):
         version = getattr(self.registry, "registry_version", None)
         return version() if version else None
 
     def _registry_changed(self) -> bool:
-        """Whether the registry needs a look although no source changed:
-        unknown version, changed by someone else, or ports awaiting retry."""
-        version = self._read_registry_version()
-        return version is None or version != self._registry_version or self._port_retries
-
-    @property
-    def _port_retries(self) -> bool:
-        return any(isinstance(k, tuple) and k[0] == "port" for k in self.items._items)
-
-    # -- one pass ---------------------------------------------------------
-    def versions(self) -> tuple:
-        out = []
-        for src in [self.local, *self.peers]:
-            try:
-                out.append(src.version())
-            except Exception:  # noqa: BLE001 - unknown: the pass re-reads and reports
-                out.append(None)
-        return tuple(out)
-
-    def read_sources(self) -> Desired:
-        local = self.local.snapshot()
-        peers = tuple(peer.snapshot() for peer in self.peers)
-        return Desired(local, peers, previous=self.desired)
+        """Whether the registry needs a look although the desired state did
+        not change: unknown version, changed by someone else, or ports
+        awaiting retry."""
+        try:
+            version = self._read_registry_version()
+        except Exception:  # noqa: BLE001 - unknown: look
+            return True
+        return version is None or version != self._registry_version or len(self.port_items) > 0
 
     def wake(self) -> None:
         """Ask the loop for a look (from any thread)."""
@@ -165,6 +197,27 @@ class Agent:
         except BlockingIOError:
             pass  # already pending
 
+    # -- the desired state, from the views ----------------------------------
+    def _build_desired(self, result: PassResult, now: float) -> bool:
+        """A new Desired when a view has a new snapshot; True if taken."""
+        built = tuple(v.generation for v in self.views)
+        local = self.views[0].snapshot
+        if built == self._built or local is None:
+            return False
+        self._built = built
+        known = [v for v in self.views[1:] if v.snapshot is not None]
+        try:
+            desired = Desired(local, tuple(v.snapshot for v in known), previous=self.desired)
+        except Exception as exc:  # noqa: BLE001 - operator data across sites, or a bug
+            self.desired_error = str(exc) or type(exc).__name__
+            LOG.error("sources rejected together, keeping the last good state (%s): %s",
+                      "none yet" if self.desired is None else "in force", exc)
+            return False
+        self.desired_error = None
+        self.unknown = [v for v in self.views[1:] if v.snapshot is None]
+        self._take_desired(desired, now)
+        return True
+
     def _take_desired(self, desired: Desired, now: float) -> None:
         mobile = gateway_mobile(desired)
         static = static_dataplane(desired, mobile)
@@ -172,6 +225,7 @@ class Agent:
             self.desired, self.mobile, self.static_dp = desired, mobile, static
             self.mobility.update(mobile, now)
         self._log_rejected(desired)
+        self._registry_due.set()
         if self.on_mobility_change is not None:
             self.on_mobility_change()
 
@@ -187,34 +241,40 @@ class Agent:
                      *key)
         self._rejected_logged = now
 
-    def run_pass(self, reason: str = "manual") -> PassResult:
+    def _source_errors(self) -> str | None:
+        bad = []
+        for view in self.views:
+            view.check_hung()
+            state = view.state()
+            if state in ("failing", "hung"):
+                what = view.error if state == "failing" else (
+                    f"hung for {view.clock() - (view.reading_since or view.clock()):.1f}s")
+                bad.append(f"{view.role} {view.label}: {what}")
+        if self.desired_error:
+            bad.append(self.desired_error)
+        return "; ".join(bad) or None
+
+    # -- one pass -------------------------------------------------------------
+    def run_pass(self, reason: str = "manual", read: bool = True,
+                 registry: bool = True) -> PassResult:
+        """One pass. ``read``: ask every source first (else use the views as
+        the readers keep them); ``registry``: sync the registry in this pass
+        (else the registrar thread does)."""
         start = self.clock()
         now = start
         result = PassResult(reason=reason, at=self.wall())
-        versions = self.versions()
-        fresh = (self.desired is None or versions != self._versions
-                 or None in versions or self.source_backoff.next_due() is not None)
-        self._versions = versions
-        if fresh:
-            try:
-                self._take_desired(self.read_sources(), now)
-                self.source_backoff.succeeded("sources")
-            except Exception as exc:  # noqa: BLE001 - a source must never end the agent
-                delay = self.source_backoff.failed("sources", now)
-                result.source_error = str(exc) or type(exc).__name__
-                if isinstance(exc, (SourceError, ValidationError, OSError)):
-                    LOG.error("sources rejected, keeping the last good state (%s); retry in "
-                              "%.1fs: %s", "none yet" if self.desired is None else "in force",
-                              delay, exc)
-                else:
-                    LOG.exception("reading the sources failed unexpectedly, keeping the last "
-                                  "good state; retry in %.1fs", delay)
+        if read:
+            for view in self.views:
+                view.refresh()
+        fresh = self._build_desired(result, now)
         if self.desired is not None:
-            if self.registry is not None and (fresh or self._registry_changed()):
+            if registry and self.registry is not None and (fresh or self._registry_changed()):
                 self._guarded(result, "registry", self._sync_registry, result, now)
             self._guarded(result, "dataplane", self._sync_dataplane, result, now)
+        result.source_error = self._source_errors()
         result.ok = not result.errors and result.source_error is None
         result.elapsed_ms = round((self.clock() - start) * 1000, 1)
+        result.over_budget = result.elapsed_ms > self.pass_budget * 1000
         self.last = result
         self.last_error = result.source_error or (result.errors[0] if result.errors else None)
         self._log(result)
@@ -226,36 +286,47 @@ class Agent:
         its cause, counted as an error of the pass and retried soon."""
         try:
             func(*args)
+            self.step_backoff.succeeded(what)
         except Exception as exc:  # noqa: BLE001 - the agent survives itself
             LOG.exception("%s step failed; retrying", what)
             result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-            self.source_backoff.failed(("step", what), self.clock())
+            self.step_backoff.failed(what, self.clock())
 
     def _sync_registry(self, result: PassResult, now: float) -> None:
+        with self.lock:
+            desired, unknown = self.desired, list(self.unknown)
+        self.registry_state = {"state": "syncing", "since": self.wall()}
         try:
             registered = self.registry.remote_ports()
-        except (SourceError, ValidationError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a registry is a source too
             result.errors.append(f"registry: {exc}")
+            self.registry_state = {"state": "failing", "error": str(exc), "at": self.wall()}
             return
-        register, unregister = registrar.diff(self.desired.remote_ports(), registered)
-        ready_reg = [p for p in register if self.items.ready(("port", p.key), now)]
-        ready_unreg = [p for p in unregister if self.items.ready(("port", p.key), now)]
+        register, unregister = registrar.diff(desired.remote_ports(), registered)
+        if unknown:
+            # Remote ports of a peer that never answered yet are neither ours
+            # to withdraw nor to keep by name: leave every port whose origin
+            # is not a site we know.
+            sites = {snap.site.name for snap in desired.sites}
+            unregister = [p for p in unregister if p.origin.site in sites]
+        ready_reg = [p for p in register if self.port_items.ready(("port", p.key), now)]
+        ready_unreg = [p for p in unregister if self.port_items.ready(("port", p.key), now)]
         result.deferred += len(register) + len(unregister) - len(ready_reg) - len(ready_unreg)
         for action, ports in (("register", ready_reg), ("unregister", ready_unreg)):
             if not ports:
                 continue
             try:
                 failures = getattr(self.registry, action)(ports)
-            except (SourceError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - every port of the call failed
                 failures = {p.key: str(exc) for p in ports}
             for port in ports:
                 error = failures.get(port.key)
                 if error:
-                    delay = self.items.failed(("port", port.key), now)
+                    delay = self.port_items.failed(("port", port.key), now)
                     result.errors.append(f"{action} {'/'.join(port.key)}: {error} "
                                          f"(retry in {delay:.1f}s)")
                 else:
-                    self.items.succeeded(("port", port.key))
+                    self.port_items.succeeded(("port", port.key))
             done = len(ports) - sum(1 for p in ports if failures.get(p.key))
             if action == "register":
                 result.registered = done
@@ -263,20 +334,28 @@ class Agent:
                 result.unregistered = done
         self.registered_count = len(registered) + result.registered - result.unregistered
         self._registry_version = self._read_registry_version()
+        errors = [e for e in result.errors if e.startswith(("register", "unregister"))]
+        self.registry_state = {"state": "failing" if errors else "ok", "at": self.wall(),
+                               "error": errors[0] if errors else None,
+                               "retrying": len(self.port_items)}
 
     def _sync_dataplane(self, result: PassResult, now: float) -> None:
         observed = self.backend.observe()
         with self.lock:
             locations = self.mobility.locations()
             seqs = {key: self.mobility.seq(key) for key in self.mobile}
-        self.desired_dp = with_mobile(self.static_dp, self.mobile, locations)
-        ops = planner.plan(self.desired_dp, observed)
+            static, mobile, desired, unknown = (self.static_dp, self.mobile, self.desired,
+                                                self.unknown)
+        desired_dp = with_mobile(static, mobile, locations)
+        if unknown:
+            desired_dp = _keep_unknown(desired_dp, observed, desired)
+        self.desired_dp = desired_dp
+        ops = planner.plan(desired_dp, observed)
         ready, not_done = [], []
         for op in ops:
             (ready if self.items.ready(op.key, now) else not_done).append(op)
         result.deferred += len(not_done)
         failures = self._apply(ready, seqs) if ready else []
-        self.source_backoff.succeeded(("step", "dataplane"))
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)
             result.errors.append(f"{failure.error} (retry in {delay:.1f}s)")
@@ -335,8 +414,11 @@ class Agent:
         line = (f"pass {'ok' if r.ok else 'FAILED'} reason={r.reason} "
                 f"networks={len(d.networks) if d else 0} local={local} remote={remote} "
                 f"ops[{ops}] errors={len(r.errors)} deferred={r.deferred} "
-                f"ports+{r.registered}/-{r.unregistered} elapsed={r.elapsed_ms}ms")
-        (LOG.info if r.ok else LOG.warning)(line)
+                f"ports+{r.registered}/-{r.unregistered} elapsed={r.elapsed_ms}ms"
+                + (f" OVER BUDGET ({self.pass_budget * 1000:.0f}ms)" if r.over_budget else ""))
+        (LOG.info if r.ok and not r.over_budget else LOG.warning)(line)
+        if r.source_error and not r.errors:
+            LOG.debug("  sources: %s", r.source_error)
         for error in r.errors[:10]:
             LOG.warning("  %s", error)
         if len(r.errors) > 10:
@@ -383,6 +465,9 @@ class Agent:
             "mobility_config": {"max_moves": self.mobility.max_moves,
                                 "move_window": self.mobility.window,
                                 "freeze_time": self.mobility.hold},
+            "sources": [view.status() for view in self.views],
+            "registry": dict(self.registry_state) if self.registry is not None else None,
+            "pass_budget_ms": self.pass_budget * 1000,
         }
 
     def write_status(self) -> None:
@@ -396,7 +481,17 @@ class Agent:
 
     # -- the loop -------------------------------------------------------------
     def run(self, on_reload: Callable[[], None] | None = None) -> None:
-        """Reconcile until :attr:`stopping` is set (by SIGTERM)."""
+        """Reconcile until :attr:`stopping` is set (by SIGTERM): the readers
+        and the registrar run in threads of their own, the dataplane here."""
+        self._start_readers()
+        self._start_registrar()
+        try:
+            self._loop(on_reload)
+        finally:
+            self._stop_readers()
+            self._stop_registrar()
+
+    def _loop(self, on_reload) -> None:
         due = self.clock()
         reason = "start"
         while not self.stopping:
@@ -405,19 +500,21 @@ class Agent:
                 on_reload()
                 reason = "reload"
             now = self.clock()
-            if reason is None and self.versions() != self._versions:
-                reason = "inventory"
+            if reason is None and self._sources_changed.is_set():
+                reason = "source"
             if reason is None and now >= due:
                 reason = "resync"
             if reason is not None:
-                result = self.run_pass(reason)
+                self._sources_changed.clear()
+                result = self.run_pass(reason, read=False, registry=False)
                 now = self.clock()
                 due = now + self.resync_interval
-                retry = self.items.next_due()
-                if result.source_error or result.errors:
-                    retry = min(retry or due, self.source_backoff.next_due() or due)
+                retry = min((t for t in (self.items.next_due(), self.step_backoff.next_due())
+                             if t is not None), default=None)
                 if retry is not None:
                     due = min(due, max(retry, now + self.poll_interval))
+                if result.source_error:
+                    due = min(due, now + max(self.poll_interval, 1.0))  # show hung sources
                 reason = None
                 # Events that arrived during the pass and are not echoes of
                 # its own changes start another pass at once.
@@ -431,9 +528,78 @@ class Agent:
                 readable = []
             if self._wake_r in readable:
                 self._drain_wake()
-                self.write_status()
+                if not self._sources_changed.is_set():
+                    self.write_status()  # a move, the registrar: news for status only
             if self.backend in readable and self._drain_kernel():
                 reason = "kernel"
+
+    # -- the threads ------------------------------------------------------------
+    def _on_source_change(self) -> None:
+        self._sources_changed.set()
+        self.wake()
+
+    def _start_readers(self) -> None:
+        self._readers = [Reader(view, self.poll_interval, self.resync_interval,
+                                self.items.initial, self.items.cap, self._on_source_change)
+                         for view in self.views]
+        for reader in self._readers:
+            reader.start()
+
+    def _stop_readers(self) -> None:
+        for reader in self._readers:
+            reader.stop()
+        for reader in self._readers:
+            reader.join(0.5)  # a hung read is left to end on its own (daemon)
+        self._readers = []
+
+    def _start_registrar(self) -> None:
+        if self.registry is None:
+            return
+        self._registrar_halt = threading.Event()
+        self._registrar = threading.Thread(target=self._registrar_loop, name="registrar",
+                                           daemon=True)
+        self._registrar.start()
+
+    def _stop_registrar(self) -> None:
+        if self._registrar is not None:
+            self._registrar_halt.set()
+            self._registry_due.set()
+            self._registrar.join(0.5)
+            self._registrar = None
+
+    def _registrar_loop(self) -> None:
+        """Keep the registry in step, apart from the dataplane: on every new
+        desired state, when ports are due for a retry, and every resync."""
+        next_full = 0.0
+        while not self._registrar_halt.is_set():
+            due = self.port_items.next_due()
+            now = self.clock()
+            wait = min(max(0.0, next_full - now), self.poll_interval * 5)
+            if due is not None:
+                wait = min(wait, max(0.0, due - now))
+            fired = self._registry_due.wait(wait)
+            self._registry_due.clear()
+            if self._registrar_halt.is_set():
+                return
+            now = self.clock()
+            if self.desired is None or self.registry is None:
+                continue
+            if not (fired or now >= next_full or self._registry_changed()):
+                continue
+            result = PassResult(reason="registry", at=self.wall())
+            start = self.clock()
+            self._guarded(result, "registry", self._sync_registry, result, now)
+            if now >= next_full:
+                next_full = now + self.resync_interval
+            if result.registered or result.unregistered or result.errors:
+                LOG.log(logging.WARNING if result.errors else logging.INFO,
+                        "registry %s: ports+%d/-%d errors=%d deferred=%d elapsed=%.1fms",
+                        "FAILED" if result.errors else "ok", result.registered,
+                        result.unregistered, len(result.errors), result.deferred,
+                        (self.clock() - start) * 1000)
+                for error in result.errors[:10]:
+                    LOG.warning("  %s", error)
+            self.wake()
 
     def _drain_kernel(self) -> bool:
         try:
@@ -594,3 +760,21 @@ class MobilityWorker(threading.Thread):
                             ", ".join(f"{c.side} {c.vtep}" for c in sorted(
                                 agent.mobility.macs[key].spec.candidates)))
                 agent.wake()
+
+
+def _keep_unknown(desired_dp: DataplaneState, observed: DataplaneState,
+                  desired: Desired) -> DataplaneState:
+    """While a peer never answered, keep the observed entries that may be
+    its own (a restarted agent adopting its dataplane): on transit devices,
+    toward no known peer, for MACs desired nowhere else."""
+    known = {p.site.gateway.transit_ip for p in desired.peers}
+    transit = {devs.transit_side.name: devs.bridge for devs in desired_dp.networks}
+    bridge_of = {name: devs.bridge for devs in desired_dp.networks for name in devs.names}
+    wanted = {(bridge_of.get(e.dev), e.mac) for e in desired_dp.fdb if e.dst is None}
+    keep = {e for e in observed.fdb if e.dev in transit and e.dst is not None
+            and e.dst not in known}
+    macs = {(e.dev, e.mac) for e in keep if e.mac != FLOOD_MAC
+            and (transit[e.dev], e.mac) not in wanted}
+    keep = {e for e in keep if e.mac == FLOOD_MAC or (e.dev, e.mac) in macs}
+    keep |= {FdbEntry(dev, mac, None) for dev, mac in macs} & observed.fdb
+    return DataplaneState(desired_dp.networks, desired_dp.fdb | keep) if keep else desired_dp

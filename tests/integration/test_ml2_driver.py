@@ -18,7 +18,7 @@ def test_remote_port_bound_active_and_published_to_agents(sites, agent_factory, 
     agent = agent_factory("site-b", host, "198.18.2.50")
     local = b.admin.port(net, host, fixed_ips=[{"ip_address": "198.19.70.5"}])
     gw = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
-    src = b.source(gw, {f"green-{uniq}": 5003})
+    src = b.source(gw, {f"green-{uniq}": 5003}, {f"green-{uniq}": net["id"]})
     origin = Endpoint(site="site-a", network=f"green-{uniq}", mac="fa:16:3e:aa:00:01",
                       vtep="198.18.1.1", ips=("198.19.70.10",), port_id="origin-1",
                       allowed_address_pairs=(AddressPair("198.19.70.100", "00:00:5e:00:01:09"),))
@@ -66,7 +66,7 @@ def test_flooding_entry_stays_while_other_remote_ports_remain(sites, agent_facto
     net = b.admin.network(name, "198.19.71.0/24")
     agent = agent_factory("site-b", f"cn-{uniq}", "198.18.2.51")
     gw = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
-    src = b.source(gw, {name: 5004})
+    src = b.source(gw, {name: 5004}, {name: net["id"]})
     eps = [Endpoint(site="site-a", network=name, mac=f"fa:16:3e:bb:00:0{i}", vtep="198.18.1.1",
                     ips=(f"198.19.71.{10 + i}",), port_id=f"o{i}") for i in (1, 2)]
     assert src.register([RemotePort(e, gw.tunnel_ip, gw.host) for e in eps]) == {}
@@ -74,3 +74,27 @@ def test_flooding_entry_stays_while_other_remote_ports_remain(sites, agent_facto
     gone = agent.wait_for(lambda m: m["method"] == "remove_fdb_entries"
                           and entries(m, net["id"], "198.18.0.2"))
     assert entries(gone, net["id"], "198.18.0.2") == [["fa:16:3e:bb:00:01", "198.19.71.11"]]
+
+
+def test_a_mobile_mac_is_left_to_the_agents_learning(sites, agent_factory, uniq):
+    """A virtual MAC that a local port claims too must not be pinned at the
+    gateway (a failover to the local port would break): the remote port
+    marks it mobile and the driver publishes the rest only."""
+    b = sites["site-b"]
+    name = f"teal-{uniq}"
+    net = b.admin.network(name, "198.19.72.0/24")
+    agent = agent_factory("site-b", f"cn-{uniq}", "198.18.2.52")
+    gw = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
+    src = b.source(gw, {name: 5005}, {name: net["id"]})
+    vmac = "00:00:5e:00:01:0a"
+    origin = Endpoint(site="site-a", network=name, mac="fa:16:3e:cc:00:01", vtep="198.18.1.1",
+                      ips=("198.19.72.10",), port_id="vrrp-a",
+                      allowed_address_pairs=(AddressPair("198.19.72.100", vmac),))
+    assert src.register([RemotePort(origin, gw.tunnel_ip, gw.host, (vmac,))]) == {}
+    added = agent.wait_for(lambda m: m["method"] == "add_fdb_entries"
+                           and entries(m, net["id"], "198.18.0.2"))
+    assert sorted(entries(added, net["id"], "198.18.0.2")) == sorted([
+        FLOOD, ["fa:16:3e:cc:00:01", "198.19.72.10"]])
+    (rp,) = src.remote_ports()
+    assert rp.mobile_macs == (vmac,)
+    assert src.unregister([rp]) == {}

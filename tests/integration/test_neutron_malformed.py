@@ -41,7 +41,12 @@ def port(pid, **kw):
     return base
 
 
-def test_malformed_ports_are_skipped_with_a_reason(caplog):
+def source(client, networks=None, ids=None):
+    return NeutronSite(client, Site("site-a", Gateway("gw", "198.18.0.1", "198.19.0.1")),
+                       networks or {"blue": 5001}, ids or {"blue": "n1"})
+
+
+def test_malformed_ports_are_left_out_alone_with_a_reason(caplog):
     ports = [
         port("p-01"),
         port("p-02", mac_address=None),
@@ -53,42 +58,41 @@ def test_malformed_ports_are_skipped_with_a_reason(caplog):
         port("p-07", mac_address="fa:16:3e:00:00:01"),  # MAC of p-01 already
         port("p-08", **{"binding:profile": {"gwagent": {"tunnel_ip": "198.18.0.2"}}}),
     ]
-    src = NeutronSite(StubClient(ports), Site("site-a", Gateway("gw", "198.18.0.1",
-                                                               "198.19.0.1")), {"blue": 5001})
     with caplog.at_level(logging.WARNING, logger="gwagent.neutron.source"):
-        snap = src.snapshot()
+        snap = source(StubClient(ports)).snapshot()
     got = {e.port_id: e for e in snap.endpoints}
     assert sorted(got) == ["p-01", "p-04", "p-06"]
     assert got["p-04"].ips == ("198.19.0.6",)
-    assert got["p-06"].allowed_address_pairs == ()
+    # p-06 may take over p-01's MAC (a pair): legal, the MAC is mobile
+    assert [p.mac_address for p in got["p-06"].allowed_address_pairs] == ["fa:16:3e:00:00:01"]
+    reasons = {r.port_id: r.reason for r in snap.rejected}
+    assert sorted(reasons) == ["p-02", "p-03", "p-05", "p-07"]
+    assert reasons["p-02"] == "no MAC address"
+    assert "not a MAC address" in reasons["p-03"]
+    assert "host 'cn2' has no L2 agent with a tunneling_ip" in reasons["p-05"]
+    assert "already the own MAC of port p-01" in reasons["p-07"]
     text = caplog.text
-    assert "p-02 on blue: no MAC address; skipped" in text
-    assert "p-03 on blue: skipped" in text and "not a MAC address" in text
     assert "192.0.2.9 is outside every subnet" in text
-    assert "host 'cn2' has no L2 agent with a tunneling_ip" in text
-    assert "MAC fa:16:3e:00:00:01 ignored: the MAC belongs to port p-01" in text
-    assert "p-07 on blue: skipped: MAC fa:16:3e:00:00:01 already belongs to port p-01" in text
     assert "p-08" not in text  # a remote port: silently not an endpoint
 
 
-def test_unusable_networks_are_left_out(caplog):
+def test_networks_are_found_by_id_never_by_name(caplog):
+    tenant = dict(NET, id="n9", name="blue", project_id="someone-else")  # a forgery
     vlan = dict(NET, id="n2", name="red", **{"provider:network_type": "vlan"})
-    dup = [dict(NET, id="n3", name="green"), dict(NET, id="n4", name="green")]
-    src = NeutronSite(StubClient([], networks=[NET, vlan, *dup]),
-                      Site("site-a", Gateway("gw", "198.18.0.1", "198.19.0.1")),
-                      {"blue": 5001, "red": 5002, "green": 5003})
+    src = source(StubClient([port("p-01"), port("p-99", network_id="n9")],
+                            networks=[tenant, NET, vlan]),
+                 {"blue": 5001, "red": 5002}, {"blue": "n1", "red": "n2"})
     with caplog.at_level(logging.WARNING, logger="gwagent.neutron.source"):
         snap = src.snapshot()
     assert [n.name for n in snap.networks] == ["blue"]
+    assert [e.port_id for e in snap.endpoints] == ["p-01"]
     assert "'red' (n2) is of type 'vlan'" in caplog.text
-    assert "'green' is ambiguous" in caplog.text
 
 
 def test_a_missing_stretched_network_fails_the_read_instead_of_withdrawing_it():
     # A snapshot without the network would withdraw all its remote ports:
     # the read fails whole, so the agent keeps its last good state.
-    src = NeutronSite(StubClient([], networks=[NET]),
-                      Site("site-a", Gateway("gw", "198.18.0.1", "198.19.0.1")),
-                      {"blue": 5001, "gone": 5004})
-    with pytest.raises(SourceError, match="'gone' not found"):
+    src = source(StubClient([], networks=[NET]), {"blue": 5001, "gone": 5004},
+                 {"blue": "n1", "gone": "n404"})
+    with pytest.raises(SourceError, match="'gone' .*n404.* not found"):
         src.snapshot()

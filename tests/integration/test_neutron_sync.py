@@ -242,16 +242,66 @@ def test_neutron_down_and_back(pair):
     assert got == {va["id"]: ["198.19.50.62"], vnew["id"]: ["198.19.50.63"]}
 
 
-def test_networks_matched_by_tag_keep_their_own_names(sites, computes, uniq):
+def test_networks_by_id_keep_their_own_names(sites, computes, uniq):
     a, b = sites["site-a"], sites["site-b"]
     stretched = f"red-{uniq}"
-    net_a = a.admin.network(f"tenant-net-{uniq}", "198.19.60.0/24", tags=[stretched])
-    net_b = b.admin.network(f"other-name-{uniq}", "198.19.60.0/24", tags=[stretched])
+    net_a = a.admin.network(f"tenant-net-{uniq}", "198.19.60.0/24")
+    net_b = b.admin.network(f"other-name-{uniq}", "198.19.60.0/24")
     va = a.admin.port(net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.60.5"}])
     gw_b = Gateway(f"gwb-{uniq}", "198.18.0.2", "198.19.0.2")
     src_a = a.source(Gateway(f"gwa-{uniq}", "198.18.0.1", "198.19.0.1"), {stretched: 5002},
-                     match="tag")
-    src_b = b.source(gw_b, {stretched: 5002}, match="tag")
+                     {stretched: net_a["id"]})
+    src_b = b.source(gw_b, {stretched: 5002}, {stretched: net_b["id"]})
     assert sync_once(src_b, [src_a])["errors"] == {}
     (rb,) = remote_in(b, gw_b)
     assert (rb["network_id"], rb["mac_address"]) == (net_b["id"], va["mac_address"])
+
+
+def tenant_request(site, method, path, body, project="mallory"):
+    """A call as a tenant of another project (no admin role)."""
+    (kind, item), = body.items()
+    return site.client().request(method, path, {kind: dict(item, project_id=project)},
+                                 headers={"X-Project-Id": project, "X-Roles": "member"})
+
+
+def test_a_tenant_network_named_like_a_stretched_one_changes_nothing(pair):
+    a, b = pair.a, pair.b
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.31"}])
+    src_a, src_b = pair.sources()
+    assert sync_once(src_b, [src_a])["errors"] == {}
+    before = {p["id"]: p["mac_address"] for p in remote_in(b, pair.gw_b)}
+    assert list(before.values()) == [va["mac_address"]]
+    # Anyone may create a network of any name: one named like the stretched
+    # network, in the same cloud, with a port of its own.
+    forged = tenant_request(a, "POST", "/networks", {"network": {"name": pair.net}})["network"]
+    assert forged["project_id"] == "mallory" and forged["id"] != pair.net_a["id"]
+    tenant_request(a, "POST", "/subnets", {"subnet": {
+        "network_id": forged["id"], "cidr": CIDR, "ip_version": 4, "enable_dhcp": False}})
+    tenant_request(a, "POST", "/ports", {"port": {"network_id": forged["id"]}})
+    snap = src_a.snapshot()
+    assert [n.segmentation_id for n in snap.networks] == [
+        pair.net_a["provider:segmentation_id"]]
+    assert [e.port_id for e in snap.endpoints] == [va["id"]]
+    result = sync_once(src_b, [src_a])
+    assert result == {"registered": 0, "unregistered": 0, "errors": {}}
+    assert {p["id"]: p["mac_address"] for p in remote_in(b, pair.gw_b)} == before
+
+
+def test_a_virtual_mac_in_ports_of_both_clouds_is_mobile_in_their_remote_ports(pair):
+    a, b = pair.a, pair.b
+    vmac = "00:00:5e:00:01:09"
+    vip = [{"ip_address": "198.19.50.109", "mac_address": vmac}]
+    va = a.admin.port(pair.net_a, "cn-a1", fixed_ips=[{"ip_address": "198.19.50.41"}],
+                      allowed_address_pairs=vip)
+    vb = b.admin.port(pair.net_b, "cn-b1", fixed_ips=[{"ip_address": "198.19.50.42"}],
+                      allowed_address_pairs=vip)
+    src_a, src_b = pair.sources()
+    for local, peer in ((src_a, src_b), (src_b, src_a)):
+        assert sync_once(local, [peer])["errors"] == {}
+    for site, gw, origin in ((a, pair.gw_a, vb), (b, pair.gw_b, va)):
+        (rp,) = remote_in(site, gw)
+        assert rp["mac_address"] == origin["mac_address"]
+        assert rp["allowed_address_pairs"] == vip          # port security needs it
+        assert rp["binding:profile"]["gwagent"]["mobile_macs"] == [vmac]
+    # read back, the registry sees the same: nothing to change
+    assert sync_once(src_a, [src_b]) == {"registered": 0, "unregistered": 0, "errors": {}}
