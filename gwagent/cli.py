@@ -74,7 +74,8 @@ def neutron_sources(conf: cfg.ConfigOpts):
             gw = Gateway(cloud_group.gateway_host, cloud_group.gateway_tunnel_ip,
                          cloud_group.gateway_transit_ip)
             return NeutronSite(NeutronClient(cloud_group.cloud, cloud_group.clouds_file,
-                                             timeout=n.api_timeout),
+                                             timeout=(n.api_connect_timeout,
+                                                      n.api_read_timeout)),
                                Site(name, gw), networks, cloud_group.network_ids)
         except ValidationError as exc:
             raise SystemExit(f"gwagent: [{group}] {exc}") from None
@@ -126,7 +127,8 @@ def cmd_run(args) -> int:
     agent = Agent(local, peers, registry, backend, status_path=status_path,
                   resync_interval=a.resync_interval, poll_interval=a.poll_interval,
                   backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
-                  mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time))
+                  mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time),
+                  read_deadline=a.source_deadline, pass_budget=a.pass_budget)
     worker = MobilityWorker(agent) if m.enabled else None
 
     def on_term(signum, frame):
@@ -146,6 +148,7 @@ def cmd_run(args) -> int:
             agent.configure(*build_sources(new))
             n = new.agent
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
+            agent.pass_budget = n.pass_budget
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max
             mob = new.mobility
             with agent.lock:
@@ -228,6 +231,35 @@ def format_status(status: dict, pid: int | None) -> str:
         f" items retrying: {status.get('retrying', 0)}",
         f"last error: {status.get('last_error') or 'none'}",
     ]
+    sources = status.get("sources") or []
+    if sources:
+        lines += ["", f"{'SOURCE':<16} {'ROLE':<6} {'STATE':<8} {'LAST GOOD':>10} {'ENDPOINTS':>9}"
+                      "  DETAIL"]
+        for src in sources:
+            ago = src.get("seconds_since_good")
+            good = "never" if ago is None else f"{ago:.0f}s ago"
+            detail = ""
+            if src["state"] == "hung":
+                detail = f"a read has run {src['reading_for']:.0f}s (deadline {src['deadline']:.0f}s)"
+            elif src["state"] == "failing":
+                since = src.get("error_since")
+                detail = (f"since {time.time() - since:.0f}s: " if since else "") + str(src["error"])
+            elif src["state"] == "unknown":
+                detail = "no good read yet: what it owns is left alone"
+            if src["state"] in ("hung", "failing") and ago is not None:
+                detail += "; its last good snapshot stays in force"
+            eps = "-" if src.get("endpoints") is None else src["endpoints"]
+            lines.append(f"{src['name'][:16]:<16} {src['role']:<6} {src['state'].upper() if src['state'] != 'fresh' else 'fresh':<8} "
+                         f"{good:>10} {eps:>9}  {detail}")
+    reg = status.get("registry")
+    if reg:
+        text = reg.get("state", "?")
+        if reg.get("error"):
+            text += f": {reg['error']}"
+        lines.append(f"registry: {text}")
+    if last.get("over_budget"):
+        lines.append(f"last pass OVER BUDGET: {last.get('elapsed_ms')} ms > "
+                     f"{status.get('pass_budget_ms'):.0f} ms")
     mobile = status.get("mobile_macs") or []
     if mobile:
         counts = status.get("mobility") or {}

@@ -41,6 +41,13 @@ agent_opts = [
     cfg.FloatOpt("backoff_max", default=30.0, min=0.0,
                  help="Cap of the doubling retry delay (seconds) for failed items and an "
                       "unreachable source."),
+    cfg.FloatOpt("source_deadline", default=15.0, min=0.1,
+                 help="Seconds one read of a source (a site's whole snapshot) may take "
+                      "before status shows it hung; each source is read in a thread of its "
+                      "own, so a hung one delays only what comes from it."),
+    cfg.FloatOpt("pass_budget", default=1.0, min=0.01,
+                 help="Seconds a dataplane pass should take; a longer one is logged and "
+                      "flagged in status as over budget."),
 ]
 
 mobility_opts = [
@@ -79,7 +86,12 @@ neutron_opts = [
                 help="Peer site names; each has a group [neutron_peer_<name>] with cloud, "
                      "clouds_file, network_ids, gateway_host, gateway_tunnel_ip and "
                      "gateway_transit_ip."),
-    cfg.FloatOpt("api_timeout", default=30.0, min=0.1, help="Seconds per Neutron request."),
+    cfg.FloatOpt("api_connect_timeout", default=3.0, min=0.1,
+                 help="Seconds to connect to a Neutron API (every Neutron: the local one and "
+                      "the peers'); a call that misses it fails like any other error."),
+    cfg.FloatOpt("api_read_timeout", default=10.0, min=0.1, deprecated_name="api_timeout",
+                 help="Seconds a Neutron API may take to answer one request once connected "
+                      "(a read of a site is a few requests)."),
     cfg.FloatOpt("poll_interval", default=0.5, min=0.05,
                  help="Seconds between the cheap change checks against each Neutron (a "
                       "narrow port listing); a change starts a pass at once."),

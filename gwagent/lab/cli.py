@@ -156,6 +156,21 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_fault(args) -> int:
+    from gwagent.lab import faults
+    lab = build.Lab.load(_lab_dir(args))
+    if args.fault not in ("rabbit-stop", "clear") and not args.site:
+        raise build.LabError(f"{args.fault} needs --site")
+    try:
+        if args.fault == "clear":
+            print(faults.clear(lab, args.site))
+        else:
+            print(faults.inject(lab, args.site, args.fault, args.delay))
+    except faults.FaultError as exc:
+        raise build.LabError(str(exc)) from None
+    return 0
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``lab`` and its subcommands to an argparse subparsers object."""
     lab = subparsers.add_parser("lab", help="namespace lab: sites, computes, VMs, gateways")
@@ -189,6 +204,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ex.set_defaults(func=_guard(cmd_exec))
     common(sub.add_parser("check", help="ping every pair of VMs on the same network")
            ).set_defaults(func=_guard(cmd_check))
+    from gwagent.lab.faults import FAULTS
+    fault = common(sub.add_parser(
+        "fault", help="inject a fault into a Neutron lab's control plane (or clear it)",
+        description="api-freeze (SIGSTOP the site's Neutron API), api-kill, api-error "
+                    "(every request answered 500), api-slow (every request --delay s late), "
+                    "rabbit-stop (the lab's RabbitMQ), clear (back to normal; without "
+                    "--site: every site and RabbitMQ)."))
+    fault.add_argument("fault", choices=FAULTS)
+    fault.add_argument("--site", default=None, help="the site (not for rabbit-stop)")
+    fault.add_argument("--delay", type=float, default=3.0,
+                       help="seconds per request for api-slow (default %(default)s)")
+    fault.set_defaults(func=_guard(cmd_fault))
     return lab
 
 

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -163,7 +164,7 @@ class NeutronView:
 
     def __init__(self, lab, site: str):
         from gwagent.lab import neutron as lab_neutron
-        self.source = lab_neutron.neutron_site(lab, site)
+        self.source = lab_neutron.neutron_site(lab, site, timeout=(2.0, 5.0))
 
     def version(self) -> object:
         # Port revisions on the stretched networks (remote ports included);
@@ -187,16 +188,6 @@ class Emulator:
         self.good: dict[str, tuple[SiteSnapshot, list[RemotePort]]] = {}
         self.sockets: dict[str, IPRoute] = {}
 
-    def versions(self) -> tuple:
-        result = []
-        for name, view in self.sites.items():
-            try:
-                result.append(view.version())
-            except (SourceError, OSError) as exc:
-                LOG.error("site %s: cannot check for changes: %s", name, exc)
-                result.append(None)
-        return tuple(result)
-
     def read(self, site: str):
         try:
             self.good[site] = self.sites[site].read()
@@ -211,17 +202,20 @@ class Emulator:
 
     def reconcile(self) -> int:
         """One pass over every compute; returns the number of operations."""
+        return sum(self.reconcile_site(site) for site in self.sites)
+
+    def reconcile_site(self, site: str) -> int:
+        """One pass over the computes of one site."""
         count = 0
-        for site in self.sites:
-            state = self.read(site)
-            if state is None:
-                continue
-            for compute in (c for c in self.computes if c.site == site):
-                try:
-                    count += self._compute(compute, *state)
-                except Exception as exc:  # noqa: BLE001 - one compute must not stop the rest
-                    LOG.error("compute %s: %s", compute.name, exc)
-                    self.sockets.pop(compute.ns, None)
+        state = self.read(site)
+        if state is None:
+            return 0
+        for compute in (c for c in self.computes if c.site == site):
+            try:
+                count += self._compute(compute, *state)
+            except Exception as exc:  # noqa: BLE001 - one compute must not stop the rest
+                LOG.error("compute %s: %s", compute.name, exc)
+                self.sockets.pop(compute.ns, None)
         return count
 
     def _compute(self, compute: Compute, snapshot, remote_ports) -> int:
@@ -245,13 +239,29 @@ class Emulator:
         return count
 
     def run(self, stop) -> None:
+        """Each site on its own thread: a cloud whose API hangs stalls only
+        its own computes, as in real clouds."""
+        threads = [threading.Thread(target=self._run_site, args=(site, stop), daemon=True,
+                                    name=f"l2pop-{site}") for site in self.sites]
+        for thread in threads:
+            thread.start()
+        while not stop():
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join(1.0)
+
+    def _run_site(self, site: str, stop) -> None:
         seen, last = None, 0.0
         while not stop():
             now = time.monotonic()
-            current = self.versions()
-            if current != seen or now - last >= RESYNC_INTERVAL:
+            try:
+                current = self.sites[site].version()
+            except (SourceError, OSError) as exc:
+                LOG.error("site %s: cannot check for changes: %s", site, exc)
+                current = None
+            if current is None or current != seen or now - last >= RESYNC_INTERVAL:
                 seen, last = current, now
-                self.reconcile()
+                self.reconcile_site(site)
             time.sleep(self.poll_interval)
 
     def close(self) -> None:

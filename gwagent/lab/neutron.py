@@ -150,12 +150,20 @@ def start_rabbit(lab, timeout: float = 60.0) -> None:
     r["url"] = f"rabbit://guest:guest@127.0.0.1:{r['port']}/"
     lab.save()
     broker.prepare(w, r["port"])
-    env = _rabbit_env(lab)
     build.start_process(lab, "rabbit-epmd", ["/usr/bin/epmd", "-port", str(r["epmd_port"]),
                                              "-address", "127.0.0.1"],
-                        env=env, group=True, order=9)
+                        env=_rabbit_env(lab), group=True, order=9)
     time.sleep(0.3)
-    rec = build.start_process(lab, "rabbit", [_rabbit_script()], env=env, group=True, order=8)
+    run_rabbit(lab, timeout)
+
+
+def run_rabbit(lab, timeout: float = 60.0) -> None:
+    """(Re)start the lab's broker on its recorded ports and directory; its
+    virtual hosts persist there."""
+    from gwagent.lab import build
+    r = lab.neutron["rabbit"]
+    rec = build.start_process(lab, "rabbit", [_rabbit_script()], env=_rabbit_env(lab),
+                              group=True, order=8)
     deadline = time.monotonic() + timeout
     while not _port_open(r["port"]):
         if not build.process_alive(rec) or time.monotonic() > deadline:
@@ -220,26 +228,51 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
                               srv.workdir / "neutron-rpc.log", order=5)
 
 
+def restart_api(lab, site: str, timeout: float = 60.0) -> None:
+    """Start a site's Neutron API again on its port and database (after it
+    was killed); its RPC server runs on."""
+    from gwagent.neutron import server as nserver
+    info = lab.neutron["sites"][site]
+    srv = nserver.NeutronServer(site, Path(info["workdir"]), info["port"], neutron_venv(),
+                                info["transport_url"])
+    srv.spawn()
+    _record_popen(lab, f"neutron-{site}-api", srv.procs["api"], srv.log_file, order=6)
+    try:
+        srv.wait_ready(timeout, start_rpc=False)
+    except nserver.NeutronStartError as exc:
+        raise NeutronLabError(str(exc)) from None
+
+
 def write_clouds(lab) -> None:
-    clouds = {"clouds": {info["cloud"]: {"auth_type": "none",
-                                         "auth": {"endpoint": info["url"]}}
-                         for info in lab.neutron["sites"].values()}}
+    """``lab-<site>``: what the gateways and an operator's client use, through
+    the site's fault proxy when it has one (``gwagent lab fault``);
+    ``lab-<site>-direct``: the API itself, for the lab's own work (the
+    cloud's insides, which an API-side fault does not touch)."""
+    clouds = {}
+    for info in lab.neutron["sites"].values():
+        front = info.get("proxy_url") or info["url"]
+        clouds[info["cloud"]] = {"auth_type": "none", "auth": {"endpoint": front}}
+        clouds[info["cloud"] + "-direct"] = {"auth_type": "none",
+                                             "auth": {"endpoint": info["url"]}}
+    clouds = {"clouds": clouds}
     lab.neutron["clouds_file"] = str(clouds_file(lab))
     atomic_write(clouds_file(lab), yaml.safe_dump(clouds, sort_keys=False))
     lab.save()
 
 
-def client(lab, site: str, timeout: float = 30.0):
+def client(lab, site: str, timeout: tuple[float, float] = (3.0, 30.0)):
+    """A client of the site's API itself (not through its fault proxy)."""
     from gwagent.neutron.source import NeutronClient
-    return NeutronClient(cloud_name(site), str(clouds_file(lab)), timeout=timeout)
+    return NeutronClient(cloud_name(site) + "-direct", str(clouds_file(lab)), timeout=timeout)
 
 
-def neutron_site(lab, site_name: str):
-    """The site as its gateway agent sees it: source and registry."""
+def neutron_site(lab, site_name: str, timeout: tuple[float, float] = (3.0, 30.0)):
+    """The site as its gateway agent sees it (source and registry), read
+    from the API itself."""
     from gwagent.model import Gateway, Site
     from gwagent.neutron.source import NeutronSite
     site = lab.topology.site(site_name)
-    return NeutronSite(client(lab, site_name),
+    return NeutronSite(client(lab, site_name, timeout),
                        Site(site.name, Gateway(site.gateway, site.tunnel_ip, site.transit_ip)),
                        {n.name: n.transit_vni for n in lab.topology.networks},
                        network_ids(lab, site_name))
@@ -440,6 +473,8 @@ def up(lab, progress) -> None:
     urls = {s.name: rabbit_vhost(lab, f"site-{s.name}") for s in lab.topology.sites}
     progress(f"Neutron servers for sites {', '.join(urls)} ({time.monotonic() - t0:.1f} s)")
     start_servers(lab, urls)
+    from gwagent.lab import faults
+    faults.start_proxies(lab)
     progress(f"L2 agents of the computes ({time.monotonic() - t0:.1f} s)")
     start_l2_agents(lab)
     progress(f"networks, subnets and {len(lab.topology.vms)} VM ports "

@@ -170,7 +170,7 @@ class NeutronServer:
             cwd=self.workdir, env=env, stdout=api_log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, start_rpc: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
@@ -181,7 +181,7 @@ class NeutronServer:
             if self.ping():
                 # The RPC server only once the API has written its start-up
                 # state (VNI allocations): SQLite takes one writer at a time.
-                if self.with_rpc and "rpc" not in self.procs:
+                if start_rpc and self.with_rpc and "rpc" not in self.procs:
                     rpc_log = open(self.workdir / "neutron-rpc.log", "ab")
                     self.procs["rpc"] = subprocess.Popen(
                         [str(self.venv / "bin" / "neutron-rpc-server"), "--config-file",

@@ -100,11 +100,13 @@ class NeutronClient:
     """The one place that talks HTTP to a Neutron: JSON in and out, every
     failure turned into :class:`SourceError` with a message in words."""
 
-    def __init__(self, cloud: str, clouds_file: str | None = None, timeout: float = 30.0,
-                 connection=None):
+    def __init__(self, cloud: str, clouds_file: str | None = None,
+                 timeout: float | tuple[float, float] = (3.0, 10.0), connection=None):
         self.cloud = cloud
         self.clouds_file = clouds_file
-        self.timeout = timeout
+        # (connect, read) seconds, per request: a hung API fails the call
+        # within them, like any other error, with the cloud named.
+        self.timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         self._conn = connection
 
     @property
@@ -126,7 +128,7 @@ class NeutronClient:
                 conn = openstack.connect(cloud=self.cloud)
         except os_exc.SDKException as exc:
             raise SourceError(f"cloud {self.cloud!r}: {exc}") from exc
-        conn.session.timeout = self.timeout
+        conn.session.timeout = self.timeout[1]  # for what the SDK sends itself
         if conn.config.config.get("auth_type") in ("none", "noauth"):
             conn.session.additional_headers = {"X-Roles": "admin,service"}
         return conn
@@ -138,7 +140,7 @@ class NeutronClient:
         try:
             resp = self.conn.network.request(path, method, json=body, params=params,
                                              headers=dict(headers) if headers else None,
-                                             raise_exc=False)
+                                             raise_exc=False, timeout=self.timeout)
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
             self._conn = None if isinstance(exc, ks_exc.DiscoveryFailure) else self._conn
             raise SourceError(f"Neutron of cloud {self.cloud!r} unreachable "
