@@ -239,14 +239,16 @@ def format_status(status: dict, pid: int | None) -> str:
             ago = src.get("seconds_since_good")
             good = "never" if ago is None else f"{ago:.0f}s ago"
             detail = ""
-            if src["state"] == "hung":
+            if src["state"] in ("hung", "stale") and src.get("reading_for") is not None:
                 detail = f"a read has run {src['reading_for']:.0f}s (deadline {src['deadline']:.0f}s)"
+            elif src["state"] == "stale":
+                detail = f"no answer for longer than its deadline ({src['deadline']:.0f}s)"
             elif src["state"] == "failing":
                 since = src.get("error_since")
                 detail = (f"since {time.time() - since:.0f}s: " if since else "") + str(src["error"])
             elif src["state"] == "unknown":
                 detail = "no good read yet: what it owns is left alone"
-            if src["state"] in ("hung", "failing") and ago is not None:
+            if src["state"] in ("hung", "failing", "stale") and ago is not None:
                 detail += "; its last good snapshot stays in force"
             eps = "-" if src.get("endpoints") is None else src["endpoints"]
             lines.append(f"{src['name'][:16]:<16} {src['role']:<6} {src['state'].upper() if src['state'] != 'fresh' else 'fresh':<8} "

@@ -246,10 +246,14 @@ class Agent:
         for view in self.views:
             view.check_hung()
             state = view.state()
-            if state in ("failing", "hung"):
-                what = view.error if state == "failing" else (
-                    f"hung for {view.clock() - (view.reading_since or view.clock()):.1f}s")
-                bad.append(f"{view.role} {view.label}: {what}")
+            if state == "failing":
+                bad.append(f"{view.role} {view.label}: {view.error}")
+            elif state in ("hung", "stale"):
+                since = view.reading_since
+                what = (f"a read has run {view.clock() - since:.1f}s" if since is not None
+                        else "no answer")
+                bad.append(f"{view.role} {view.label}: {state}: {what} (last good "
+                           f"{view.status()['seconds_since_good']}s ago)")
         if self.desired_error:
             bad.append(self.desired_error)
         return "; ".join(bad) or None

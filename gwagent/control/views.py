@@ -17,6 +17,7 @@ Health, as ``gwagent status`` shows it
     * ``hung``: a read has been running for longer than its deadline (a
       call that does not return; Neutron's own socket deadlines end it
       eventually, a file on a dead mount may never);
+    * ``stale``: no answer for longer than the deadline (reads too slow);
     * ``unknown``: no good read yet (at start, or after a reload): what the
       source owned is neither programmed anew nor withdrawn until it answers.
 
@@ -77,6 +78,7 @@ class SourceView:
             version = self.source.version()
             if (not force and self.snapshot is not None and version is not None
                     and version == self.version and self.error is None):
+                self.good_at, self.good_mono = self.wall(), self.clock()  # it answered
                 return False
             snap = self.source.snapshot()
         except Exception as exc:  # noqa: BLE001 - any failure of a source is its own
@@ -135,13 +137,15 @@ class SourceView:
 
     # -- health -------------------------------------------------------------
     def state(self) -> str:
-        since = self.reading_since
-        if since is not None and self.clock() - since > self.deadline:
+        now, since = self.clock(), self.reading_since
+        if since is not None and now - since > self.deadline:
             return "hung"
         if self.error is not None:
             return "failing"
         if self.snapshot is None:
             return "unknown"
+        if self.good_mono is not None and now - self.good_mono > self.deadline:
+            return "stale"
         return "fresh"
 
     def status(self) -> dict:

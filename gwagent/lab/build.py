@@ -59,6 +59,7 @@ VM_MTU = 1450
 VXLAN_PORT = 4789
 SWITCH = "switch"
 AGENT_RESYNC = 2.0
+SOURCE_DEADLINE = 3.0  # a lab's sources answer in milliseconds
 # Drills move VIPs back and forth many times a minute: duplicate detection
 # (production default 5 moves in 180 s) would freeze them. The lab keeps it
 # on with room for drills; a test of damping sets its own.
@@ -329,6 +330,7 @@ def write_agent_configs(lab: Lab) -> None:
             "\n[agent]\n"
             f"resync_interval = {AGENT_RESYNC}\n"
             "poll_interval = 0.1\n"
+            f"source_deadline = {SOURCE_DEADLINE}\n"
             + MOBILITY_SECTION))
 
 

@@ -89,16 +89,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if mode.get("mode") == "slow":
             time.sleep(float(mode.get("delay", 3.0)))
         if mode.get("mode") == "error":
-            status = int(mode.get("status", 500))
-            payload = json.dumps({"NeutronError": {"type": "HTTPInternalServerError",
-                                                   "message": "injected by gwagent lab fault",
-                                                   "detail": ""}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(payload)
+            self._json(int(mode.get("status", 500)), "injected by gwagent lab fault")
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         headers["Connection"] = "close"
@@ -108,7 +99,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             resp = conn.getresponse()
             data = resp.read()
         except OSError as exc:
-            self.send_error(502, f"upstream: {exc}")
+            self._json(502, f"the API behind the fault proxy does not answer: {exc}")
             return
         self.send_response(resp.status, resp.reason)
         for key, value in resp.getheaders():
@@ -119,6 +110,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         conn.close()
+
+    def _json(self, status: int, message: str) -> None:
+        payload = json.dumps({"NeutronError": {"type": "HTTPError", "message": message,
+                                               "detail": ""}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _forward
 

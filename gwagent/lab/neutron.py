@@ -495,8 +495,11 @@ def agent_config(lab, site) -> str:
             "\n[agent]\n"
             f"resync_interval = {build.AGENT_RESYNC}\n"
             "poll_interval = 0.1\n"
+            f"source_deadline = {build.SOURCE_DEADLINE}\n"
             + build.MOBILITY_SECTION +
             "\n[neutron]\n"
+            "api_connect_timeout = 1\n"
+            "api_read_timeout = 2.5\n"
             f"cloud = {cloud_name(site.name)}\n"
             f"clouds_file = {clouds_file(lab)}\n"
             f"site_name = {site.name}\n"
