@@ -82,6 +82,7 @@ def build_rows(figures: dict) -> list[Row]:
             rows.append(Row(f"Neutron one change to its remote port ({key.split('/')[1]}, "
                             f"{entry['entries']:,} ports)", f"{entry['one_change_s']:.2f} s",
                             target="< 2 s", met="yes" if entry["one_change_s"] < 2 else "NO"))
+    rows += failover_rows(figures)
     tput = figures.get("throughput/vm-to-vm")
     if tput:
         ratio = tput["ratio"]
@@ -89,6 +90,61 @@ def build_rows(figures: dict) -> list[Row]:
                         f"{tput['gateway_gbit_s']} Gbit/s", f"{tput['direct_gbit_s']} Gbit/s",
                         f"{ratio:.2f}x", f">= {tput.get('target', 0.8)}x",
                         "yes" if ratio >= tput.get("target", 0.8) else "NO"))
+    return rows
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def failover_rows(figures: dict) -> list[Row]:
+    """Rows of bench/test_failover.py and bench/test_failure_domains.py."""
+    rows = []
+    g = figures.get("failover/garp")
+    if g:
+        med = g["first_reply_ms"]
+        for mode in ("own-mac", "vmac"):
+            cross, intra = med.get(f"{mode}/cross"), med.get(f"{mode}/intra")
+            if cross is None or intra is None:
+                continue
+            added = cross - intra
+            rows.append(Row(f"GARP to first reply, {mode}: across clouds vs inside one site "
+                            f"({g['runs']} moves each way, every client)", _ms(cross),
+                            _ms(intra), f"+{added:.2f} ms", "<= +5 ms",
+                            "yes" if added <= 5 else "NO"))
+    for advert in (100, 10):
+        v = figures.get(f"failover/vrrp/{advert}")
+        if not v:
+            continue
+        for mode in ("default", "vmac"):
+            cross, intra = v["outage_ms"].get(f"{mode}/cross"), v["outage_ms"].get(f"{mode}/intra")
+            if cross is None or intra is None:
+                continue
+            ratio = cross / intra if intra else float("inf")
+            target = "<= 1.1x" + (", <= 50 ms" if advert == 10 else "")
+            met = ratio <= 1.1 and (advert != 10 or cross <= 50)
+            rows.append(Row(f"VRRP outage ({advert} ms adverts, {mode}): across clouds vs "
+                            f"inside one site ({v['runs']} failovers each)", _ms(cross),
+                            _ms(intra), f"{ratio:.2f}x", target, "yes" if met else "NO"))
+    b = figures.get("failover/back-and-forth")
+    if b:
+        ok = b["stale"] == 0 and b["old_after"] == 0 and b["never"] == 0
+        rows.append(Row(f"{b['moves']} GARP moves back and forth across clouds (vmac): stale "
+                        "entries / replies from the old holder / never answered",
+                        f"{b['stale']} / {b['old_after']} / {b['never']}", target="0 / 0 / 0",
+                        met="yes" if ok else "NO"))
+    d = figures.get("domains/own-work")
+    if d:
+        for what, label in (("repair", "repair of an owned entry"),
+                            ("change", "local port change to the dataplane")):
+            r = d.get(what)
+            if not r:
+                continue
+            met = r["ratio"] is not None and (r["ratio"] <= 1.1 or r["delta_ms"] <= 100)
+            rows.append(Row(f"{label}: a peer's Neutron hung vs every peer healthy "
+                            f"(median of {r['n']})", f"{r['hung_s'] * 1000:.1f} ms",
+                            f"{r['healthy_s'] * 1000:.1f} ms", f"{r['ratio']:.2f}x",
+                            "<= 1.1x or +100 ms", "yes" if met else "NO"))
     return rows
 
 
