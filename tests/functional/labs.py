@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 import sys
+import time
 
 import pytest
 
@@ -36,3 +37,16 @@ def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
             for record in lab.processes.values():
                 sys.stdout.write(f"--- tail of {record['log']}\n{build.log_tail(record['log'])}\n")
         build.down(prefix)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02):
+    """The first true value of ``predicate()``; fails the test after ``timeout``
+    (a deadline, never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
+        time.sleep(interval)

@@ -20,18 +20,7 @@ import pytest
 from gwagent.drill import garp, scenario as sc, vrrp
 from gwagent.lab import build, probe
 
-from labs import lab_up
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
-        time.sleep(interval)
+from labs import lab_up, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from gwagent.lab import build, faults, probe
 from gwagent.lab import neutron as lab_neutron
 from gwagent.lab import topology as topo_mod
 
-from labs import lab_up
+from labs import lab_up, wait_for
 
 THREE_SITES = {
     "networks": [{"name": "red", "transit_vni": 5001, "subnet": "198.19.10.0/24"}],
@@ -43,17 +43,6 @@ THREE_SITES = {
             {"name": "c1", "site": "c", "compute": "c-cn1", "network": "red",
              "ip": "198.19.10.31"}],
 }
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

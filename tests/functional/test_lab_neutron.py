@@ -17,6 +17,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
+import labs
 from labs import lab_up
 from gwagent.lab import build, probe
 from gwagent.lab import neutron as lab_neutron
@@ -254,9 +255,11 @@ def test_failover_drills_pass_with_neutron_as_the_source(nlab):
     from gwagent.drill import garp, scenario as sc, vrrp
     s = sc.prepare(nlab, "red", timeout=60)
     try:
-        (h3_remote,) = [p for p in lab_neutron.remote_ports_of(nlab, "a")
-                        if p.origin.mac == s.holders["h3"].mac]
-        assert s.vmac in h3_remote.mobile_macs
+        def h3_registered():
+            """dr-h3's remote port, with its virtual MAC marked mobile, is in site a"""
+            return [p for p in lab_neutron.remote_ports_of(nlab, "a")
+                    if p.origin.mac == s.holders["h3"].mac and s.vmac in p.mobile_macs]
+        (h3_remote,) = labs.wait_for(h3_registered, 20.0)
         assert (s.vip, s.vmac) in {(p.ip_address, p.mac_address)
                                    for p in h3_remote.origin.allowed_address_pairs}
         for moves in (garp.run(s, [sc.VMAC, sc.OWN_MAC], sc.SCOPES, runs=1),
