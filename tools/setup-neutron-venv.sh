@@ -22,8 +22,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade "pip>=24"
 "$VENV/bin/pip" install -q --disable-pip-version-check "$NEUTRON" "$UWSGI"
-# gwagent itself (the ML2 driver must load inside the Neutron server).
-"$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO"
+# gwagent itself (the ML2 driver must load inside the Neutron server); its own
+# dependencies are the agent's (the drills' plotting and all), not Neutron's.
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$REPO"
 # Until pyproject.toml declares the ML2 entry point, a code-less shim does.
 if ! "$VENV/bin/python" - <<'PY'
 import sys
