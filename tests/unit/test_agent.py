@@ -112,3 +112,34 @@ def test_malformed_own_site_file_keeps_registry_and_dataplane(tmp_path):
     assert "198.18.1.300" in result.source_error and not result.errors
     assert dp.observe() == good
     assert json.loads((tmp_path / "a.remote-ports.json").read_text())["remote_ports"]
+
+
+class Exploding(FakeDataplane):
+    """A backend whose observe raises once, as a driver bug would."""
+
+    def __init__(self):
+        super().__init__()
+        self.explode = True
+
+    def observe(self):
+        if self.explode:
+            self.explode = False
+            raise RuntimeError("boom in observe")
+        return super().observe()
+
+
+def test_an_exception_in_the_backend_or_the_status_write_is_survived(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write(a, site("a", [endpoint("a", "red", 1)]))
+    write(b, site("b", [endpoint("b", "red", 2)]))
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the status directory should be")
+    clock, dp = Clock(), Exploding()
+    local = FileInventory(a)
+    agent = Agent(local, [FileInventory(b)], local, dp, status_path=blocked / "status.json",
+                  clock=clock, wall=clock)
+    first = agent.run_pass("start")          # observe raises, the status write fails
+    assert not first.ok and any("boom in observe" in e for e in first.errors)
+    clock.now += 1
+    second = agent.run_pass("resync")        # and the next pass does the work
+    assert second.ok and dp.observe().fdb
