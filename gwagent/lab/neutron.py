@@ -499,7 +499,10 @@ def agent_config(lab, site) -> str:
             + build.MOBILITY_SECTION +
             "\n[neutron]\n"
             "api_connect_timeout = 1\n"
-            "api_read_timeout = 2.5\n"
+            # Writes to a lab Neutron (SQLite, one thread) take seconds when
+            # several ports are created: a shorter deadline would time out
+            # requests that Neutron completes anyway.
+            "api_read_timeout = 10\n"
             f"cloud = {cloud_name(site.name)}\n"
             f"clouds_file = {clouds_file(lab)}\n"
             f"site_name = {site.name}\n"

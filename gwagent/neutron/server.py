@@ -161,7 +161,11 @@ class NeutronServer:
         self.procs["api"] = subprocess.Popen(
             [str(bindir / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}",
              "--module", "neutron.wsgi.api:application", "--master", "--processes", "1",
-             "--threads", "4", "--die-on-term", "--need-app", "--lazy-apps",
+             # One thread: SQLite takes one writer at a time, and concurrent
+             # writers in one API (the lab creating ports while a gateway
+             # registers remote ports) failed mid-request with "database is
+             # locked", after which Neutron had leaked IP allocations.
+             "--threads", "1", "--die-on-term", "--need-app", "--lazy-apps",
              "--buffer-size", "65535",
              # uwsgi closes after each response: say so, or clients reuse
              # the socket and get a reset.
