@@ -215,7 +215,45 @@ def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None
             raise DrillError("the drill's VMs are not reachable after "
                              f"{timeout:.0f} s: " + ", ".join(f"{c.name}->{h.name}"
                                                                for c, h in pending[:6]))
-    progress("every client reaches every holder")
+    # Every site's registry holds the other sites' drill VMs, and no compute
+    # pins the virtual MAC any more (before a site knows all its claimants,
+    # its L2 population takes it for an ordinary MAC).
+    drill_vms = [*scenario.holders.values(), *scenario.clients]
+    topo = scenario.lab.topology
+    for site in topo.sites:
+        want = {n.mac for n in drill_vms if n.site != site.name}
+        while True:
+            try:
+                have = {p.origin.mac for p in build.registered_remote_ports(scenario.lab,
+                                                                           site.name)}
+            except Exception:  # noqa: BLE001 - a registry being written: look again
+                have = set()
+            if want <= have:
+                break
+            if time.monotonic() > deadline:
+                raise DrillError(f"site {site.name}'s registry lacks the drill's remote "
+                                 f"ports after {timeout:.0f} s")
+            time.sleep(0.1)
+    for site in topo.sites:
+        dev = build.vxlan_name(site.segmentation_id(scenario.network))
+        for compute in site.computes:
+            while _pinned(scenario.lab.ns(compute), dev, scenario.vmac):
+                if time.monotonic() > deadline:
+                    raise DrillError(f"{compute} still pins the virtual MAC after "
+                                     f"{timeout:.0f} s")
+                time.sleep(0.1)
+    progress("every client reaches every holder; every site knows every claimant")
+
+
+def _pinned(ns: str, dev: str, mac: str) -> bool:
+    """Whether ``dev`` in ``ns`` has a static (permanent) entry for ``mac``."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        found = ipr.link_lookup(ifname=dev)
+        if not found:
+            return False
+        return any(msg["ifindex"] == found[0] and msg["state"] & 0x80
+                   and (msg.get_attr("NDA_LLADDR") or "").lower() == mac
+                   for msg in ipr.fdb("dump"))
 
 
 def teardown(lab: build.Lab, scenario: Scenario | None = None) -> None:
