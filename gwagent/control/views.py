@@ -71,7 +71,8 @@ class SourceView:
 
     # -- reading ----------------------------------------------------------
     def refresh(self, force: bool = False) -> bool:
-        """Ask the source; True if a new good snapshot was taken. A change
+        """Ask the source; True if a new good snapshot was taken or the source
+        recovered. A change
         token that did not move skips the full read unless ``force``."""
         self.reading_since = self.clock()
         try:
@@ -99,6 +100,7 @@ class SourceView:
         if recovered or self._bad_logged:
             LOG.warning("source %s (%s) recovered: reading again", self.label, self.role)
             self._bad_logged = False
+            return True  # news for the loop (and status) even if the snapshot is the same
         return changed
 
     @property

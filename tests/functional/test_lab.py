@@ -329,7 +329,7 @@ def test_malformed_operator_data_keeps_the_last_good_state_and_reports_it(lab, o
             """the agent reports the bad file in 'gwagent status --json'"""
             error = (agent_status(lab, observer)["status"] or {}).get("last_error")
             return bool(error and "198.18.0.999" in error)
-        wait_for(reported, 3.0, interval=0.1)
+        wait_for(reported, 10.0, interval=0.1)
         got, = probe.stream(lab.ns("a1-red"), lab.ns("b1-red"), lab.topology.vm("b1-red").ip,
                             count=300)
         assert got.lost == 0
@@ -340,7 +340,7 @@ def test_malformed_operator_data_keeps_the_last_good_state_and_reports_it(lab, o
         build.write_inventories(lab, ["b"])
         if not build.process_alive(lab.processes[f"{observer}-gw"]):
             build.start_agent(lab, observer)  # leave the shared lab as we found it
-    wait_for(lambda: agent_status(lab, observer)["status"]["last_error"] is None, 3.0,
+    wait_for(lambda: agent_status(lab, observer)["status"]["last_error"] is None, 10.0,
              interval=0.1)
 
 
