@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from gwagent.model import Gateway, Site
-from gwagent.neutron import server as nserver
+from gwagent.lab import neutron_server as nserver
 from gwagent.neutron.source import DEVICE_OWNER, NeutronClient, NeutronSite, owner_device_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))

@@ -12,7 +12,7 @@ time, all stopped by ``lab down`` by process group, never by name):
   ``rabbitmq-server``) with a virtual host per site, so each site's Neutron
   has its own RPC bus, as separate clouds do;
 * ``neutron-<site>-api`` and ``neutron-<site>-rpc``: the site's Neutron
-  (``gwagent.neutron.server``: uwsgi API + RPC server, ML2 with the
+  (``gwagent.lab.neutron_server``: uwsgi API + RPC server, ML2 with the
   ``gwagent``, ``openvswitch`` and ``l2population`` mechanism drivers, SQLite
   in ``<lab_dir>/neutron-<site>/``);
 * ``l2agents-<site>``: for every compute of the site, an Open vSwitch L2
@@ -71,7 +71,7 @@ import yaml
 
 from gwagent.control.sources import atomic_write
 from gwagent.lab import topology as topo_mod
-from gwagent.neutron import broker
+from gwagent.lab import broker
 
 LAB_DEVICE_OWNER = "compute:lab"
 PROJECT = "lab"
@@ -95,7 +95,7 @@ def clouds_file(lab) -> Path:
 
 
 def neutron_venv() -> Path:
-    from gwagent.neutron import server as nserver
+    from gwagent.lab import neutron_server as nserver
     return nserver.DEFAULT_VENV
 
 
@@ -199,7 +199,7 @@ def _record_popen(lab, name: str, proc, log: Path, order: int) -> None:
 
 def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -> None:
     """One Neutron (API + RPC server) per site; both spawned, then awaited."""
-    from gwagent.neutron import server as nserver
+    from gwagent.lab import neutron_server as nserver
     servers = {}
     for site in lab.topology.sites:
         port = free_port()
@@ -231,7 +231,7 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
 def restart_api(lab, site: str, timeout: float = 60.0) -> None:
     """Start a site's Neutron API again on its port and database (after it
     was killed); its RPC server runs on."""
-    from gwagent.neutron import server as nserver
+    from gwagent.lab import neutron_server as nserver
     info = lab.neutron["sites"][site]
     srv = nserver.NeutronServer(site, Path(info["workdir"]), info["port"], neutron_venv(),
                                 info["transport_url"])

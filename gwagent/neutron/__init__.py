@@ -1,4 +1,4 @@
-"""gwagent's Neutron control plane: source, registry, ML2 driver, server starter.
+"""gwagent's Neutron control plane: source, registry, ML2 driver.
 
 Why it looks like this
     Upstream Neutron never gained a per-port VTEP: L2 population derives a
@@ -19,9 +19,11 @@ Modules
     ``ml2``     The ``gwagent`` mechanism driver. Runs inside neutron-server
                 (the separate ``.venv-neutron``); imports Neutron, so nothing
                 in the agent imports it.
-    ``server``  Starts a real Neutron API (uwsgi) and RPC server for one site
-                on loopback, for the integration tests, the benchmarks and
-                the lab (``start(site, workdir, port) -> handle``).
+
+Product code only. The starters of Neutron servers and of RabbitMQ, which
+the integration tests, the benchmarks and the lab use, lived here until
+issue 8 and are now the lab's (``gwagent.lab.neutron_server``,
+``gwagent.lab.broker``): nothing here imports the lab.
 
 Contracts between the two sides (the only coupling)
     * ``device_owner = network:gwagent_remote`` and ``device_id =

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from gwagent.model import Gateway, Site
-from gwagent.neutron import server as nserver
+from gwagent.lab import neutron_server as nserver
 from gwagent.neutron.source import NeutronClient, NeutronSite
 
 HERE = Path(__file__).resolve().parent

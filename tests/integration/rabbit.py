@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gwagent.neutron import broker
+from gwagent.lab import broker
 
 
 def _server_script() -> str | None:

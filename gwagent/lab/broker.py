@@ -3,7 +3,8 @@
 Neutron's RPC (the agents' state reports, L2 population) needs a message
 bus. The lab and the integration tests each run their own broker, in a
 directory of their own and on ports of their own, so it never meets a
-system broker; this module writes its configuration and environment.
+system broker; this module writes its configuration and environment. Test
+and lab infrastructure: it lived in ``gwagent.neutron`` until issue 8.
 """
 from __future__ import annotations
 

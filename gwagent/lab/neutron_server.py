@@ -1,5 +1,9 @@
 """Start and stop a real Neutron API server for one site (tests, bench, lab).
 
+Test and lab infrastructure, not product code: it lived in ``gwagent.neutron``
+until the lab became a client of the product (issue 8); the gateway never
+starts a Neutron.
+
 Neutron 29 has no ``neutron-server`` command: the API is the WSGI app
 ``neutron.wsgi.api:application``, served here by uwsgi from the separate
 Neutron venv (``tools/setup-neutron-venv.sh``). The server keeps its whole
@@ -304,10 +308,10 @@ def start(site_name: str, workdir: str | os.PathLike, port: int, **kwargs) -> Ne
 
 
 def main(argv=None) -> int:
-    """``python -m gwagent.neutron.server SITE WORKDIR PORT``: run until Ctrl-C."""
+    """``python -m gwagent.lab.neutron_server SITE WORKDIR PORT``: run until Ctrl-C."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 3:
-        print("usage: python -m gwagent.neutron.server SITE WORKDIR PORT [TRANSPORT_URL]",
+        print("usage: python -m gwagent.lab.neutron_server SITE WORKDIR PORT [TRANSPORT_URL]",
               file=sys.stderr)
         return 2
     kwargs = {"transport_url": argv[3]} if len(argv) > 3 else {}
