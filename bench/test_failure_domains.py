@@ -44,7 +44,7 @@ def nlab():
 
 
 def _owned(lab):
-    return lab.observer.observe().fdb
+    return lab.observer.observe().macs
 
 
 def _wait(predicate, timeout=20.0):
@@ -65,7 +65,7 @@ def repair_times(lab) -> list[float]:
         idx = ipr.link_lookup(ifname="gwa-vt-5001")[0]
         t0 = time.monotonic()
         ipr.fdb("del", ifindex=idx, lladdr=vm.mac, dst=dst)
-        done = _wait(lambda: any(e.mac == vm.mac and e.dst == dst for e in _owned(lab)))
+        done = _wait(lambda: any(e.mac == vm.mac and e.vtep == dst for e in _owned(lab)))
         out.append(done - t0)
         time.sleep(0.05)
     return out
@@ -84,7 +84,7 @@ def change_times(lab, tag) -> list[float]:
         client.request("PUT", f"/ports/{port['id']}", {"port": {"allowed_address_pairs": keep + [
             {"ip_address": "198.19.10.200", "mac_address": mac}]}})
         t0 = time.monotonic()  # Neutron has it
-        done = _wait(lambda: any(e.mac == mac and e.dev == "gwa-vl-5001" for e in _owned(lab)))
+        done = _wait(lambda: any(e.mac == mac and e.side == "site" for e in _owned(lab)))
         out.append(done - t0)
         client.request("PUT", f"/ports/{port['id']}", {"port": {"allowed_address_pairs": keep}})
         _wait(lambda: not any(e.mac == mac for e in _owned(lab)))

@@ -88,7 +88,7 @@ def cpu_timed(fn, cpu: list):
 def _record(figures, key, benchmark, desired, cpu):
     figures[key] = {"seconds": benchmark.stats.stats.median,
                     "min_seconds": benchmark.stats.stats.min,
-                    "cpu_seconds": statistics.median(cpu), "entries": len(desired.fdb),
+                    "cpu_seconds": statistics.median(cpu), "entries": len(desired.macs) + len(desired.floods),
                     "endpoints": ENDPOINTS, "networks": NETWORKS,
                     "load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
 

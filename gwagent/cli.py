@@ -216,17 +216,18 @@ def format_status(status: dict, pid: int | None) -> str:
         f"last pass: {'ok' if last.get('ok') else 'FAILED'}, {ago}, reason {last.get('reason')},"
         f" {last.get('elapsed_ms')} ms, {ops}",
         "",
-        f"{'NETWORK':<16} {'SEG-ID':>8} {'TRANSIT':>8} {'LOCAL':>6} {'REMOTE':>6} {'FDB':>7}  BRIDGE",
+        f"{'NETWORK':<16} {'SEG-ID':>8} {'TRANSIT':>8} {'LOCAL':>6} {'REMOTE':>6} {'ENTRIES':>7}",
     ]
     for net in status.get("networks", []):
         lines.append(f"{net['name']:<16} {net['segmentation_id']:>8} {net['transit_vni']:>8} "
                      f"{net['local_endpoints']:>6} {net['remote_endpoints']:>6} "
-                     f"{net['fdb_entries']:>7}  {net['bridge']}")
+                     f"{net['entries']:>7}")
     eps = status.get("endpoints", {})
     lines += [
         "",
         f"endpoints: {eps.get('local', 0)} local, {eps.get('remote', 0)} remote;"
-        f" FDB entries programmed: {status.get('entries_programmed', 0)};"
+        f" entries programmed (MACs and flood destinations) on the"
+        f" {status.get('backend', 'linux')} backend: {status.get('entries_programmed', 0)};"
         f" remote ports registered: {status.get('remote_ports_registered')};"
         f" items retrying: {status.get('retrying', 0)}",
         f"last error: {status.get('last_error') or 'none'}",

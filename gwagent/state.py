@@ -1,132 +1,79 @@
-"""Dataplane state and the typed operations that change it.
+"""The gateway's dataplane state in words of the domain, and the typed
+operations that change it.
 
-Both backends (Linux netlink, OpenFlow) speak this vocabulary: ``observe()``
-returns a :class:`DataplaneState` holding only what the gateway owns,
-normalised; ``apply()`` performs a list of :class:`NetworkOp` and
-:class:`FdbOp` and reports what failed, per operation.
+Both backends speak this vocabulary and nothing of each other's:
+``observe()`` returns a :class:`GatewayState` holding only what the gateway
+owns, normalised; ``apply()`` performs a list of operations and reports what
+failed, per operation. Each backend compiles the words below into its own
+objects (the Linux backend: a bridge, two VXLAN devices and FDB entries per
+network; the OpenFlow backend: tables, cookie-marked flows and groups).
 
-Per stretched network the gateway has a bridge with two VXLAN ports: one
-facing the site's computes (the site's segmentation ID, on the tunnel IP) and
-one facing the peer gateways (the transit VNI, on the transit IP). Device
-names carry the transit VNI behind the owner prefix ``gwa-``, so a name never
-exceeds the kernel's 15 characters.
+* A stretched network (:class:`NetworkSpec`) has a *segment* on each side:
+  toward the site's computes (the site's segmentation ID, on the gateway's
+  tunnel IP) and toward the peer gateways (the transit VNI, on the transit
+  IP). The transit VNI identifies the network on the gateway: one gateway
+  never carries a VNI twice.
+* A MAC lives at one place (:class:`MacEntry`): a side and a VTEP (a
+  compute's tunnel address on the site side, a peer gateway's transit
+  address on the transit side). A mobile MAC is one of these too, put where
+  the evidence says by the mobility table (:func:`with_mobile`).
+* Floods (:class:`FloodEntry`): per side, the VTEPs that get a copy of
+  every broadcast, unknown unicast and multicast frame (head-end
+  replication).
 
-An :class:`FdbEntry` with ``dst`` is a VXLAN (``self``) entry: frames for
-``mac`` leave ``dev`` toward ``dst``. Without ``dst`` it is a bridge
-(``master``) entry sending ``mac`` to port ``dev``. The all-zero MAC with a
-``dst`` is a head-end replication (flood) entry; there may be several per
-device, one per destination.
+History: until the OpenFlow issue this module spoke the Linux kernel's terms
+(devices, two FDB entries per MAC, kernel slots); those moved into
+gwagent.dataplane, which now compiles this state.
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
-from typing import Iterable, Mapping, NamedTuple, Union
+from typing import Mapping, NamedTuple, Union
 
 from gwagent.model import Desired
 
-PREFIX = "gwa-"
-FLOOD_MAC = "00:00:00:00:00:00"
+SITE, TRANSIT = "site", "transit"
+SIDES = (SITE, TRANSIT)
 
 
-def is_owned_name(ifname: str) -> bool:
-    return ifname.startswith(PREFIX)
+class Segment(NamedTuple):
+    """One side of a stretched network: its VNI and the gateway's local
+    tunnel address on that side (UDP port 4789)."""
 
-
-@dataclasses.dataclass(frozen=True, order=True)
-class Vxlan:
-    name: str
     vni: int
     local_ip: str
-    port: int = 4789
 
 
 @dataclasses.dataclass(frozen=True, order=True)
-class NetworkDevices:
-    """The devices of one stretched network on the gateway."""
+class NetworkSpec:
+    """A stretched network on the gateway."""
 
-    network: str
-    bridge: str
-    site_side: Vxlan
-    transit_side: Vxlan
+    transit_vni: int
+    name: str
+    site: Segment
+    transit: Segment
 
     @property
-    def names(self) -> tuple[str, str, str]:
-        return (self.bridge, self.site_side.name, self.transit_side.name)
+    def key(self) -> tuple:
+        return ("network", self.transit_vni)
 
-    @classmethod
-    def for_network(cls, network: str, segmentation_id: int, transit_vni: int,
-                    tunnel_ip: str, transit_ip: str) -> "NetworkDevices":
-        name = sys.intern  # FDB entries compare by identity with observed ones
-        return cls(
-            network=network,
-            bridge=name(f"{PREFIX}br-{transit_vni}"),
-            site_side=Vxlan(name(f"{PREFIX}vl-{transit_vni}"), segmentation_id, tunnel_ip),
-            transit_side=Vxlan(name(f"{PREFIX}vt-{transit_vni}"), transit_vni, transit_ip),
-        )
+    def segment(self, side: str) -> Segment:
+        return self.site if side == SITE else self.transit
 
 
-class FdbEntry(NamedTuple):
+class MacEntry(NamedTuple):
     # A named tuple, not a dataclass: a gateway holds hundreds of thousands
-    # of these and builds them on every pass (measured 4x cheaper).
-    dev: str
+    # of these and builds them on every pass.
+    network: str
     mac: str
-    dst: str | None = None
-
-    @property
-    def is_bridge(self) -> bool:
-        return self.dst is None
-
-    @property
-    def is_flood(self) -> bool:
-        return self.mac == FLOOD_MAC
+    side: str
+    vtep: str | None  # None only in observed state: present but broken
 
 
-@dataclasses.dataclass(frozen=True)
-class DataplaneState:
-    networks: tuple[NetworkDevices, ...] = ()
-    fdb: frozenset[FdbEntry] = frozenset()
-
-    def device_names(self) -> set[str]:
-        return {n for net in self.networks for n in net.names}
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkOp:
-    """``ensure``: create the network's devices or make them match;
-    ``remove``: delete them (their FDB entries go with them)."""
-
-    action: str  # "ensure" | "remove"
-    devices: NetworkDevices
-
-    @property
-    def key(self) -> tuple:
-        return ("network", self.devices.bridge)
-
-
-class FdbOp(NamedTuple):
-    """``replace`` creates or moves a unicast entry in one step (no flood
-    window); ``append`` adds one flood destination; ``delete`` removes the
-    entry (a missing entry counts as deleted)."""
-
-    action: str  # "replace" | "append" | "delete"
-    entry: FdbEntry
-
-    @property
-    def key(self) -> tuple:
-        return ("fdb", self.entry)
-
-
-Op = Union[NetworkOp, FdbOp]
-
-
-@dataclasses.dataclass(frozen=True)
-class OpError:
-    op: Op
-    error: str
-
-
-SITE, TRANSIT = "site", "transit"
+class FloodEntry(NamedTuple):
+    network: str
+    side: str
+    vtep: str
 
 
 class Location(NamedTuple):
@@ -135,6 +82,65 @@ class Location(NamedTuple):
 
     side: str
     vtep: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayState:
+    networks: tuple[NetworkSpec, ...] = ()
+    macs: frozenset[MacEntry] = frozenset()
+    floods: frozenset[FloodEntry] = frozenset()
+
+    def network(self, name: str) -> NetworkSpec | None:
+        for net in self.networks:
+            if net.name == name:
+                return net
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkOp:
+    """``ensure``: create the network or make it match (a backend that must
+    recreate it drops its entries, and the planner does not trust them);
+    ``remove``: delete it with everything on it."""
+
+    action: str  # "ensure" | "remove"
+    network: NetworkSpec
+
+    @property
+    def key(self) -> tuple:
+        return self.network.key
+
+
+class MacOp(NamedTuple):
+    """``set`` puts a MAC at ``entry``'s place in one step, replacing where
+    it was (``previous``, as observed; None: nowhere), with no flood window;
+    ``delete`` removes it (a missing entry counts as deleted)."""
+
+    action: str  # "set" | "delete"
+    entry: MacEntry
+    previous: MacEntry | None = None
+
+    @property
+    def key(self) -> tuple:
+        return ("mac", self.entry.network, self.entry.mac)
+
+
+class FloodOp(NamedTuple):
+    action: str  # "add" | "delete"
+    entry: FloodEntry
+
+    @property
+    def key(self) -> tuple:
+        return ("flood", self.entry)
+
+
+Op = Union[NetworkOp, MacOp, FloodOp]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpError:
+    op: Op
+    error: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,69 +178,57 @@ def gateway_mobile(desired: Desired) -> dict[tuple[str, str], MobileSpec]:
 def desired_dataplane(desired: Desired,
                       locations: Mapping[tuple[str, str], Location | None] | None = None,
                       mobile: Mapping[tuple[str, str], MobileSpec] | None = None
-                      ) -> DataplaneState:
+                      ) -> GatewayState:
     """What the gateway's dataplane must hold for ``desired``, with every
     mobile MAC where ``locations`` says (its home when absent)."""
-    static = static_dataplane(desired, mobile)
     mobile = gateway_mobile(desired) if mobile is None else mobile
-    return with_mobile(static, mobile, locations or {})
+    return with_mobile(static_dataplane(desired, mobile), mobile, locations or {})
 
 
 def static_dataplane(desired: Desired,
                      mobile: Mapping[tuple[str, str], MobileSpec] | None = None
-                     ) -> DataplaneState:
-    """Everything but the mobile MACs' entries (they follow the evidence:
+                     ) -> GatewayState:
+    """Everything but the mobile MACs' places (they follow the evidence:
     :func:`with_mobile`)."""
     gw = desired.local.site.gateway
     mobile = gateway_mobile(desired) if mobile is None else mobile
-    devices: dict[str, NetworkDevices] = {}
-    fdb: set[FdbEntry] = set()
+    networks = tuple(sorted(
+        NetworkSpec(net.transit_vni, net.name, Segment(net.segmentation_id, gw.tunnel_ip),
+                    Segment(net.transit_vni, gw.transit_ip))
+        for net in desired.local.networks))
+    macs: set[MacEntry] = set()
+    floods: set[FloodEntry] = set()
     for net in desired.local.networks:
-        devs = NetworkDevices.for_network(net.name, net.segmentation_id, net.transit_vni,
-                                          gw.tunnel_ip, gw.transit_ip)
-        devices[net.name] = devs
         for peer in desired.peers:
-            fdb.add(FdbEntry(devs.transit_side.name, FLOOD_MAC, peer.site.gateway.transit_ip))
+            floods.add(FloodEntry(net.name, TRANSIT, peer.site.gateway.transit_ip))
     for ep in desired.local.endpoints:
-        devs = devices[ep.network]
-        _endpoint_entries(fdb, devs.site_side.name, _fixed(ep, mobile), ep.vtep)
-        fdb.add(FdbEntry(devs.site_side.name, FLOOD_MAC, ep.vtep))
+        floods.add(FloodEntry(ep.network, SITE, ep.vtep))
+        for mac in ep.macs:
+            if (ep.network, mac) not in mobile:
+                macs.add(MacEntry(ep.network, mac, SITE, ep.vtep))
     for peer, ep in desired.remote_endpoints():
-        devs = devices[ep.network]
-        _endpoint_entries(fdb, devs.transit_side.name, _fixed(ep, mobile),
-                          peer.site.gateway.transit_ip)
-    return DataplaneState(tuple(sorted(devices.values())), frozenset(fdb))
+        vtep = peer.site.gateway.transit_ip
+        for mac in ep.macs:
+            if (ep.network, mac) not in mobile:
+                macs.add(MacEntry(ep.network, mac, TRANSIT, vtep))
+    return GatewayState(networks, frozenset(macs), frozenset(floods))
 
 
-def _fixed(ep, mobile) -> Iterable[str]:
-    if not mobile:
-        return ep.macs
-    return [m for m in ep.macs if (ep.network, m) not in mobile]
-
-
-def mobile_entries(networks: Iterable[NetworkDevices], spec: MobileSpec,
-                   location: Location | None) -> tuple[FdbEntry, ...]:
-    """The entries that put one mobile MAC at ``location`` (none: nowhere)."""
+def mobile_entry(spec: MobileSpec, location: Location | None) -> MacEntry | None:
+    """The entry that puts one mobile MAC at ``location`` (none: nowhere)."""
     if location is None:
-        return ()
-    for devs in networks:
-        if devs.network == spec.network:
-            dev = devs.site_side.name if location.side == SITE else devs.transit_side.name
-            return (FdbEntry(dev, spec.mac, None), FdbEntry(dev, spec.mac, location.vtep))
-    return ()
+        return None
+    return MacEntry(spec.network, spec.mac, location.side, location.vtep)
 
 
-def with_mobile(static: DataplaneState, mobile: Mapping[tuple[str, str], MobileSpec],
-                locations: Mapping[tuple[str, str], Location | None]) -> DataplaneState:
+def with_mobile(static: GatewayState, mobile: Mapping[tuple[str, str], MobileSpec],
+                locations: Mapping[tuple[str, str], Location | None]) -> GatewayState:
     if not mobile:
         return static
+    names = {net.name for net in static.networks}
     extra = []
     for key, spec in mobile.items():
-        extra.extend(mobile_entries(static.networks, spec, locations.get(key, spec.home)))
-    return DataplaneState(static.networks, static.fdb | frozenset(extra))
-
-
-def _endpoint_entries(fdb: set, dev: str, macs: Iterable[str], dst: str) -> None:
-    for m in macs:
-        fdb.add(FdbEntry(dev, m, None))
-        fdb.add(FdbEntry(dev, m, dst))
+        entry = mobile_entry(spec, locations.get(key, spec.home))
+        if entry is not None and entry.network in names:
+            extra.append(entry)
+    return dataclasses.replace(static, macs=static.macs | frozenset(extra))

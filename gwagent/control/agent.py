@@ -59,9 +59,8 @@ from gwagent.control.mobility import Decision, MobilityTable
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.control.views import Reader, SourceView
 from gwagent.model import Desired, ValidationError
-from gwagent.state import (FLOOD_MAC, SITE, TRANSIT, DataplaneState, FdbEntry, FdbOp, Location,
-                           NetworkOp, gateway_mobile, mobile_entries, static_dataplane,
-                           with_mobile)
+from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp,
+                           gateway_mobile, mobile_entry, static_dataplane, with_mobile)
 
 LOG = logging.getLogger(__name__)
 
@@ -121,8 +120,8 @@ class Agent:
         self.backend = backend
         self.mobility = mobility or MobilityTable()
         self.mobile: dict = {}
-        self.static_dp: DataplaneState | None = None
-        self.desired_dp: DataplaneState | None = None
+        self.static_dp: GatewayState | None = None
+        self.desired_dp: GatewayState | None = None
         #: Held by whoever changes the desired state, mobile MACs' entries or
         #: the mobility table.
         self.lock = threading.RLock()
@@ -372,8 +371,8 @@ class Agent:
         result.ops = dict(sorted(collections.Counter(op.action for op in ready).items()))
         # What status reports as programmed: desired entries minus those not done.
         self.unprogrammed = {op.entry for op in not_done
-                             if isinstance(op, FdbOp) and op.action != "delete"}
-        self.broken_networks = {op.devices.bridge for op in not_done
+                             if not isinstance(op, NetworkOp) and op.action != "delete"}
+        self.broken_networks = {op.network.name for op in not_done
                                 if isinstance(op, NetworkOp) and op.action == "ensure"}
 
     def _apply(self, ops: list, seqs: dict) -> list:
@@ -381,14 +380,9 @@ class Agent:
         lock, and only if no move happened since the plan was made."""
         if not self.mobile:
             return self.backend.apply(ops)
-        mobile_macs = {mac for _, mac in self.mobile}
-        dev_net = {name: devs.network for devs in self.desired_dp.networks
-                   for name in devs.names}
         plain, mobile = [], []
         for op in ops:
-            key = None
-            if isinstance(op, FdbOp) and op.entry.mac in mobile_macs:
-                key = (dev_net.get(op.entry.dev), op.entry.mac)
+            key = (op.entry.network, op.entry.mac) if isinstance(op, MacOp) else None
             (mobile if key in self.mobile else plain).append((key, op))
         failures = self.backend.apply([op for _, op in plain]) if plain else []
         if mobile:
@@ -404,11 +398,14 @@ class Agent:
         spec = self.mobile.get(decision.key)
         if spec is None or self.static_dp is None:
             return []
-        nets = self.static_dp.networks
-        old = DataplaneState(nets, frozenset(mobile_entries(nets, spec, decision.previous)))
-        new = DataplaneState(nets, frozenset(mobile_entries(nets, spec, decision.location)))
-        ops = planner.plan(new, old)
-        return self.backend.move(ops) if ops else []
+        if self.static_dp.network(spec.network) is None:
+            return []
+        old = mobile_entry(spec, decision.previous)
+        new = mobile_entry(spec, decision.location)
+        if new == old:
+            return []
+        op = MacOp("set", new, old) if new is not None else MacOp("delete", old)
+        return self.backend.move([op])
 
     def _log(self, r: PassResult) -> None:
         d = self.desired
@@ -436,18 +433,17 @@ class Agent:
             dp = self.desired_dp or self.static_dp
             missing = getattr(self, "unprogrammed", set())
             broken = getattr(self, "broken_networks", set())
-            per_dev = collections.Counter(e.dev for e in dp.fdb if e not in missing)
+            per_net = collections.Counter(e.network for e in dp.macs if e not in missing)
+            per_net.update(e.network for e in dp.floods if e not in missing)
             remote = collections.Counter(ep.network for _, ep in d.remote_endpoints())
             local = collections.Counter(ep.network for ep in d.local.endpoints)
-            devices = {devs.network: devs for devs in dp.networks}
             for net in d.networks:
-                devs = devices[net.name]
-                entries = 0 if devs.bridge in broken else sum(per_dev[n] for n in devs.names)
+                entries = 0 if net.name in broken else per_net[net.name]
                 networks.append({
                     "name": net.name, "segmentation_id": net.segmentation_id,
-                    "transit_vni": net.transit_vni, "bridge": devs.bridge,
+                    "transit_vni": net.transit_vni,
                     "local_endpoints": local[net.name], "remote_endpoints": remote[net.name],
-                    "fdb_entries": entries})
+                    "entries": entries})
                 programmed += entries
             local_n, remote_n = sum(local.values()), sum(remote.values())
         last = dataclasses.asdict(self.last) if self.last else None
@@ -456,6 +452,7 @@ class Agent:
         rejected = [r.to_dict() for r in d.all_rejected()] if d is not None else []
         return {
             "site": d.local.site.name if d else None,
+            "backend": getattr(self.backend, "name", type(self.backend).__name__),
             "networks": networks,
             "endpoints": {"local": local_n, "remote": remote_n},
             "entries_programmed": programmed,
@@ -700,9 +697,9 @@ class MobilityWorker(threading.Thread):
                 self.tap = agent.backend.tap([gw.tunnel_ip, gw.transit_ip])
             self._vnis = {}
             if agent.static_dp is not None:
-                for devs in agent.static_dp.networks:
-                    self._vnis[devs.site_side.vni] = (devs.network, SITE)
-                    self._vnis[devs.transit_side.vni] = (devs.network, TRANSIT)
+                for net in agent.static_dp.networks:
+                    self._vnis[net.site.vni] = (net.name, SITE)
+                    self._vnis[net.transit.vni] = (net.name, TRANSIT)
             vni_of = {}
             for vni, (network, side) in self._vnis.items():
                 vni_of.setdefault(network, []).append(vni)
@@ -766,19 +763,17 @@ class MobilityWorker(threading.Thread):
                 agent.wake()
 
 
-def _keep_unknown(desired_dp: DataplaneState, observed: DataplaneState,
-                  desired: Desired) -> DataplaneState:
+def _keep_unknown(desired_dp: GatewayState, observed: GatewayState,
+                  desired: Desired) -> GatewayState:
     """While a peer never answered, keep the observed entries that may be
-    its own (a restarted agent adopting its dataplane): on transit devices,
+    its own (a restarted agent adopting its dataplane): on the transit side,
     toward no known peer, for MACs desired nowhere else."""
     known = {p.site.gateway.transit_ip for p in desired.peers}
-    transit = {devs.transit_side.name: devs.bridge for devs in desired_dp.networks}
-    bridge_of = {name: devs.bridge for devs in desired_dp.networks for name in devs.names}
-    wanted = {(bridge_of.get(e.dev), e.mac) for e in desired_dp.fdb if e.dst is None}
-    keep = {e for e in observed.fdb if e.dev in transit and e.dst is not None
-            and e.dst not in known}
-    macs = {(e.dev, e.mac) for e in keep if e.mac != FLOOD_MAC
-            and (transit[e.dev], e.mac) not in wanted}
-    keep = {e for e in keep if e.mac == FLOOD_MAC or (e.dev, e.mac) in macs}
-    keep |= {FdbEntry(dev, mac, None) for dev, mac in macs} & observed.fdb
-    return DataplaneState(desired_dp.networks, desired_dp.fdb | keep) if keep else desired_dp
+    wanted = {(m.network, m.mac) for m in desired_dp.macs}
+    macs = {m for m in observed.macs if m.side == TRANSIT and m.vtep is not None
+            and m.vtep not in known and (m.network, m.mac) not in wanted}
+    floods = {f for f in observed.floods if f.side == TRANSIT and f.vtep not in known}
+    if not macs and not floods:
+        return desired_dp
+    return dataclasses.replace(desired_dp, macs=desired_dp.macs | macs,
+                               floods=desired_dp.floods | floods)

@@ -1,14 +1,15 @@
 """The Linux backend: a bridge and two VXLAN devices per network, FDB entries.
 
-Per stretched network the gateway holds ``gwa-br-<transit VNI>`` with two
-VXLAN ports, ``gwa-vl-<transit VNI>`` toward the site's computes (the site's
-segmentation ID, on the tunnel IP) and ``gwa-vt-<transit VNI>`` toward the
-peer gateways (the transit VNI, on the transit IP); UDP port 4789, VXLAN
-learning off and bridge-port learning off on both (a learned frame would
-take over an entry we placed), everything up. A remote MAC needs two FDB
-entries, a bridge entry sending it to the right port and a VXLAN entry
-sending it to the right VTEP; the all-zero MAC with a ``dst`` replicates
-floods to every listed VTEP.
+It compiles the gateway's state (gwagent.state: networks, MAC places, flood
+destinations) into kernel objects. Per stretched network the gateway holds
+``gwa-br-<transit VNI>`` with two VXLAN ports, ``gwa-vl-<transit VNI>``
+toward the site's computes (the site's segmentation ID, on the tunnel IP)
+and ``gwa-vt-<transit VNI>`` toward the peer gateways (the transit VNI, on
+the transit IP); UDP port 4789, VXLAN learning off and bridge-port learning
+off on both (a learned frame would take over an entry we placed), everything
+up. A MAC's place is two FDB entries: a bridge entry sending it to the
+side's port and a VXLAN entry sending it to the VTEP (:func:`compile_op`);
+the all-zero MAC with a ``dst`` replicates floods to every listed VTEP.
 
 What is ours: links whose name starts with ``gwa-``, and FDB entries on them
 marked ``extern_learn`` (``NTF_EXT_LEARNED``); we add every entry with that
@@ -35,15 +36,21 @@ The network's name cannot be read from a VXLAN device, so the bridge keeps
 it in its alias (``IFLA_IFALIAS``) and observe() reads it back: a bridge we
 did not name shows as a difference and ensure() names it.
 
-observe() normalises in one place, :func:`normalise_fdb` and
-:func:`group_networks`; a device that is missing, of the wrong kind, not a
-port of its bridge, learning, or down is reported as ``Vxlan(name, 0, "",
-0)`` (VNI 0 cannot be desired), a bridge that is missing, not a bridge or
-down with an empty network name, so the planner ensures the network again.
+observe() normalises in one place, :func:`normalise` and
+:func:`group_networks`: a device that is missing, of the wrong kind, not a
+port of its bridge, learning, or down is reported with VNI 0 (which cannot
+be desired), a bridge that is missing, not a bridge or down with an empty
+network name, so the planner ensures the network again; a MAC whose two
+entries are not one clean pair is reported broken (VTEP None) and its
+entries are kept for the compiler to clear.
+
+History: until the OpenFlow issue the planner diffed these FDB entries
+itself; the kernel's slots and pairs now live here only.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -51,18 +58,61 @@ import re
 import sys
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
-from gwagent.state import (PREFIX, DataplaneState, FdbEntry, FdbOp, NetworkDevices,
-                           NetworkOp, Op, OpError, Vxlan, is_owned_name)
+from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
+                           NetworkOp, NetworkSpec, Op, OpError, Segment)
 
 log = logging.getLogger(__name__)
 
+PREFIX = "gwa-"
+FLOOD_MAC = "00:00:00:00:00:00"
+VXLAN_PORT = 4789
 _NAME_RE = re.compile(re.escape(PREFIX) + r"(br|vl|vt)-(\d+)")
 RTM_NEWLINK = 16
+
+
+def is_owned_name(ifname: str) -> bool:
+    return ifname.startswith(PREFIX)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Vxlan:
+    name: str
+    vni: int
+    local_ip: str
+    port: int = VXLAN_PORT
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class NetworkDevices:
+    """The devices of one stretched network: a bridge named after the
+    transit VNI behind the owner prefix (never more than the kernel's 15
+    characters), with a VXLAN port per side."""
+
+    transit_vni: int
+    network: str
+    bridge: str
+    site_side: Vxlan
+    transit_side: Vxlan
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        return (self.bridge, self.site_side.name, self.transit_side.name)
+
+    def device(self, side: str) -> str:
+        return self.site_side.name if side == SITE else self.transit_side.name
+
+    @classmethod
+    def of(cls, spec: NetworkSpec) -> "NetworkDevices":
+        name = sys.intern  # FDB records compare by identity with these
+        vni = spec.transit_vni
+        return cls(vni, spec.name, name(f"{PREFIX}br-{vni}"),
+                   Vxlan(name(f"{PREFIX}vl-{vni}"), spec.site.vni, spec.site.local_ip),
+                   Vxlan(name(f"{PREFIX}vt-{vni}"), spec.transit.vni, spec.transit.local_ip))
 
 
 class BridgeDevice:
@@ -188,80 +238,160 @@ def group_networks(owned: Iterable[Link]) -> list[NetworkDevices]:
                 sides.append(Vxlan(name, 0, "", 0))
             else:
                 sides.append(Vxlan(name, link.vni, link.local or "", link.port))
-        out.append(NetworkDevices(network, f"{PREFIX}br-{vni}", sides[0], sides[1]))
+        out.append(NetworkDevices(vni, network, f"{PREFIX}br-{vni}", sides[0], sides[1]))
     return sorted(out)
 
 
-def normalise_fdb(records: Iterable[FdbRecord], owned: dict[int, Link]) -> frozenset[FdbEntry]:
-    """The FDB entries we own, as the planner sees them.
+class FdbEntry(NamedTuple):
+    """One kernel FDB entry we own: with ``dst`` a VXLAN (``self``) entry
+    sending ``mac`` out of ``dev`` toward ``dst``; without, a bridge
+    (``master``) entry sending ``mac`` to port ``dev``."""
+
+    dev: str
+    mac: str
+    dst: str | None = None
+
+
+_BROKEN = object()
+
+
+def normalise(records: Iterable[FdbRecord], owned: dict[int, Link],
+              networks: Sequence[NetworkDevices]
+              ) -> tuple[frozenset[MacEntry], frozenset[FloodEntry], dict]:
+    """The MACs and flood destinations we own, in the planner's words, and
+    the kernel entries of every MAC that is not one clean pair.
 
     Kernel quirks handled here and nowhere else: a bridge entry is dumped on
     its port with ``NDA_MASTER`` (and may come twice, with and without VLAN
-    1: the VLAN is dropped and the set merges them); the bridge's own and
-    local entries, and anything without ``extern_learn``, are not ours; a
-    VXLAN entry's VNI and UDP port are omitted when they equal the device's.
-    A VXLAN entry with another VNI or port cannot be expressed as an
-    FdbEntry and is skipped (a replace of the same MAC overwrites it).
+    1: the VLAN is dropped); the bridge's own and local entries, and
+    anything without ``extern_learn``, are not ours; a VXLAN entry's VNI and
+    UDP port are omitted when they equal the device's. A VXLAN entry with
+    another VNI or port is not ours to express and is skipped (a replace of
+    the same MAC overwrites it).
+
+    A MAC is at (side, VTEP) when its bridge entry points at the side's
+    device and that device has exactly one VXLAN entry for it, and the other
+    side none. Anything else (a lone half, two destinations, halves on
+    different sides) is reported with VTEP None, so the planner sets it
+    again; its entries are returned so the compiler can clear them.
     """
-    names = {i: sys.intern(link.name) for i, link in owned.items()}
+    index_of = {link.name: i for i, link in owned.items()}
+    where: dict[int, tuple[str, str]] = {}
+    for devs in networks:
+        if not devs.network:
+            continue
+        for side, spec in ((SITE, devs.site_side), (TRANSIT, devs.transit_side)):
+            index = index_of.get(spec.name)
+            if index is not None and spec.vni:
+                where[index] = (devs.network, side)
     bridges = {i for i, link in owned.items() if link.kind == "bridge"}
-    masters = {i: link.master for i, link in owned.items()}
     vxlans = {i: (link.vni, link.port) for i, link in owned.items() if link.kind == "vxlan"}
-    # 200k+ entries on an idle pass: build the named tuples without the
-    # Python-level __new__ when FdbEntry is one (a measured 2x on this loop).
-    if issubclass(FdbEntry, tuple):
-        entry = functools.partial(tuple.__new__, FdbEntry)
-    else:
-        def entry(values):
-            return FdbEntry(*values)
-    out = set()
-    add = out.add
+    masters: dict[tuple[str, str], tuple[str, int]] = {}
+    selfs: dict[tuple[str, str, str], object] = {}
+    floods = set()
     for ifindex, _state, flags, mac, dst, _vlan, master, vni, port in records:
         if not flags & NTF_EXT_LEARNED:
             continue
-        name = names.get(ifindex)
-        if name is None:
+        at = where.get(ifindex)
+        if at is None:
             continue
         if master or flags & NTF_MASTER:
-            if dst is None and (master or masters[ifindex]) in bridges:
-                add(entry((name, mac, None)))
+            if dst is None and (master or owned[ifindex].master) in bridges:
+                masters[(at[0], mac)] = (at[1], ifindex)
         elif dst is not None:
             device = vxlans.get(ifindex)
             if device is None or vni not in (None, device[0]) or port not in (None, 0, device[1]):
                 continue
-            add(entry((name, mac, dst)))
+            if mac == FLOOD_MAC:
+                floods.add(FloodEntry(at[0], at[1], dst))
+            else:
+                key = (at[0], mac, at[1])
+                selfs[key] = dst if key not in selfs else _BROKEN
+    macs = set()
+    add = macs.add
+    broken: dict[tuple[str, str], list[FdbEntry]] = {}
+    names = {i: link.name for i, link in owned.items()}
+    if issubclass(MacEntry, tuple):  # 100k+ entries on an idle pass (a measured 2x)
+        entry = functools.partial(tuple.__new__, MacEntry)
+    else:
+        def entry(values):
+            return MacEntry(*values)
+    for (network, mac), (side, ifindex) in masters.items():
+        dst = selfs.pop((network, mac, side), None)
+        other = selfs.pop((network, mac, TRANSIT if side == SITE else SITE), None)
+        if dst is None or dst is _BROKEN or other is not None:
+            add(entry((network, mac, side, None)))
+            broken[(network, mac)] = [FdbEntry(names[ifindex], mac)]
+        else:
+            add(entry((network, mac, side, dst)))
+    for network, mac, side in selfs:
+        add(entry((network, mac, side, None)))
+        broken.setdefault((network, mac), [])
+    if broken:  # rare: list every VXLAN entry of the broken MACs
+        for ifindex, _state, flags, mac, dst, _vlan, master, _vni, _port in records:
+            at = where.get(ifindex)
+            if (at and dst is not None and not master and flags & NTF_EXT_LEARNED
+                    and (at[0], mac) in broken):
+                broken[(at[0], mac)].append(FdbEntry(names[ifindex], mac, dst))
+    return frozenset(macs), frozenset(floods), broken
+
+
+def kernel_entries(state: GatewayState) -> frozenset[FdbEntry]:
+    """Every FDB entry the kernel holds when it holds ``state`` (what the
+    compiler writes; for tests and for reading the design)."""
+    devices = {net.name: NetworkDevices.of(net) for net in state.networks}
+    out = set()
+    for m in state.macs:
+        dev = devices[m.network].device(m.side)
+        out.update((FdbEntry(dev, m.mac), FdbEntry(dev, m.mac, m.vtep)))
+    out.update(FdbEntry(devices[f.network].device(f.side), FLOOD_MAC, f.vtep)
+               for f in state.floods)
     return frozenset(out)
+
+
+def network_spec(devs: NetworkDevices) -> NetworkSpec:
+    """A network's devices as the planner sees them (a broken side has VNI 0)."""
+    def segment(spec: Vxlan) -> Segment:
+        return Segment(spec.vni, spec.local_ip) if spec.port == VXLAN_PORT else Segment(0, "")
+    return NetworkSpec(devs.transit_vni, devs.network, segment(devs.site_side),
+                       segment(devs.transit_side))
 
 
 class LinuxBackend:
     """The Backend protocol (gwagent.dataplane) on a Linux namespace."""
 
+    name = "linux"
+
     #: How long after we changed an entry its notification counts as our
     #: own echo (they are queued during the request; this is slack).
     ECHO_SECONDS = 2.0
 
-    def __init__(self, netns: str | None = None, clock=time.monotonic):
+    def __init__(self, netns: str | None = None, clock=time.monotonic, nl=None, monitor=None):
         self.netns = netns
         self.clock = clock
-        self.nl = Netlink(netns)
-        self._monitor = Monitor(netns)
+        self.nl = nl if nl is not None else Netlink(netns)  # a model of the kernel in unit tests
+        self._monitor = monitor if monitor is not None else Monitor(netns)
         self._owned_ifindexes = {link.index for link in self.nl.links()
                                  if is_owned_name(link.name)}
         self._expected: dict[tuple[int, str, int], float] = {}  # (ifindex, mac, type) -> until
         self._expected_lock = threading.Lock()
         self._fast_nl: Netlink | None = None
         self._fast_index: dict[str, int] = {}
+        self._devices: dict[str, NetworkDevices] = {}  # network name -> devices
+        self._broken: dict[tuple[str, str], list[FdbEntry]] = {}
 
     # observe --------------------------------------------------------------
 
-    def observe(self) -> DataplaneState:
+    def observe(self) -> GatewayState:
         owned = {link.index: link for link in self.nl.links() if is_owned_name(link.name)}
         self._owned_ifindexes = set(owned)
         self._fast_index = {link.name: index for index, link in owned.items()}
+        networks = group_networks(owned.values())
         with _gc_paused():
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
-            fdb = normalise_fdb(records, owned)
-        return DataplaneState(tuple(group_networks(owned.values())), fdb)
+            macs, floods, self._broken = normalise(records, owned, networks)
+        self._devices = {devs.network: devs for devs in networks if devs.network}
+        return GatewayState(tuple(sorted(network_spec(d) for d in networks)), macs, floods)
 
     # apply -------------------------------------------------------------------
 
@@ -283,12 +413,16 @@ class LinuxBackend:
         return errors
 
     def _network(self, op: NetworkOp) -> OpError | None:
-        devs = op.devices
+        devs = NetworkDevices.of(op.network)
         try:
             if op.action == "ensure":
                 index = BridgeDevice(self.nl, devs.bridge, devs.network).ensure()
+                made = {devs.bridge: index}
                 for spec in (devs.site_side, devs.transit_side):
-                    VxlanDevice(self.nl, spec).ensure(index)
+                    made[spec.name] = VxlanDevice(self.nl, spec).ensure(index)
+                # the fast path may move a MAC onto them before the next observe()
+                self._devices = {**self._devices, devs.network: devs}
+                self._fast_index = {**self._fast_index, **made}
             elif op.action == "remove":
                 for spec in (devs.site_side, devs.transit_side):
                     VxlanDevice(self.nl, spec).remove()
@@ -300,37 +434,47 @@ class LinuxBackend:
                                f"({', '.join(devs.names)}): {exc}")
         return None
 
-    def move(self, ops: Sequence[FdbOp]) -> list[OpError]:
-        """Apply a mobile MAC's few FDB operations at once, from the
-        mobility worker's thread: on a socket of its own, with the device
-        indexes of the last observe() (a device recreated since fails the
-        op; the next pass repairs it)."""
+    def move(self, ops: Sequence[MacOp]) -> list[OpError]:
+        """Apply a mobile MAC's operation at once, from the mobility
+        worker's thread: on a socket of its own, with the device indexes of
+        the last observe() (a device recreated since fails the op; the next
+        pass repairs it)."""
         if self._fast_nl is None:
-            self._fast_nl = Netlink(self.netns)
+            self._fast_nl = Netlink(self.netns) if isinstance(self.nl, Netlink) else self.nl
         return self._fdb(ops, self._fast_index, self._fast_nl)
 
-    def _fdb(self, ops: Sequence[FdbOp], index: dict[str, int] | None = None,
+    def _fdb(self, ops: Sequence[MacOp | FloodOp], index: dict[str, int] | None = None,
              nl: Netlink | None = None) -> list[OpError]:
         nl = nl or self.nl
         if index is None:
             index = {link.name: link.index for link in nl.links() if is_owned_name(link.name)}
-        errors, reqs, sent = [], [], []
+        devices, broken = self._devices, self._broken
+        errors, reqs, owner = [], [], []
         for op in ops:
-            e = op.entry
-            if not is_owned_name(e.dev):
-                errors.append(OpError(op, f"{_describe(op)}: {e.dev} is not a gateway device"))
-            elif e.dev not in index:
-                errors.append(OpError(op, f"{_describe(op)}: device {e.dev} does not exist"))
-            else:
-                reqs.append(FdbRequest(op.action, index[e.dev], e.mac, e.dst))
-                sent.append(op)
+            net = devices.get(op.entry.network)
+            if net is None:
+                errors.append(OpError(op, f"{describe(op)}: network {op.entry.network!r} "
+                                          f"has no devices"))
+                continue
+            entries = compile_op(op, net, broken)
+            missing = sorted({e[1].dev for e in entries if e[1].dev not in index})
+            if missing:
+                errors.append(OpError(op, f"{describe(op)}: device {missing[0]} does not exist"))
+                continue
+            for action, e in entries:
+                reqs.append(FdbRequest(action, index[e.dev], e.mac, e.dst))
+                owner.append(op)
         self._expect(reqs)
         try:
             failed = nl.fdb_bulk(reqs)
         except (NetlinkError, OSError) as exc:
-            return errors + [OpError(op, f"{_describe(op)}: {exc}") for op in sent]
-        errors.extend(OpError(sent[i], f"{_describe(sent[i])}: {exc}")
-                      for i, exc in sorted(failed.items()))
+            return errors + [OpError(op, f"{describe(op)}: {exc}") for op in dict.fromkeys(owner)]
+        reported = set()
+        for i, exc in sorted(failed.items()):
+            op = owner[i]
+            if id(op) not in reported:
+                reported.add(id(op))
+                errors.append(OpError(op, f"{describe(op)}: {exc}"))
         return errors
 
     # ownership -------------------------------------------------------------
@@ -395,7 +539,7 @@ class LinuxBackend:
     def close(self) -> None:
         self._monitor.close()
         self.nl.close()
-        if self._fast_nl is not None:
+        if self._fast_nl is not None and self._fast_nl is not self.nl:
             self._fast_nl.close()
 
     def __enter__(self) -> "LinuxBackend":
@@ -418,7 +562,35 @@ def _gc_paused():
             gc.enable()
 
 
-def _describe(op: FdbOp) -> str:
+def compile_op(op: MacOp | FloodOp, devs: NetworkDevices,
+               broken: dict[tuple[str, str], list[FdbEntry]]) -> list[tuple[str, FdbEntry]]:
+    """The kernel requests for one operation, in order: a MAC's place is a
+    bridge entry on the side's port and a VXLAN entry toward the VTEP (both
+    replaced, so a move never floods), and a move across sides deletes the
+    VXLAN entry left on the other port; a flood destination is one appended
+    all-zero entry."""
     e = op.entry
-    where = f" dst {e.dst}" if e.dst else " (bridge entry)"
-    return f"{op.action} {e.mac} on {e.dev}{where}"
+    if isinstance(op, FloodOp):
+        return [("append" if op.action == "add" else "delete",
+                 FdbEntry(devs.device(e.side), FLOOD_MAC, e.vtep))]
+    dev = devs.device(e.side)
+    if op.action == "set":
+        out = [("replace", FdbEntry(dev, e.mac)), ("replace", FdbEntry(dev, e.mac, e.vtep))]
+        prev = op.previous
+        if prev is not None and prev.vtep is None:
+            out.extend(("delete", f) for f in broken.get((e.network, e.mac), ())
+                       if f.dst is not None and f != out[1][1])
+        elif prev is not None and prev.side != e.side:
+            out.append(("delete", FdbEntry(devs.device(prev.side), e.mac, prev.vtep)))
+        return out
+    if e.vtep is None:
+        return [("delete", f) for f in broken.get((e.network, e.mac), ())]
+    return [("delete", FdbEntry(dev, e.mac)), ("delete", FdbEntry(dev, e.mac, e.vtep))]
+
+
+def describe(op: MacOp | FloodOp) -> str:
+    e = op.entry
+    if isinstance(op, FloodOp):
+        return f"{op.action} flood {e.network} {e.side} {e.vtep}"
+    where = f"{e.side} {e.vtep}" if e.vtep else f"{e.side} (broken)"
+    return f"{op.action} {e.network} {e.mac} at {where}"

@@ -14,11 +14,13 @@ from pyroute2 import IPRoute
 
 from gwagent.control.planner import plan
 from gwagent.dataplane import netlink
-from gwagent.dataplane.linux import LinuxBackend, normalise_fdb
+from gwagent.dataplane.linux import (FLOOD_MAC, FdbEntry, LinuxBackend, NetworkDevices,
+                                     group_networks, kernel_entries, normalise)
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                        NUD_PERMANENT, FdbRecord, FdbRequest, Link, Netlink)
 from gwagent.model import Desired, Endpoint, Gateway, Network, Site, SiteSnapshot
-from gwagent.state import FLOOD_MAC, FdbEntry, FdbOp, desired_dataplane
+from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, MacEntry, MacOp,
+                           desired_dataplane)
 
 from netns import run, throwaway_netns
 
@@ -80,7 +82,7 @@ def reconcile(be: LinuxBackend, desired) -> None:
 def assert_converged(be: LinuxBackend, desired) -> None:
     observed = be.observe()
     assert observed.networks == desired.networks
-    assert observed.fdb == desired.fdb
+    assert observed.macs == desired.macs and observed.floods == desired.floods
     assert plan(desired, observed) == []
 
 
@@ -110,7 +112,7 @@ def sh(ns: str, cmd: str) -> None:
 def test_converges_from_empty_and_then_has_nothing_to_do(ns, backend):
     reconcile(backend, STATE_A)
     assert_converged(backend, STATE_A)
-    assert owned_in_kernel(ns) == set(STATE_A.fdb)
+    assert owned_in_kernel(ns) == kernel_entries(STATE_A)
     kernel_links = links(ns)
     vt = kernel_links["gwa-vt-5001"]
     assert vt["linkinfo"]["info_data"]["id"] == 5001
@@ -120,7 +122,7 @@ def test_converges_from_empty_and_then_has_nothing_to_do(ns, backend):
     assert vt["linkinfo"]["info_slave_data"]["learning"] is False
     assert vt["master"] == "gwa-br-5001"
     assert kernel_links["gwa-br-5001"]["ifalias"] == "red"
-    assert all("UP" in kernel_links[n]["flags"] for n in STATE_A.device_names())
+    assert all("UP" in kernel_links[n]["flags"] for net in STATE_A.networks for n in NetworkDevices.of(net).names)
 
 
 def test_a_to_b_and_back_leaves_exactly_a(ns, backend):
@@ -151,7 +153,8 @@ def test_moved_mac_is_replaced_in_place(ns, backend):
                       [ep("b", "red", 2), ep("b", "blue", 3)])
     ops = plan(moved, backend.observe())
     mac = ep("a", "red", 1).mac
-    assert FdbOp("replace", FdbEntry("gwa-vl-5001", mac, "198.18.1.13")) in ops
+    assert MacOp("set", MacEntry("red", mac, SITE, "198.18.1.13"),
+                 MacEntry("red", mac, SITE, "198.18.1.11")) in ops
     assert backend.apply(ops) == []
     assert_converged(backend, moved)
     entries = [e for e in kernel_fdb(ns) if e["mac"] == mac and "dst" in e]
@@ -179,7 +182,7 @@ def test_entry_deleted_by_hand_is_restored(ns, backend):
     with IPRoute(netns=ns) as ipr:
         index = ipr.link_lookup(ifname=victim.dev)[0]
         ipr.fdb("del", ifindex=index, lladdr=victim.mac, dst=victim.dst)
-    assert victim not in backend.observe().fdb
+    assert MacEntry("red", victim.mac, TRANSIT, victim.dst) not in backend.observe().macs
     reconcile(backend, STATE_A)
     assert_converged(backend, STATE_A)
     assert victim in owned_in_kernel(ns)
@@ -190,7 +193,7 @@ def test_device_deleted_by_hand_is_restored(ns, backend):
     sh(ns, "ip link del gwa-vt-5001")
     reconcile(backend, STATE_A)
     assert_converged(backend, STATE_A)
-    assert owned_in_kernel(ns) == set(STATE_A.fdb)
+    assert owned_in_kernel(ns) == kernel_entries(STATE_A)
 
 
 def test_bridge_deleted_by_hand_is_restored(ns, backend):
@@ -228,7 +231,7 @@ def test_bridge_alias_carries_the_network_name(ns, backend):
     reconcile(backend, STATE_A)
     sh(ns, "ip link set gwa-br-5001 alias someone-else")
     observed = backend.observe()
-    assert {n.network for n in observed.networks} == {"someone-else", "blue"}
+    assert {n.name for n in observed.networks} == {"someone-else", "blue"}
     reconcile(backend, STATE_A)
     assert_converged(backend, STATE_A)
 
@@ -302,7 +305,7 @@ def test_foreign_append_to_our_flood_entry_is_left_alone(ns, backend):
              if e["ifname"] == "gwa-vt-5001" and e["mac"] == FLOOD_MAC}
     assert flood == {"198.18.200.2", "198.18.9.7"}
     ops = plan(STATE_A, backend.observe())
-    assert ops == [FdbOp("append", FdbEntry("gwa-vt-5001", FLOOD_MAC, "198.18.200.2"))]
+    assert ops == [FloodOp("add", FloodEntry("red", TRANSIT, "198.18.200.2"))]
 
 
 def test_remove_all_on_empty_namespace(backend):
@@ -360,15 +363,16 @@ def test_bulk_errors_across_windows_and_on_the_acked_request(ns, backend, monkey
 
 def test_apply_reports_failed_ops_and_carries_on(ns, backend):
     reconcile(backend, STATE_A)
-    good = FdbEntry("gwa-vt-5001", "02:00:00:03:00:01", "198.18.200.2")
-    sh(ns, "ip link add keep0 type veth peer name keep1")
-    ops = [FdbOp("replace", FdbEntry("gwa-vt-9999", "02:00:00:03:00:02", "198.18.200.2")),
-           FdbOp("replace", good),
-           FdbOp("replace", FdbEntry("keep0", "02:00:00:03:00:03", None))]
+    good = MacEntry("red", "02:00:00:03:00:01", TRANSIT, "198.18.200.2")
+    ops = [MacOp("set", MacEntry("green", "02:00:00:03:00:02", TRANSIT, "198.18.200.2")),
+           MacOp("set", good)]
+    sh(ns, "ip link del gwa-vt-5002")  # gone since the last observe
+    ops.append(MacOp("set", MacEntry("blue", "02:00:00:03:00:03", TRANSIT, "198.18.200.2")))
     errors = backend.apply(ops)
     assert [e.op for e in errors] == [ops[0], ops[2]]
-    assert "gwa-vt-9999" in errors[0].error and "does not exist" in errors[0].error
-    assert good in owned_in_kernel(ns)
+    assert "green" in errors[0].error and "no devices" in errors[0].error
+    assert "gwa-vt-5002" in errors[1].error
+    assert FdbEntry("gwa-vt-5001", good.mac, good.vtep) in owned_in_kernel(ns)
 
 
 def test_events_report_a_foreign_delete_of_an_owned_entry(ns, backend):
@@ -419,23 +423,35 @@ def rec(ifindex, mac, dst=None, flags=NTF_SELF | NTF_EXT_LEARNED, state=NUD_PERM
     return FdbRecord(ifindex, state, flags, mac, dst, vlan, master, vni, port)
 
 
+def _normalise(records):
+    owned = _links()
+    return normalise(records, owned, group_networks(owned.values()))
+
+
 def test_normalise_vxlan_entries_with_and_without_the_device_vni():
-    records = [rec(12, "02:00:00:00:00:01", "198.18.200.2"),
-               rec(12, "02:00:00:00:00:02", "198.18.200.2", vni=5001),
-               rec(12, "02:00:00:00:00:03", "198.18.200.2", vni=42),
-               rec(12, "02:00:00:00:00:04", "198.18.200.2", port=8472),
-               rec(12, FLOOD_MAC, "198.18.200.2"),
-               rec(12, FLOOD_MAC, "198.18.200.3")]
-    assert normalise_fdb(records, _links()) == {
-        FdbEntry("gwa-vt-5001", "02:00:00:00:00:01", "198.18.200.2"),
-        FdbEntry("gwa-vt-5001", "02:00:00:00:00:02", "198.18.200.2"),
-        FdbEntry("gwa-vt-5001", FLOOD_MAC, "198.18.200.2"),
-        FdbEntry("gwa-vt-5001", FLOOD_MAC, "198.18.200.3")}
+    pair = [rec(12, f"02:00:00:00:00:0{i}", flags=NTF_MASTER | NTF_EXT_LEARNED, state=2)
+            for i in range(1, 5)]
+    records = pair + [rec(12, "02:00:00:00:00:01", "198.18.200.2"),
+                      rec(12, "02:00:00:00:00:02", "198.18.200.2", vni=5001),
+                      rec(12, "02:00:00:00:00:03", "198.18.200.2", vni=42),
+                      rec(12, "02:00:00:00:00:04", "198.18.200.2", port=8472),
+                      rec(12, FLOOD_MAC, "198.18.200.2"),
+                      rec(12, FLOOD_MAC, "198.18.200.3")]
+    macs, floods, broken = _normalise(records)
+    assert macs == {MacEntry("red", "02:00:00:00:00:01", TRANSIT, "198.18.200.2"),
+                    MacEntry("red", "02:00:00:00:00:02", TRANSIT, "198.18.200.2"),
+                    # another VNI or port is not ours: the MAC is half there
+                    MacEntry("red", "02:00:00:00:00:03", TRANSIT, None),
+                    MacEntry("red", "02:00:00:00:00:04", TRANSIT, None)}
+    assert floods == {FloodEntry("red", TRANSIT, "198.18.200.2"),
+                      FloodEntry("red", TRANSIT, "198.18.200.3")}
+    assert set(broken) == {("red", "02:00:00:00:00:03"), ("red", "02:00:00:00:00:04")}
 
 
 def test_normalise_bridge_entries_merge_vlans_and_drop_what_is_not_ours():
     records = [rec(11, "02:00:00:00:00:01", flags=NTF_EXT_LEARNED, state=2, master=10),
                rec(11, "02:00:00:00:00:01", flags=NTF_EXT_LEARNED, state=2, master=10, vlan=1),
+               rec(11, "02:00:00:00:00:01", "198.18.1.11"),
                rec(12, "02:00:00:00:00:02", flags=NTF_MASTER | NTF_EXT_LEARNED, state=2),
                # the port's own MAC, the bridge's self entries: not ours
                rec(11, "9a:34:c7:4d:44:73", flags=0, state=NUD_PERMANENT, master=10),
@@ -444,9 +460,23 @@ def test_normalise_bridge_entries_merge_vlans_and_drop_what_is_not_ours():
                rec(12, "02:00:00:00:00:03", flags=0, state=NUD_NOARP, master=10),
                rec(99, "02:00:00:00:00:04", flags=NTF_EXT_LEARNED, master=98),
                rec(12, "02:00:00:00:00:05", "198.18.9.9", flags=NTF_SELF)]
-    assert normalise_fdb(records, _links()) == {
-        FdbEntry("gwa-vl-5001", "02:00:00:00:00:01", None),
-        FdbEntry("gwa-vt-5001", "02:00:00:00:00:02", None)}
+    macs, floods, broken = _normalise(records)
+    assert macs == {MacEntry("red", "02:00:00:00:00:01", SITE, "198.18.1.11"),
+                    MacEntry("red", "02:00:00:00:00:02", TRANSIT, None)}
+    assert floods == frozenset()
+    assert broken == {("red", "02:00:00:00:00:02"): [FdbEntry("gwa-vt-5001", "02:00:00:00:00:02")]}
+
+
+def test_normalise_reports_halves_on_two_sides_and_two_destinations_as_broken():
+    mac = "02:00:00:00:00:07"
+    records = [rec(11, mac, flags=NTF_EXT_LEARNED, state=2, master=10),
+               rec(11, mac, "198.18.1.11"), rec(11, mac, "198.18.1.12"),
+               rec(12, mac, "198.18.200.2")]
+    macs, _, broken = _normalise(records)
+    assert macs == {MacEntry("red", mac, SITE, None)}
+    assert set(broken[("red", mac)]) == set([
+        FdbEntry("gwa-vl-5001", mac), FdbEntry("gwa-vl-5001", mac, "198.18.1.11"),
+        FdbEntry("gwa-vl-5001", mac, "198.18.1.12"), FdbEntry("gwa-vt-5001", mac, "198.18.200.2")])
 
 
 def test_decode_of_crafted_dump_bytes():

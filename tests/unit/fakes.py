@@ -1,109 +1,171 @@
-"""A model of the gateway's kernel dataplane, for pure-logic tests.
+"""A model of the Linux kernel's bridge and VXLAN FDB, under the real
+Linux backend, for pure-logic tests.
 
-It behaves as the Linux bridge and VXLAN FDB do, not as a call recorder:
-one unicast entry per bridge and MAC (a replace moves it), one per VXLAN
-device and MAC, any number of flood destinations per VXLAN device, deleting
-a missing entry is harmless, an entry on a missing device fails, and
-recreating a device drops its entries. ``forward`` answers where a frame
-goes, so tests can assert reachability rather than calls.
+:class:`FakeKernel` stands in for the netlink adapter and behaves as the
+kernel does, not as a call recorder: links with indexes, a bridge alias, one
+bridge entry per bridge and MAC (a replace moves it), a VXLAN entry per
+device and MAC with one or more destinations (replace changes the first,
+append adds one), deleting a missing entry is harmless, an entry on a
+missing device fails, and deleting a device drops its entries. The backend
+on top is the product's own (device ensure, compiler, normaliser), so these
+tests check the whole path from a plan to the kernel's tables. ``forward``
+answers where a frame goes, so tests assert reachability rather than calls.
 """
 from __future__ import annotations
 
-from gwagent.state import (FLOOD_MAC, DataplaneState, FdbEntry, FdbOp, NetworkDevices,
-                           NetworkOp, OpError)
+import dataclasses
+import errno
+
+from gwagent.dataplane.linux import FLOOD_MAC, LinuxBackend
+from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, FdbRecord, Link,
+                                       NetlinkError)
 
 
-class FakeDataplane:
+class FakeKernel:
     def __init__(self):
-        self.networks: dict[str, NetworkDevices] = {}
+        self.table: dict[int, Link] = {}
+        self._next = 10
         self.bridge_fdb: dict[tuple[str, str], str] = {}   # (bridge, mac) -> port
-        self.vxlan_fdb: dict[tuple[str, str], str] = {}    # (vxlan, mac) -> dst
-        self.flood: set[tuple[str, str]] = set()           # (vxlan, dst)
+        self.vxlan_fdb: dict[tuple[str, str], list] = {}   # (vxlan, mac) -> dsts
         self.fail_devices: set[str] = set()
         self.foreign = {("eth0", "02:00:00:00:00:99")}       # never to be touched
+        self.add_link(Link(1, "eth0", None, True, None))
 
-    def _bridge_of(self, dev: str) -> str | None:
-        for net in self.networks.values():
-            if dev in net.names[1:]:
-                return net.bridge
-        return None
+    # what the backend calls ---------------------------------------------
+    def add_link(self, link: Link) -> None:
+        self.table[link.index] = link
 
-    def _devices(self) -> set[str]:
-        return {n for net in self.networks.values() for n in net.names}
+    def by_name(self, name: str) -> Link | None:
+        return next((link for link in self.table.values() if link.name == name), None)
 
-    def observe(self) -> DataplaneState:
-        fdb = {FdbEntry(port, mac) for (_, mac), port in self.bridge_fdb.items()}
-        fdb |= {FdbEntry(dev, mac, dst) for (dev, mac), dst in self.vxlan_fdb.items()}
-        fdb |= {FdbEntry(dev, FLOOD_MAC, dst) for dev, dst in self.flood}
-        return DataplaneState(tuple(sorted(self.networks.values())), frozenset(fdb))
+    def link(self, name):
+        return self.by_name(name)
 
-    def _drop_entries(self, names) -> None:
-        names = set(names)
+    def links(self):
+        return list(self.table.values())
+
+    def link_add(self, name, kind, vxlan_id=None, vxlan_local=None, vxlan_port=None,
+                 vxlan_learning=None, master=None):
+        if any(name.startswith(d) for d in self.fail_devices):
+            raise NetlinkError(errno.EPERM, f"cannot create {name}")
+        self._next += 1
+        self.table[self._next] = Link(self._next, name, kind, False, master, None, vxlan_id,
+                                      vxlan_local, vxlan_port, bool(vxlan_learning),
+                                      True if kind == "vxlan" else None)
+
+    def link_set(self, index, ifalias=None, state=None, master=None):
+        link = self.table[index]
+        if ifalias is not None:
+            link = dataclasses.replace(link, alias=ifalias)
+        if state is not None:
+            link = dataclasses.replace(link, up=state == "up")
+        if master is not None:
+            link = dataclasses.replace(link, master=master)
+        self.table[index] = link
+
+    def brport_set(self, index, learning):
+        self.table[index] = dataclasses.replace(self.table[index], port_learning=bool(learning))
+
+    def link_del(self, index):
+        link = self.table.pop(index, None)
+        if link is None:
+            return
+        name = link.name
         self.bridge_fdb = {k: v for k, v in self.bridge_fdb.items()
-                           if k[0] not in names and v not in names}
-        self.vxlan_fdb = {k: v for k, v in self.vxlan_fdb.items() if k[0] not in names}
-        self.flood = {k for k in self.flood if k[0] not in names}
+                           if k[0] != name and v != name}
+        self.vxlan_fdb = {k: v for k, v in self.vxlan_fdb.items() if k[0] != name}
+        for other in list(self.table.values()):  # ports of a deleted bridge are freed
+            if other.master == index:
+                self.table[other.index] = dataclasses.replace(other, master=None)
 
-    def apply(self, ops) -> list[OpError]:
-        errors = []
-        for op in ops:
-            try:
-                self._apply(op)
-            except OSError as exc:
-                errors.append(OpError(op, str(exc)))
+    def fdb_bulk(self, reqs):
+        errors = {}
+        for i, req in enumerate(reqs):
+            link = self.table.get(req.ifindex)
+            if link is None:
+                errors[i] = NetlinkError(errno.ENODEV, f"no device {req.ifindex}")
+                continue
+            if req.dst is None:
+                bridge = self.table[link.master].name
+                if req.action == "delete":
+                    if self.bridge_fdb.get((bridge, req.mac)) == link.name:
+                        del self.bridge_fdb[(bridge, req.mac)]
+                else:
+                    self.bridge_fdb[(bridge, req.mac)] = link.name
+                continue
+            dsts = self.vxlan_fdb.setdefault((link.name, req.mac), [])
+            if req.action == "replace":
+                dsts[:1] = [req.dst]
+            elif req.action == "append":
+                if req.dst not in dsts:
+                    dsts.append(req.dst)
+            elif req.dst in dsts:
+                dsts.remove(req.dst)
+            if not dsts:
+                del self.vxlan_fdb[(link.name, req.mac)]
         return errors
 
-    def _apply(self, op) -> None:
-        if isinstance(op, NetworkOp):
-            devs = op.devices
-            if op.action == "ensure":
-                if devs.bridge in self.fail_devices:
-                    raise OSError(f"cannot create {devs.bridge}")
-                old = self.networks.get(devs.bridge)
-                if old != devs:
-                    self._drop_entries(old.names if old else devs.names)
-                self.networks[devs.bridge] = devs
-            else:
-                self._drop_entries(devs.names)
-                self.networks.pop(devs.bridge, None)
-            return
-        entry: FdbEntry = op.entry
-        if entry.dev not in self._devices():
-            raise OSError(f"no device {entry.dev}")
-        if entry.is_bridge:
-            slot = (self._bridge_of(entry.dev), entry.mac)
-            if op.action == "delete":
-                if self.bridge_fdb.get(slot) == entry.dev:
-                    del self.bridge_fdb[slot]
-            else:
-                self.bridge_fdb[slot] = entry.dev
-        elif entry.is_flood:
-            if op.action == "delete":
-                self.flood.discard((entry.dev, entry.dst))
-            else:
-                self.flood.add((entry.dev, entry.dst))
-        else:
-            slot = (entry.dev, entry.mac)
-            if op.action == "delete":
-                if self.vxlan_fdb.get(slot) == entry.dst:
-                    del self.vxlan_fdb[slot]
-            else:
-                self.vxlan_fdb[slot] = entry.dst
+    def fdb_dump(self, ifindexes=None, require_flags=0):
+        index = {link.name: link.index for link in self.table.values()}
+        out = []
+        for (bridge, mac), port in self.bridge_fdb.items():
+            out.append(FdbRecord(index[port], 0x40, NTF_MASTER | NTF_EXT_LEARNED, mac, None, 0,
+                                 index[bridge], None, None))
+        for (dev, mac), dsts in self.vxlan_fdb.items():
+            for dst in dsts:
+                out.append(FdbRecord(index[dev], 0x40, NTF_SELF | NTF_EXT_LEARNED, mac, dst, 0,
+                                     0, None, None))
+        return [r for r in out if ifindexes is None or r.ifindex in ifindexes]
+
+    def close(self):
+        pass
+
+    # the model's answers ---------------------------------------------------
+    @property
+    def flood(self) -> set[tuple[str, str]]:
+        return {(dev, dst) for (dev, mac), dsts in self.vxlan_fdb.items() if mac == FLOOD_MAC
+                for dst in dsts}
+
+    def ports(self, bridge: str) -> list[str]:
+        b = self.by_name(bridge)
+        return sorted(link.name for link in self.table.values() if b and link.master == b.index)
 
     def forward(self, ingress: str, mac: str) -> set[str]:
         """Underlay destinations of a frame for ``mac`` entering on ``ingress``."""
-        bridge = self._bridge_of(ingress)
-        net = self.networks[bridge]
+        bridge = self.table[self.by_name(ingress).master].name
         port = self.bridge_fdb.get((bridge, mac))
-        ports = [port] if port else [p for p in net.names[1:] if p != ingress]
+        ports = [port] if port else self.ports(bridge)
         out = set()
         for p in ports:
             if p == ingress:
                 continue
-            dst = self.vxlan_fdb.get((p, mac))
-            out |= {dst} if dst else {d for dev, d in self.flood if dev == p}
+            dsts = self.vxlan_fdb.get((p, mac))
+            out |= set(dsts) if dsts else {d for dev, d in self.flood if dev == p}
         return out
 
-    def move(self, ops) -> list[OpError]:
-        """The mobility fast path: the same operations, at once."""
-        return self.apply(ops)
+
+class _QuietMonitor:
+    def fileno(self):
+        return -1
+
+    def drain(self):
+        return [], False
+
+    def close(self):
+        pass
+
+
+class FakeDataplane(LinuxBackend):
+    """The product's Linux backend on the kernel model: ``kernel`` holds the
+    tables, ``forward`` asks them where a frame goes."""
+
+    def __init__(self, clock=None):
+        self.kernel = FakeKernel()
+        kwargs = {"clock": clock} if clock is not None else {}
+        super().__init__(None, nl=self.kernel, monitor=_QuietMonitor(), **kwargs)
+
+    def forward(self, ingress: str, mac: str) -> set[str]:
+        return self.kernel.forward(ingress, mac)
+
+    def tap(self, local_ips):
+        raise NotImplementedError("no frames in the kernel model")

@@ -37,14 +37,16 @@ def test_pass_programs_registers_and_reports(tmp_path):
                               [endpoint("b", "red", 2), endpoint("b", "blue", 3)])
     result = agent.run_pass("start")
     assert result.ok and result.registered == 2
-    assert dp.observe().fdb and agent.run_pass().ops == {}
+    assert dp.observe().macs and agent.run_pass().ops == {}
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["site"] == "a" and status["endpoints"] == {"local": 1, "remote": 2}
     assert status["remote_ports_registered"] == 2 and status["last_error"] is None
     red = next(n for n in status["networks"] if n["name"] == "red")
-    # bridge + vxlan entry per MAC, one flood entry per local VTEP and per peer
-    assert red["fdb_entries"] == 2 + 2 + 1 + 1
-    assert status["entries_programmed"] == len(dp.observe().fdb)
+    # a place per MAC, one flood destination per local VTEP and per peer
+    assert red["entries"] == 1 + 1 + 1 + 1
+    observed = dp.observe()
+    assert status["entries_programmed"] == len(observed.macs) + len(observed.floods)
+    assert status["backend"] == "linux"
 
 
 def test_malformed_inventory_keeps_last_good_state(tmp_path):
@@ -63,22 +65,23 @@ def test_malformed_inventory_keeps_last_good_state(tmp_path):
 def test_bad_inventory_at_first_start_touches_nothing(tmp_path):
     agent, dp, _, a, _ = make(tmp_path)
     a.write_text("site: a\n")
-    dp.networks["gwa-br-9"] = None  # whatever is there stays
+    dp.kernel.link_add("gwa-br-9", "bridge")  # whatever is there stays
+    before = dp.kernel.links()
     result = agent.run_pass("start")
     assert result.source_error and "gateway" in result.source_error
-    assert dp.networks == {"gwa-br-9": None}
+    assert dp.kernel.links() == before
 
 
 def test_failed_item_is_retried_with_capped_backoff(tmp_path):
     agent, dp, clock, _, _ = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "blue", 2)])
     blue = "gwa-br-5002"
-    dp.fail_devices.add(blue)
+    dp.kernel.fail_devices.add(blue)
     first = agent.run_pass()
     assert not first.ok and any(blue in e for e in first.errors)
-    assert any(n.network == "red" for n in dp.networks.values())   # the rest went on
+    assert dp.observe().network("red") is not None                 # the rest went on
     clock.now += 0.5
     assert agent.run_pass().deferred > 0                           # not yet due
-    dp.fail_devices.clear()
+    dp.kernel.fail_devices.clear()
     clock.now += 1
     assert agent.run_pass().ok
     assert agent.run_pass().ops == {}
@@ -100,7 +103,7 @@ def test_endpoint_removed_at_peer_is_unregistered(tmp_path):
     assert result.unregistered == 1
     remaining = FileInventory(tmp_path / "a.yaml").remote_ports()
     assert [p.origin.port_id for p in remaining] == ["b-red-3"]
-    assert endpoint("b", "red", 2).mac not in {e.mac for e in dp.observe().fdb}
+    assert endpoint("b", "red", 2).mac not in {e.mac for e in dp.observe().macs}
 
 
 def test_malformed_own_site_file_keeps_registry_and_dataplane(tmp_path):
@@ -142,4 +145,4 @@ def test_an_exception_in_the_backend_or_the_status_write_is_survived(tmp_path):
     assert not first.ok and any("boom in observe" in e for e in first.errors)
     clock.now += 1
     second = agent.run_pass("resync")        # and the next pass does the work
-    assert second.ok and dp.observe().fdb
+    assert second.ok and dp.observe().macs

@@ -114,11 +114,11 @@ def test_two_claimants_behind_one_peer_are_not_mobile_here():
                      endpoint("b", "red", 3, compute=2, allowed_address_pairs=PAIR)])
     assert gateway_mobile(d) == {}
     dp = desired_dataplane(d)
-    assert any(e.mac == VMAC and e.dst == B.vtep for e in dp.fdb)
+    assert any(e.mac == VMAC and e.vtep == B.vtep for e in dp.macs)
 
 
 def entries_for(dp, mac):
-    return {(e.dev, e.dst) for e in dp.fdb if e.mac == mac}
+    return {(e.side, e.vtep) for e in dp.macs if e.mac == mac}
 
 
 def test_an_unlocated_virtual_mac_has_no_entry_and_floods():
@@ -134,9 +134,9 @@ def test_an_unlocated_virtual_mac_has_no_entry_and_floods():
 def test_the_mac_follows_its_location_on_both_sides():
     d = vrrp_pair()
     at_b = desired_dataplane(d, {KEY: B})
-    assert entries_for(at_b, VMAC) == {("gwa-vt-5001", None), ("gwa-vt-5001", B.vtep)}
+    assert entries_for(at_b, VMAC) == {(TRANSIT, B.vtep)}
     at_a = desired_dataplane(d, {KEY: A1})
-    assert entries_for(at_a, VMAC) == {("gwa-vl-5001", None), ("gwa-vl-5001", A1.vtep)}
+    assert entries_for(at_a, VMAC) == {(SITE, A1.vtep)}
 
 
 class Clock:
@@ -204,8 +204,8 @@ def test_a_plan_made_before_a_move_is_not_applied_over_it(monkeypatch):
     agent.run_pass("start")
     move(agent, A1)
     # someone deletes the entries; a pass plans their repair at A1 ...
-    dp.vxlan_fdb.clear()
-    dp.bridge_fdb = {k: v for k, v in dp.bridge_fdb.items() if k[1] != VMAC}
+    dp.kernel.vxlan_fdb.clear()
+    dp.kernel.bridge_fdb = {k: v for k, v in dp.kernel.bridge_fdb.items() if k[1] != VMAC}
     real_plan = agent_mod.planner.plan
     moved = []
 
