@@ -23,7 +23,7 @@ import dataclasses
 from pyroute2 import IPRoute
 
 from gwagent.drill.scenario import Node, Scenario
-from gwagent.lab import build
+from gwagent.lab.names import tap_name, vxlan_name
 
 NUD_FAILED, NUD_INCOMPLETE = 0x20, 0x01
 
@@ -82,8 +82,8 @@ def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
             checks.append(Check(site.gateway, f"FDB {mac} on {dev}", _fmt(expected[dev]),
                                 _fmt(found[dev])))
         seg = site.segmentation_id(scenario.network)
-        vx = build.vxlan_name(seg)
-        tap = build.tap_name(holder.name)
+        vx = vxlan_name(seg)
+        tap = tap_name(holder.name)
         for compute in site.computes:
             if compute == holder.compute:
                 # Forwarding here is the bridge's: to the holder's tap. (A

@@ -67,8 +67,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _lab(args):
-    from gwagent.lab import build
-    return build.Lab.load(args.lab_dir or build.default_lab_dir(args.prefix))
+    from gwagent.lab.names import default_lab_dir
+    from gwagent.lab.record import Lab
+    return Lab.load(args.lab_dir or default_lab_dir(args.prefix))
 
 
 def _choices(value, all_values):
@@ -87,14 +88,14 @@ def _finish(args, moves, extra) -> int:
 
 def _run(args, body) -> int:
     from gwagent.drill import scenario as sc
-    from gwagent.lab import build
+    from gwagent.lab.names import LabError
     if args.runs < 1:
         print("drill: error: --runs must be at least 1", file=sys.stderr)
         return 2
     try:
         lab = _lab(args)
         scenario = sc.prepare(lab, args.network, progress=_progress)
-    except (sc.DrillError, build.LabError) as exc:
+    except (sc.DrillError, LabError) as exc:
         print(f"drill: error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -137,10 +138,10 @@ def cmd_vrrp(args) -> int:
 
 def cmd_cleanup(args) -> int:
     from gwagent.drill import scenario as sc
-    from gwagent.lab import build
+    from gwagent.lab.names import LabError
     try:
         lab = _lab(args)
-    except build.LabError as exc:
+    except LabError as exc:
         print(f"drill: error: {exc}", file=sys.stderr)
         return 2
     sc.teardown(lab)

@@ -25,6 +25,9 @@ from pyroute2 import IPRoute
 
 from gwagent.lab import build, probe
 from gwagent.lab import topology as topo_mod
+from gwagent.lab.names import vxlan_name
+from gwagent.lab.namespaces import sysctls_in
+from gwagent.lab.record import Lab
 
 OWN_MAC, VMAC = "own-mac", "vmac"
 MODES = (OWN_MAC, VMAC)
@@ -55,7 +58,7 @@ class Node:
 
 @dataclasses.dataclass
 class Scenario:
-    lab: build.Lab
+    lab: Lab
     network: str
     vip: str
     vrid: int
@@ -105,7 +108,7 @@ class Scenario:
         return self.vmac if mode == VMAC else holder.mac
 
 
-def _free_ips(lab: build.Lab, network: str, count: int) -> list[str]:
+def _free_ips(lab: Lab, network: str, count: int) -> list[str]:
     subnet = ipaddress.ip_network(lab.topology.network(network).subnet)
     used = set()
     for vm in lab.topology.vms:
@@ -119,7 +122,7 @@ def _free_ips(lab: build.Lab, network: str, count: int) -> list[str]:
     return free[:count]
 
 
-def prepare(lab: build.Lab, network: str | None = None, vrid: int = VRID,
+def prepare(lab: Lab, network: str | None = None, vrid: int = VRID,
             progress=lambda msg: None, timeout: float = 60.0) -> Scenario:
     """Add the drill's VMs to the lab and wait until every client reaches
     every holder. Call :func:`teardown` after, even on failure."""
@@ -166,7 +169,7 @@ def prepare(lab: build.Lab, network: str | None = None, vrid: int = VRID,
                         [node(f"dr-c-{site.name}") for site in topo.sites])
     for client in scenario.clients:
         # Let a gratuitous ARP replace a fresh neighbour entry at once.
-        build._sysctls_in(scenario.ns(client), {"net.ipv4.neigh.eth0.locktime": "0"})
+        sysctls_in(scenario.ns(client), {"net.ipv4.neigh.eth0.locktime": "0"})
     wait_reachable(scenario, timeout, progress)
     for holder in scenario.holders.values():  # now: scapy takes ~0.3 s to load,
         scenario.ipr(holder)                  # a namespace switch tens of ms
@@ -224,8 +227,7 @@ def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None
         want = {n.mac for n in drill_vms if n.site != site.name}
         while True:
             try:
-                have = {p.origin.mac for p in build.registered_remote_ports(scenario.lab,
-                                                                           site.name)}
+                have = {p.origin.mac for p in scenario.lab.truth.remote_ports(site.name)}
             except Exception:  # noqa: BLE001 - a registry being written: look again
                 have = set()
             if want <= have:
@@ -235,7 +237,7 @@ def wait_reachable(scenario: Scenario, timeout: float, progress=lambda msg: None
                                  f"ports after {timeout:.0f} s")
             time.sleep(0.1)
     for site in topo.sites:
-        dev = build.vxlan_name(site.segmentation_id(scenario.network))
+        dev = vxlan_name(site.segmentation_id(scenario.network))
         for compute in site.computes:
             while _pinned(scenario.lab.ns(compute), dev, scenario.vmac):
                 if time.monotonic() > deadline:
@@ -256,7 +258,7 @@ def _pinned(ns: str, dev: str, mac: str) -> bool:
                    for msg in ipr.fdb("dump"))
 
 
-def teardown(lab: build.Lab, scenario: Scenario | None = None) -> None:
+def teardown(lab: Lab, scenario: Scenario | None = None) -> None:
     """Remove every drill VM (dr-*) from the lab, and their VIPs with them."""
     if scenario is not None:
         scenario.close()

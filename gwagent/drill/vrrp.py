@@ -42,6 +42,7 @@ from gwagent.drill.garp import LEAD, TAIL, wait_settled
 from gwagent.drill.probes import Prober
 from gwagent.drill.scenario import OWN_MAC, VMAC, DrillError, Node, Scenario
 from gwagent.lab import probe
+from gwagent.lab.processes import log_tail
 
 DEFAULT = "default"
 ETH_P_ALL, ETH_P_ARP = 0x0003, 0x0806
@@ -131,7 +132,6 @@ class Keepalived:
         self.proc = None
 
     def log_tail(self) -> str:
-        from gwagent.lab.build import log_tail
         return log_tail(self.log)
 
 

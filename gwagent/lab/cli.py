@@ -18,6 +18,10 @@ import sys
 
 from gwagent.lab import build, probe
 from gwagent.lab import topology as topo_mod
+from gwagent.lab.faults import FAULTS, clear, inject
+from gwagent.lab.names import DEFAULT_PREFIX, LabError, default_lab_dir
+from gwagent.lab.processes import process_alive
+from gwagent.lab.record import Lab
 
 
 def _progress(msg: str) -> None:
@@ -25,7 +29,7 @@ def _progress(msg: str) -> None:
 
 
 def _lab_dir(args):
-    return args.lab_dir or build.default_lab_dir(args.prefix)
+    return args.lab_dir or default_lab_dir(args.prefix)
 
 
 def cmd_up(args) -> int:
@@ -33,13 +37,13 @@ def cmd_up(args) -> int:
     try:
         lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
                        progress=_progress, neutron=args.neutron)
-    except build.LabError as exc:
+    except LabError as exc:
         if "already up" in str(exc) or "exist" in str(exc) or "root" in str(exc):
             raise
-        raise build.LabError(f"{exc}\nthe partial lab stays for a look; remove it with: "
+        raise LabError(f"{exc}\nthe partial lab stays for a look; remove it with: "
                              f"{_me()} down{_opts(args)}") from None
     except Exception as exc:  # noqa: BLE001 - say what failed and how to clean up
-        raise build.LabError(f"up failed: {type(exc).__name__}: {exc}\nthe partial lab stays "
+        raise LabError(f"up failed: {type(exc).__name__}: {exc}\nthe partial lab stays "
                              f"for a look; remove it with: {_me()} down{_opts(args)}") from exc
     _progress(f"up: {len(lab.namespaces())} namespaces, lab dir {lab.lab_dir}")
     print(f"lab is up; try: {_me()} check{_opts(args)} ; {_me()} status{_opts(args)}")
@@ -53,7 +57,7 @@ def _me() -> str:
 
 
 def _opts(args) -> str:
-    text = "" if args.prefix == build.DEFAULT_PREFIX else f" --prefix {args.prefix}"
+    text = "" if args.prefix == DEFAULT_PREFIX else f" --prefix {args.prefix}"
     return text + (f" --lab-dir {args.lab_dir}" if args.lab_dir else "")
 
 
@@ -62,21 +66,20 @@ def cmd_down(args) -> int:
     return 0
 
 
-def status_dict(lab: build.Lab) -> dict:
+def status_dict(lab: Lab) -> dict:
     agents = {}
     for name, record in lab.processes.items():
-        agents[name] = {"pid": record["pid"], "alive": build.process_alive(record),
+        agents[name] = {"pid": record["pid"], "alive": process_alive(record),
                         "log": record.get("log")}
-    from gwagent.lab import neutron as lab_neutron
     return {"prefix": lab.prefix, "lab_dir": str(lab.lab_dir), "state": lab.state,
-            "source": "neutron" if lab.neutron is not None else "file",
+            "source": lab.truth.kind,
             "nodes": lab.nodes(), "processes": agents,
             "agent_configs": {s.name: str(lab.agent_conf(s.name)) for s in lab.topology.sites},
-            "neutron": lab_neutron.status(lab)}
+            "neutron": lab.truth.status()}
 
 
 def cmd_status(args) -> int:
-    lab = build.Lab.load(_lab_dir(args))
+    lab = Lab.load(_lab_dir(args))
     data = status_dict(lab)
     if args.json:
         print(json.dumps(data, indent=1))
@@ -107,16 +110,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_exec(args) -> int:
-    lab = build.Lab.load(_lab_dir(args))
+    lab = Lab.load(_lab_dir(args))
     ns = lab.node_namespace(args.node)
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
-        raise build.LabError("nothing to run: lab exec NODE -- CMD [ARGS...]")
+        raise LabError("nothing to run: lab exec NODE -- CMD [ARGS...]")
     os.execvp("ip", ["ip", "netns", "exec", ns, *command])
     return 127  # not reached
 
 
-def ping_matrix(lab: build.Lab) -> dict[tuple[str, str], float | None]:
+def ping_matrix(lab: Lab) -> dict[tuple[str, str], float | None]:
     """RTT (or None) for every ordered pair of VMs on the same network."""
     pairs = [(a, b) for a in lab.topology.vms for b in lab.topology.vms
              if a.name != b.name and a.network == b.network]
@@ -125,7 +128,7 @@ def ping_matrix(lab: build.Lab) -> dict[tuple[str, str], float | None]:
         return {(a.name, b.name): rtt for (a, b), rtt in zip(pairs, rtts)}
 
 
-def format_matrix(lab: build.Lab, results: dict) -> str:
+def format_matrix(lab: Lab, results: dict) -> str:
     lines = []
     for net in lab.topology.networks:
         vms = [vm.name for vm in lab.topology.vms if vm.network == net.name]
@@ -148,7 +151,7 @@ def format_matrix(lab: build.Lab, results: dict) -> str:
 
 
 def cmd_check(args) -> int:
-    lab = build.Lab.load(_lab_dir(args))
+    lab = Lab.load(_lab_dir(args))
     results = ping_matrix(lab)
     print(format_matrix(lab, results))
     failed = [pair for pair, rtt in results.items() if rtt is None]
@@ -157,27 +160,24 @@ def cmd_check(args) -> int:
 
 
 def cmd_fault(args) -> int:
-    from gwagent.lab import faults
-    lab = build.Lab.load(_lab_dir(args))
+    lab = Lab.load(_lab_dir(args))
     if args.fault not in ("rabbit-stop", "clear") and not args.site:
-        raise build.LabError(f"{args.fault} needs --site")
-    try:
-        if args.fault == "clear":
-            print(faults.clear(lab, args.site))
-        else:
-            print(faults.inject(lab, args.site, args.fault, args.delay))
-    except faults.FaultError as exc:
-        raise build.LabError(str(exc)) from None
+        raise LabError(f"{args.fault} needs --site")
+    if args.fault == "clear":
+        print(clear(lab, args.site))
+    else:
+        print(inject(lab, args.site, args.fault, args.delay))
     return 0
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers, help: str = "namespace lab: sites, computes, VMs, gateways"
+               ) -> argparse.ArgumentParser:
     """Add ``lab`` and its subcommands to an argparse subparsers object."""
-    lab = subparsers.add_parser("lab", help="namespace lab: sites, computes, VMs, gateways")
+    lab = subparsers.add_parser("lab", help=help)
     sub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
 
     def common(sp):
-        sp.add_argument("--prefix", default=build.DEFAULT_PREFIX,
+        sp.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help="namespace name prefix (default %(default)s)")
         sp.add_argument("--lab-dir", default=None,
                         help="lab directory (default /run/gwagent/lab/<prefix>)")
@@ -204,7 +204,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     ex.set_defaults(func=_guard(cmd_exec))
     common(sub.add_parser("check", help="ping every pair of VMs on the same network")
            ).set_defaults(func=_guard(cmd_check))
-    from gwagent.lab.faults import FAULTS
     fault = common(sub.add_parser(
         "fault", help="inject a fault into a Neutron lab's control plane (or clear it)",
         description="api-freeze (SIGSTOP the site's Neutron API), api-kill, api-error "
@@ -223,7 +222,7 @@ def _guard(func):
     def run(args) -> int:
         try:
             return func(args)
-        except (build.LabError, topo_mod.TopologyError) as exc:
+        except (LabError, topo_mod.TopologyError) as exc:
             print(f"lab: error: {exc}", file=sys.stderr)
             return 2
     return run

@@ -23,9 +23,11 @@ resyncing every few seconds regardless. An unreadable or invalid file keeps
 the last good snapshot of that site in force, as a cloud would.
 
 In a Neutron lab (``lab up --neutron``) the same functions get the same
-inputs from each site's Neutron instead (:class:`NeutronView`): the bound
-local ports and the remote ports the site's gateway registered, polled every
-0.5 s (a narrow listing of port revisions; a full read on a change).
+inputs from each site's Neutron instead: the bound local ports and the
+remote ports the site's gateway registered, polled every 0.5 s (a narrow
+listing of port revisions; a full read on a change). Which of the two a
+site is, and how often to look, the lab's truth says
+(:meth:`~gwagent.lab.truth.Truth.view`); this module never asks.
 """
 from __future__ import annotations
 
@@ -36,18 +38,17 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from gwagent.control.sources import FileInventory, SourceError
+from gwagent.control.sources import SourceError
+from gwagent.lab.names import vxlan_name
+from gwagent.lab.record import Lab
 from gwagent.model import RemotePort, SiteSnapshot, ValidationError
 
 LOG = logging.getLogger("gwagent.lab.l2pop")
 FLOOD_MAC = "00:00:00:00:00:00"
 NUD_NOARP, NUD_PERMANENT, NTF_SELF = 0x40, 0x80, 0x02
-POLL_INTERVAL = 0.1
-NEUTRON_POLL_INTERVAL = 0.5
 RESYNC_INTERVAL = 3.0
 
 
@@ -134,8 +135,7 @@ class Compute:
     devices: dict[str, str]  # network name -> vxlan device name
 
 
-def computes_of(lab) -> list[Compute]:
-    from gwagent.lab.build import vxlan_name
+def computes_of(lab: Lab) -> list[Compute]:
     result = []
     for site in lab.topology.sites:
         for compute in site.computes:
@@ -144,47 +144,15 @@ def computes_of(lab) -> list[Compute]:
     return result
 
 
-class FileView:
-    """A site as its inventory file and registry say."""
-
-    def __init__(self, lab, site: str):
-        self.inv = FileInventory(lab.inventory(site), owner=None)
-
-    def version(self) -> object:
-        return (self.inv.version(), self.inv.registry_version())
-
-    def read(self) -> tuple[SiteSnapshot, list[RemotePort]]:
-        return self.inv.snapshot(), self.inv.all_remote_ports()
-
-
-class NeutronView:
-    """A site as its Neutron says: the bound local ports (VTEP = the
-    tunneling_ip of the L2 agent on binding:host_id) and the remote ports
-    of the site's gateway (VTEP = the tunnel IP in their binding profile)."""
-
-    def __init__(self, lab, site: str):
-        from gwagent.lab import neutron as lab_neutron
-        self.source = lab_neutron.neutron_site(lab, site, timeout=(2.0, 5.0))
-
-    def version(self) -> object:
-        # Port revisions on the stretched networks (remote ports included);
-        # agent changes are caught by the periodic resync.
-        return self.source.version()
-
-    def read(self) -> tuple[SiteSnapshot, list[RemotePort]]:
-        return self.source.snapshot(), self.source.remote_ports()
-
-
 class Emulator:
     """Keeps every compute's VXLAN FDB in step with its site's inventory
     (file lab) or its site's Neutron (Neutron lab)."""
 
-    def __init__(self, lab):
+    def __init__(self, lab: Lab):
         self.lab = lab
         self.computes = computes_of(lab)
-        view = NeutronView if lab.neutron is not None else FileView
-        self.poll_interval = NEUTRON_POLL_INTERVAL if lab.neutron is not None else POLL_INTERVAL
-        self.sites = {s.name: view(lab, s.name) for s in lab.topology.sites}
+        self.poll_interval = lab.truth.poll_interval
+        self.sites = {s.name: lab.truth.view(s.name) for s in lab.topology.sites}
         self.good: dict[str, tuple[SiteSnapshot, list[RemotePort]]] = {}
         self.sockets: dict[str, IPRoute] = {}
 
@@ -270,7 +238,7 @@ class Emulator:
         self.sockets.clear()
 
 
-def reconcile_once(lab) -> int:
+def reconcile_once(lab: Lab) -> int:
     emulator = Emulator(lab)
     try:
         return emulator.reconcile()
@@ -279,7 +247,6 @@ def reconcile_once(lab) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gwagent.lab.build import Lab
     parser = argparse.ArgumentParser(prog="python -m gwagent.lab.l2pop",
                                      description="L2 population emulator for a gwagent lab")
     parser.add_argument("--lab-dir", required=True)

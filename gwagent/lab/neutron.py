@@ -48,7 +48,11 @@ listing of port revisions; a full read when it changed, and every few
 seconds regardless).
 
 Changes to a running lab (``build.add_vm``/``remove_vm``/``move_vm``) create,
-delete or rebind the VM's Neutron port instead of rewriting an inventory.
+delete or rebind the VM's Neutron port instead of rewriting an inventory:
+the lab's :class:`~gwagent.lab.truth.NeutronTruth` calls this module for
+everything that differs from a file lab, and nothing else does (it imports
+no other lab module but the low ones: names, processes, the starters and
+the fault proxy).
 
 ``lab status`` shows, besides nodes and processes, each site's Neutron URL,
 cloud name and workdir, the RabbitMQ URL and the clouds.yaml path.
@@ -61,8 +65,10 @@ process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import glob
+import http.client
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -70,8 +76,14 @@ from pathlib import Path
 import yaml
 
 from gwagent.control.sources import atomic_write
+from gwagent.lab import broker, faultproxy
+from gwagent.lab import neutron_server as nserver
 from gwagent.lab import topology as topo_mod
-from gwagent.lab import broker
+from gwagent.lab.names import LabError
+from gwagent.lab.processes import (free_port, log_tail, port_open, process_alive, python_env,
+                                   record_popen, start_process)
+from gwagent.model import Gateway, Site
+from gwagent.neutron.source import NeutronClient, NeutronError, NeutronSite
 
 LAB_DEVICE_OWNER = "compute:lab"
 PROJECT = "lab"
@@ -82,7 +94,7 @@ PORT_FIELDS = ["id", "name", "network_id", "mac_address", "fixed_ips", "binding:
                "allowed_address_pairs", "device_owner", "device_id"]
 
 
-class NeutronLabError(RuntimeError):
+class NeutronLabError(LabError):
     """A Neutron lab requirement or step failed; the message says which."""
 
 
@@ -95,12 +107,10 @@ def clouds_file(lab) -> Path:
 
 
 def neutron_venv() -> Path:
-    from gwagent.lab import neutron_server as nserver
     return nserver.DEFAULT_VENV
 
 
 def _rabbit_script() -> str | None:
-    import glob
     found = sorted(glob.glob("/usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin/rabbitmq-server"))
     return found[-1] if found else None
 
@@ -117,18 +127,6 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 # -- RabbitMQ --------------------------------------------------------------------
 
 def _rabbit_env(lab) -> dict:
@@ -139,7 +137,6 @@ def _rabbit_env(lab) -> dict:
 
 def start_rabbit(lab, timeout: float = 60.0) -> None:
     """A private broker for the lab (as tests/integration/rabbit.py does)."""
-    from gwagent.lab import build
     w = lab.lab_dir / "rabbit"
     w.mkdir(parents=True, exist_ok=True)
     lab.neutron["rabbit"] = {
@@ -150,7 +147,7 @@ def start_rabbit(lab, timeout: float = 60.0) -> None:
     r["url"] = f"rabbit://guest:guest@127.0.0.1:{r['port']}/"
     lab.save()
     broker.prepare(w, r["port"])
-    build.start_process(lab, "rabbit-epmd", ["/usr/bin/epmd", "-port", str(r["epmd_port"]),
+    start_process(lab, "rabbit-epmd", ["/usr/bin/epmd", "-port", str(r["epmd_port"]),
                                              "-address", "127.0.0.1"],
                         env=_rabbit_env(lab), group=True, order=9)
     time.sleep(0.3)
@@ -160,15 +157,14 @@ def start_rabbit(lab, timeout: float = 60.0) -> None:
 def run_rabbit(lab, timeout: float = 60.0) -> None:
     """(Re)start the lab's broker on its recorded ports and directory; its
     virtual hosts persist there."""
-    from gwagent.lab import build
     r = lab.neutron["rabbit"]
-    rec = build.start_process(lab, "rabbit", [_rabbit_script()], env=_rabbit_env(lab),
+    rec = start_process(lab, "rabbit", [_rabbit_script()], env=_rabbit_env(lab),
                               group=True, order=8)
     deadline = time.monotonic() + timeout
-    while not _port_open(r["port"]):
-        if not build.process_alive(rec) or time.monotonic() > deadline:
+    while not port_open(r["port"]):
+        if not process_alive(rec) or time.monotonic() > deadline:
             raise NeutronLabError(f"RabbitMQ did not start; see {rec['log']}:\n"
-                                  + build.log_tail(rec["log"]))
+                                  + log_tail(rec["log"]))
         time.sleep(0.2)
 
 
@@ -188,18 +184,8 @@ def rabbit_vhost(lab, vhost: str) -> str:
 
 # -- Neutron servers ----------------------------------------------------------------
 
-def _record_popen(lab, name: str, proc, log: Path, order: int) -> None:
-    from gwagent.lab import build
-    info = build._proc_start_time(proc.pid)
-    lab.processes[name] = {"pid": proc.pid, "start": info[1] if info else None,
-                           "argv": [str(a) for a in proc.args], "log": str(log),
-                           "group": True, "order": order}
-    lab.save()
-
-
 def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -> None:
     """One Neutron (API + RPC server) per site; both spawned, then awaited."""
-    from gwagent.lab import neutron_server as nserver
     servers = {}
     for site in lab.topology.sites:
         port = free_port()
@@ -216,7 +202,7 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
     write_clouds(lab)
     for name, srv in servers.items():
         srv.spawn()
-        _record_popen(lab, f"neutron-{name}-api", srv.procs["api"], srv.log_file, order=6)
+        record_popen(lab, f"neutron-{name}-api", srv.procs["api"], srv.log_file, order=6)
     for name, srv in servers.items():
         try:
             srv.wait_ready(timeout)
@@ -224,23 +210,69 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
             raise NeutronLabError(str(exc)) from None
         finally:
             if "rpc" in srv.procs:
-                _record_popen(lab, f"neutron-{name}-rpc", srv.procs["rpc"],
+                record_popen(lab, f"neutron-{name}-rpc", srv.procs["rpc"],
                               srv.workdir / "neutron-rpc.log", order=5)
 
 
 def restart_api(lab, site: str, timeout: float = 60.0) -> None:
     """Start a site's Neutron API again on its port and database (after it
     was killed); its RPC server runs on."""
-    from gwagent.lab import neutron_server as nserver
     info = lab.neutron["sites"][site]
     srv = nserver.NeutronServer(site, Path(info["workdir"]), info["port"], neutron_venv(),
                                 info["transport_url"])
     srv.spawn()
-    _record_popen(lab, f"neutron-{site}-api", srv.procs["api"], srv.log_file, order=6)
+    record_popen(lab, f"neutron-{site}-api", srv.procs["api"], srv.log_file, order=6)
     try:
         srv.wait_ready(timeout, start_rpc=False)
     except nserver.NeutronStartError as exc:
         raise NeutronLabError(str(exc)) from None
+
+
+def start_proxies(lab) -> None:
+    """A fault proxy in front of every site's API (passing, to begin with)."""
+    for site, info in lab.neutron["sites"].items():
+        port = free_port()
+        control = faultproxy.control_file(lab.lab_dir, site)
+        faultproxy.set_mode(control)
+        start_process(lab, f"neutron-{site}-proxy", faultproxy.argv(port, info["port"], control),
+                      order=3)
+        info["proxy_url"] = f"http://127.0.0.1:{port}"
+        info["proxy_port"] = port
+    lab.save()
+    deadline = time.monotonic() + 10
+    for info in lab.neutron["sites"].values():
+        while not port_open(info["proxy_port"]):
+            if time.monotonic() > deadline:
+                raise NeutronLabError(f"fault proxy on port {info['proxy_port']} did not start")
+            time.sleep(0.05)
+    write_clouds(lab)
+
+
+@dataclasses.dataclass
+class ControlPlane:
+    """What ``gwagent lab fault`` breaks and mends: each site's Neutron API
+    (a recorded process, and the fault proxy in front of it) and the
+    RabbitMQ every site's RPC goes through."""
+
+    lab: object
+    rabbit: str = "rabbit"  # the broker's process name
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.lab.neutron["sites"])
+
+    def api(self, site: str) -> str:
+        """The process name of the site's API."""
+        return f"neutron-{site}-api"
+
+    def proxy_control(self, site: str) -> Path:
+        return faultproxy.control_file(self.lab.lab_dir, site)
+
+    def restart_api(self, site: str) -> None:
+        restart_api(self.lab, site)
+
+    def restart_rabbit(self) -> None:
+        run_rabbit(self.lab)
 
 
 def write_clouds(lab) -> None:
@@ -262,15 +294,12 @@ def write_clouds(lab) -> None:
 
 def client(lab, site: str, timeout: tuple[float, float] = (3.0, 30.0)):
     """A client of the site's API itself (not through its fault proxy)."""
-    from gwagent.neutron.source import NeutronClient
     return NeutronClient(cloud_name(site) + "-direct", str(clouds_file(lab)), timeout=timeout)
 
 
 def neutron_site(lab, site_name: str, timeout: tuple[float, float] = (3.0, 30.0)):
     """The site as its gateway agent sees it (source and registry), read
     from the API itself."""
-    from gwagent.model import Gateway, Site
-    from gwagent.neutron.source import NeutronSite
     site = lab.topology.site(site_name)
     return NeutronSite(client(lab, site_name, timeout),
                        Site(site.name, Gateway(site.gateway, site.tunnel_ip, site.transit_ip)),
@@ -291,8 +320,7 @@ def _ids_option(lab, site_name: str) -> str:
 
 def start_l2_agents(lab, timeout: float = 120.0) -> None:
     """Register every compute's L2 agent (tunneling_ip = its underlay IP)."""
-    from gwagent.lab import build
-    env = build.python_env()
+    env = python_env()
     python = str(neutron_venv() / "bin" / "python")
     for site in lab.topology.sites:
         info = lab.neutron["sites"][site.name]
@@ -301,7 +329,7 @@ def start_l2_agents(lab, timeout: float = 120.0) -> None:
                         f"control_exchange = {info['exchange']}\n"
                         "rpc_response_timeout = 5\n"
                         f"\n[AGENT]\nreport_interval = {REPORT_INTERVAL}\n")
-        build.start_process(lab, f"l2agents-{site.name}",
+        start_process(lab, f"l2agents-{site.name}",
                             [python, "-m", "gwagent.lab.l2agents", str(conf),
                              *(f"{c}={site.compute_ip(c)}" for c in site.computes)],
                             env=env, group=True, order=4)
@@ -315,9 +343,9 @@ def start_l2_agents(lab, timeout: float = 120.0) -> None:
             if all(have.get(h) == ip for h, ip in want.items()):
                 break
             rec = lab.processes[f"l2agents-{site.name}"]
-            if not build.process_alive(rec) or time.monotonic() > deadline:
+            if not process_alive(rec) or time.monotonic() > deadline:
                 raise NeutronLabError(f"L2 agents of site {site.name} not registered "
-                                      f"(have {have}); log:\n{build.log_tail(rec['log'])}")
+                                      f"(have {have}); log:\n{log_tail(rec['log'])}")
             time.sleep(0.5)
 
 
@@ -405,7 +433,6 @@ def _retrying(c, method: str, path: str, body: dict | None = None,
               timeout: float = 20.0) -> None:
     """A request retried on 5xx (SQLite "database is locked" under
     concurrent writers) until ``timeout``; a 404 on DELETE is done."""
-    from gwagent.neutron.source import NeutronError
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -425,7 +452,6 @@ def _create(c, bodies: list[dict], conflict_wait: float) -> None:
     withdrawn yet) makes Neutron refuse with 409 (MAC in use, or IP already
     allocated): wait, reading only, until the MAC is free, then create; until ``conflict_wait`` runs out. A 500
     (SQLite "database is locked" under concurrent writers) is retried too."""
-    from gwagent.neutron.source import NeutronError
     deadline = time.monotonic() + conflict_wait
     while True:
         macs = [b["mac_address"] for b in bodies]
@@ -473,8 +499,7 @@ def up(lab, progress) -> None:
     urls = {s.name: rabbit_vhost(lab, f"site-{s.name}") for s in lab.topology.sites}
     progress(f"Neutron servers for sites {', '.join(urls)} ({time.monotonic() - t0:.1f} s)")
     start_servers(lab, urls)
-    from gwagent.lab import faults
-    faults.start_proxies(lab)
+    start_proxies(lab)
     progress(f"L2 agents of the computes ({time.monotonic() - t0:.1f} s)")
     start_l2_agents(lab)
     progress(f"networks, subnets and {len(lab.topology.vms)} VM ports "
@@ -484,20 +509,12 @@ def up(lab, progress) -> None:
     progress(f"Neutron ready ({time.monotonic() - t0:.1f} s)")
 
 
-def agent_config(lab, site) -> str:
-    """``<site>-gw.conf`` for ``source = neutron``."""
-    from gwagent.lab import build
+def config_sections(lab, site) -> str:
+    """The ``[neutron]`` and ``[neutron_peer_<site>]`` sections of the
+    site's gateway configuration (``[gateway] source = neutron``)."""
     nets = ",".join(f"{n.name}:{n.transit_vni}" for n in lab.topology.networks)
     peers = [s for s in lab.topology.sites if s.name != site.name]
-    text = ("[gateway]\nsource = neutron\n"
-            f"netns = {lab.ns(site.gateway)}\n"
-            f"state_dir = {lab.state_dir(site.name)}\n"
-            "\n[agent]\n"
-            f"resync_interval = {build.AGENT_RESYNC}\n"
-            "poll_interval = 0.1\n"
-            f"source_deadline = {build.SOURCE_DEADLINE}\n"
-            + build.MOBILITY_SECTION +
-            "\n[neutron]\n"
+    text = ("\n[neutron]\n"
             "api_connect_timeout = 1\n"
             # Writes to a lab Neutron (SQLite, one thread) take seconds when
             # several ports are created: a shorter deadline would time out
@@ -532,7 +549,6 @@ def status(lab) -> dict:
     for name, info in lab.neutron.get("sites", {}).items():
         sites[name] = {k: info.get(k) for k in ("cloud", "url", "workdir")}
         with contextlib.suppress(OSError):
-            import http.client
             conn = http.client.HTTPConnection("127.0.0.1", info["port"], timeout=2)
             conn.request("GET", "/v2.0/networks?limit=1", headers={"Connection": "close"})
             sites[name]["answering"] = conn.getresponse().status == 200

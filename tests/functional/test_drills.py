@@ -19,6 +19,7 @@ import pytest
 
 from gwagent.drill import garp, scenario as sc, vrrp
 from gwagent.lab import build, probe
+from gwagent.lab.processes import python_env
 
 from labs import lab_up, wait_for
 
@@ -66,7 +67,7 @@ def test_vrrp_drill_with_keepalived_fails_over_inside_a_site_and_across(scenario
 def gateway_status(lab, site) -> dict:
     out = subprocess.run([sys.executable, "-m", "gwagent.cli", "status", "--config-file",
                           str(lab.agent_conf(site)), "--json"], capture_output=True, text=True,
-                         env=build.python_env(), timeout=30)
+                         env=python_env(), timeout=30)
     return json.loads(out.stdout)["status"]
 
 

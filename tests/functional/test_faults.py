@@ -21,6 +21,7 @@ import threading
 import time
 
 import pytest
+from pyroute2 import IPRoute
 
 from gwagent.dataplane.linux import LinuxBackend
 from gwagent.lab import build, faults, probe
@@ -121,7 +122,7 @@ def delete_owned_entry(lab, mac, dst):
     """Delete gateway a's VXLAN entry for ``mac`` (traffic floods meanwhile);
     return the time it was deleted."""
     ns = lab.ns(lab.topology.site("a").gateway)
-    with build.IPRoute(netns=ns, flags=0) as ipr:
+    with IPRoute(netns=ns, flags=0) as ipr:
         idx = ipr.link_lookup(ifname="gwa-vt-5001")[0]
         t0 = time.monotonic()
         ipr.fdb("del", ifindex=idx, lladdr=mac, dst=dst)

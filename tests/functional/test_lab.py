@@ -23,6 +23,7 @@ from gwagent.control.sources import FileInventory
 from gwagent.lab import build, l2pop, probe
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.cli import ping_matrix
+from gwagent.lab.processes import python_env
 from gwagent.model import Endpoint, Gateway, Network, RemotePort, Site, SiteSnapshot
 
 NTF_EXT_LEARNED = 0x10
@@ -57,7 +58,7 @@ def links(ns: str) -> set[str]:
 def agent_status(lab: build.Lab, site: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "gwagent.cli", "status", "--config-file",
                           str(lab.agent_conf(site)), "--json"], capture_output=True, text=True,
-                         env=build.python_env(), timeout=30)
+                         env=python_env(), timeout=30)
     return json.loads(out.stdout)
 
 
@@ -299,7 +300,7 @@ def test_foreign_links_and_fdb_entries_are_left_alone(lab):
         before = (links(gw), fdb(gw, "fx-900"))
         since = time.time()
         # A change in the inventory and a resync must both pass without touching them.
-        build.write_inventories(lab, ["a"])
+        lab.truth.publish(["a"])
         wait_for(lambda: ((build.agent_status(lab, "a") or {}).get("last_pass") or {})
                  .get("at", 0) > since + build.AGENT_RESYNC, build.AGENT_RESYNC * 3)
         assert {"foreign0", "fx-900"} <= links(gw)
@@ -337,7 +338,7 @@ def test_malformed_operator_data_keeps_the_last_good_state_and_reports_it(lab, o
         assert build.process_alive(lab.processes[f"{observer}-gw"]), \
             build.log_tail(lab.processes[f"{observer}-gw"]["log"])
     finally:
-        build.write_inventories(lab, ["b"])
+        lab.truth.publish(["b"])
         if not build.process_alive(lab.processes[f"{observer}-gw"]):
             build.start_agent(lab, observer)  # leave the shared lab as we found it
     wait_for(lambda: agent_status(lab, observer)["status"]["last_error"] is None, 10.0,
@@ -366,7 +367,7 @@ def test_a_malformed_endpoint_is_left_out_alone_and_shown(lab):
                   and victim not in p]
         assert failed == [] and others
     finally:
-        build.write_inventories(lab, ["b"])
+        lab.truth.publish(["b"])
     wait_for(lambda: not agent_status(lab, "a")["status"]["rejected_endpoints"], 3.0,
              interval=0.1)
     wait_for(lambda: all(rtt is not None for rtt in ping_matrix(lab).values()), 5.0,
@@ -420,7 +421,7 @@ def test_lab_command_line_up_status_check_down():
 
     def lab_cli(*args):
         return subprocess.run([sys.executable, "-m", "gwagent.lab.cli", *args, "--prefix", prefix],
-                              capture_output=True, text=True, env=build.python_env(), timeout=60)
+                              capture_output=True, text=True, env=python_env(), timeout=60)
     try:
         up = lab_cli("up", "--no-agents")
         assert up.returncode == 0, up.stderr

@@ -23,6 +23,7 @@ from gwagent.lab import build, probe
 from gwagent.lab import neutron as lab_neutron
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.cli import ping_matrix
+from gwagent.lab.record import Lab
 from gwagent.neutron.source import DEVICE_OWNER
 
 VIP_MAC = "fa:16:3e:00:01:00"        # a VRRP-style MAC of its own
@@ -200,8 +201,8 @@ def test_agent_config_builds_neutron_sources_for_the_site_and_its_peers(tmp_path
     from gwagent import cli
     ids = {site: {net: {"id": f"{net}-{site}-uuid"} for net in ("red", "blue")}
            for site in ("a", "b")}
-    lab = build.Lab("gwx-", tmp_path, topology(),
-                    neutron={"sites": {site: {"networks": nets} for site, nets in ids.items()}})
+    lab = Lab("gwx-", tmp_path, topology(), source="neutron",
+              neutron={"sites": {site: {"networks": nets} for site, nets in ids.items()}})
     build.write_agent_configs(lab)
     conf = cli.load_conf([str(lab.agent_conf("a"))])
     assert conf.gateway.source == "neutron"
