@@ -4,7 +4,11 @@
 restarted agent adopts it without a lost packet); SIGHUP re-reads the
 configuration files. ``status`` reads what the running agent last wrote.
 ``cleanup`` is the one explicit way to remove what the gateway owns. ``lab``
-builds and drives the namespace lab.
+builds and drives the namespace lab, ``drill`` runs failover drills in it.
+
+The lab is a client of the product, not a part of it: this module imports
+it only when a ``lab`` command runs (``gwagent --help`` lists ``lab`` from a
+placeholder), and the drills import it only when a drill runs.
 
 Configuration is oslo.config: options are declared in gwagent.config, read
 here, and passed into constructors.
@@ -24,9 +28,9 @@ from oslo_config import cfg
 
 from gwagent import config
 from gwagent.drill.cli import add_parser as add_drill_parser
-from gwagent.lab.cli import add_parser as add_lab_parser
 
 LOG = logging.getLogger("gwagent")
+LAB_HELP = "namespace lab: sites, computes, VMs, gateways"
 
 
 def load_conf(config_files: list[str]) -> cfg.ConfigOpts:
@@ -320,7 +324,21 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def add_lab_parser(subparsers, argv: list[str] | None) -> None:
+    """``lab`` with its whole parser when the command line is a lab command;
+    otherwise a placeholder with the same help line, so that ``gwagent``
+    does not import the lab (a third of the code) for the agent's commands."""
+    if argv and argv[0] == "lab":
+        from gwagent.lab.cli import add_parser  # lazy: only a lab command needs the lab
+        add_parser(subparsers, help=LAB_HELP)
+        return
+    lab = subparsers.add_parser("lab", help=LAB_HELP, add_help=False)
+    lab.add_argument("args", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=lambda args: main(["lab", *args.args]))
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line parser; ``argv`` says whether it needs the lab's commands."""
     p = argparse.ArgumentParser(
         prog="gwagent",
         description="VXLAN gateway agent: stretches networks across clouds by registering "
@@ -345,13 +363,14 @@ def parser() -> argparse.ArgumentParser:
                     help="also unregister the remote ports this gateway registered")
     cl.add_argument("--force", action="store_true", help="even if the agent is running")
     cl.set_defaults(func=cmd_cleanup)
-    add_lab_parser(sub)
+    add_lab_parser(sub, argv)
     add_drill_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv).parse_args(argv)
     return args.func(args) or 0
 
 
