@@ -27,7 +27,12 @@ from pathlib import Path
 from oslo_config import cfg
 
 from gwagent import config
+from gwagent.control.agent import Agent, MobilityWorker
+from gwagent.control.mobility import MobilityTable
+from gwagent.control.sources import FileInventory, Throttled
 from gwagent.drill.cli import add_parser as add_drill_parser
+from gwagent.model import Gateway, Site, ValidationError
+from gwagent.neutron.source import NeutronClient, NeutronSite
 
 LOG = logging.getLogger("gwagent")
 LAB_HELP = "namespace lab: sites, computes, VMs, gateways"
@@ -49,7 +54,6 @@ def build_sources(conf: cfg.ConfigOpts):
     """(local source, peer sources, local registry) as the configuration says."""
     g = conf.gateway
     if g.source == "file":
-        from gwagent.control.sources import FileInventory
         if not g.site_file:
             raise SystemExit("gwagent: [gateway] site_file is required with source=file")
         local = FileInventory(g.site_file, g.registry_file or None)
@@ -58,10 +62,6 @@ def build_sources(conf: cfg.ConfigOpts):
 
 
 def neutron_sources(conf: cfg.ConfigOpts):
-    from gwagent.control.sources import Throttled
-    from gwagent.model import Gateway, Site, ValidationError
-    from gwagent.neutron.source import NeutronClient, NeutronSite
-
     n = conf.neutron
 
     def site(name, group, cloud_group):
@@ -101,6 +101,7 @@ def neutron_sources(conf: cfg.ConfigOpts):
 
 
 def build_backend(conf: cfg.ConfigOpts):
+    # Lazily: the backend (pyroute2) only for the commands that program it.
     from gwagent.dataplane.linux import LinuxBackend
     return LinuxBackend(conf.gateway.netns or None)
 
@@ -117,8 +118,6 @@ def setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args) -> int:
-    from gwagent.control.agent import Agent, MobilityWorker
-    from gwagent.control.mobility import MobilityTable
     setup_logging(args.debug)
     conf = load_conf(args.config_file)
     status_path, pid_path = state_paths(conf)
