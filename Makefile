@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived
+APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 

@@ -101,9 +101,16 @@ def neutron_sources(conf: cfg.ConfigOpts):
 
 
 def build_backend(conf: cfg.ConfigOpts):
-    # Lazily: the backend (pyroute2) only for the commands that program it.
+    # Lazily: a backend (pyroute2; os-ken and OVSDB) only for the commands that program it.
+    netns = conf.gateway.netns or None
+    if conf.gateway.backend == "openflow":
+        from gwagent.openflow.backend import OpenFlowBackend
+        o = conf.openflow
+        return OpenFlowBackend(netns, o.ovsdb_connection, o.bridge, o.vxlan_port,
+                               o.datapath_type, o.listen_address, o.listen_port,
+                               o.request_timeout)
     from gwagent.dataplane.linux import LinuxBackend
-    return LinuxBackend(conf.gateway.netns or None)
+    return LinuxBackend(netns)
 
 
 def state_paths(conf: cfg.ConfigOpts) -> tuple[Path, Path]:

@@ -24,8 +24,10 @@ gateway_opts = [
     cfg.StrOpt("netns", default="",
                help="Network namespace holding the gateway's dataplane; empty for the "
                     "namespace the agent runs in."),
-    cfg.StrOpt("backend", default="linux", choices=["linux"],
-               help="Dataplane backend."),
+    cfg.StrOpt("backend", default="linux", choices=["linux", "openflow"],
+               help="Dataplane backend: 'linux' (a bridge and VXLAN devices per network, FDB "
+                    "entries through netlink) or 'openflow' (an Open vSwitch bridge programmed "
+                    "by the agent's embedded os-ken controller; see [openflow])."),
     cfg.StrOpt("state_dir", default="/run/gwagent",
                help="Where the agent writes status.json and its pid file."),
 ]
@@ -97,6 +99,26 @@ neutron_opts = [
                       "narrow port listing); a change starts a pass at once."),
 ]
 
+openflow_opts = [
+    cfg.StrOpt("ovsdb_connection", default="unix:/var/run/openvswitch/db.sock",
+               help="OVSDB endpoint of the Open vSwitch that carries the gateway's bridge."),
+    cfg.StrOpt("bridge", default="gwa-ovs",
+               help="The gateway's own OVS bridge (created and owned by the agent; every flow "
+                    "and group on it is the agent's)."),
+    cfg.StrOpt("vxlan_port", default="gwa-vxlan",
+               help="Name of the bridge's one flow-based VXLAN port (both sides)."),
+    cfg.StrOpt("datapath_type", default="system", choices=["system", "netdev"],
+               help="OVS datapath of the bridge: 'system' (the kernel module) or 'netdev' "
+                    "(userspace, as in the lab)."),
+    cfg.HostAddressOpt("listen_address", default="127.0.0.1",
+                       help="Where the embedded controller listens for the switch (inside "
+                            "[gateway] netns)."),
+    cfg.PortOpt("listen_port", default=6653,
+                help="TCP port of the embedded controller."),
+    cfg.FloatOpt("request_timeout", default=10.0, min=0.1,
+                 help="Seconds to wait for the switch to answer a request or a bundle."),
+]
+
 neutron_peer_opts = [
     cfg.StrOpt("cloud", help="clouds.yaml entry of the peer's cloud (read only)."),
     cfg.StrOpt("clouds_file", help="Explicit clouds.yaml path for this peer."),
@@ -118,6 +140,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(agent_opts, group="agent")
     conf.register_opts(mobility_opts, group="mobility")
     conf.register_opts(neutron_opts, group="neutron")
+    conf.register_opts(openflow_opts, group="openflow")
 
 
 def register_peer_opts(conf: cfg.ConfigOpts) -> None:
@@ -128,5 +151,5 @@ def register_peer_opts(conf: cfg.ConfigOpts) -> None:
 
 def list_opts():
     return [("gateway", gateway_opts), ("agent", agent_opts), ("mobility", mobility_opts),
-            ("neutron", neutron_opts),
+            ("neutron", neutron_opts), ("openflow", openflow_opts),
             (PEER_GROUP.format("SITE"), neutron_peer_opts)]

@@ -1,0 +1,233 @@
+"""The OpenFlow backend: the gateway's state compiled into flows and groups.
+
+The Backend protocol (gwagent.dataplane) on an Open vSwitch bridge of ours:
+OVSDB makes the bridge and its VXLAN port (gwagent.openflow.ovsdb), the
+embedded os-ken controller carries the flows (gwagent.openflow.switch), and
+gwagent.openflow.flows builds them (the pipeline is described there).
+
+observe() dumps the flows of our cookie and the bridge's groups and reads
+the gateway's state back from them: a network is whole when both sides'
+classify, flood and egress flows agree and its groups exist (else its side
+reads VNI 0 and the planner ensures it again); a MAC is where its unicast
+flow says; floods are the groups' buckets. apply() sends one atomic bundle
+per network, so a network is never half programmed; flood destinations
+change by rewriting the side's group with all its buckets. move() is the
+mobility fast path: one flow add over the old one, a move in one message.
+The mobility evidence comes from the same tap as on Linux (a classic BPF
+filter on the underlay, gwagent.dataplane.capture), which sees a gateway's
+VXLAN frames before the switch does on either datapath.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Sequence
+
+from os_ken.ofproto import ofproto_v1_4 as ofp
+
+from gwagent.dataplane.capture import MobilityTap
+from gwagent.openflow import flows as fl
+from gwagent.openflow.ovsdb import Bridge
+from gwagent.openflow.switch import Switch, SwitchError
+from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
+                           NetworkOp, NetworkSpec, Op, OpError, Segment)
+
+LOG = logging.getLogger(__name__)
+BROKEN = Segment(0, "")
+
+
+class OpenFlowBackend:
+    name = "openflow"
+
+    def __init__(self, netns: str | None, ovsdb: str, bridge: str = "gwa-ovs",
+                 vxlan_port: str = "gwa-vxlan", datapath_type: str = "system",
+                 listen_address: str = "127.0.0.1", listen_port: int = 6653,
+                 timeout: float = 10.0):
+        self.netns = netns
+        self.switch = Switch(netns, listen_address, listen_port, timeout)
+        self.bridge = Bridge(ovsdb, bridge, vxlan_port, f"tcp:{listen_address}:{listen_port}",
+                             datapath_type, timeout)
+        self.port = self.bridge.ensure()
+        self.switch.wait_connected()
+        self._vni: dict[str, int] = {}                       # network name -> transit VNI
+        self._nets: dict[int, NetworkSpec] = {}
+        self._floods: dict[tuple[int, str], set[str]] = {}   # (vni, side) -> VTEPs
+        self._groups: set[int] = set()
+
+    # observe ---------------------------------------------------------------
+    def observe(self) -> GatewayState:
+        self.port = self.bridge.ofport() or self.bridge.ensure()
+        names = self.bridge.network_names()
+        stats = self.switch.dump_flows(fl.COOKIE_BASE, fl.COOKIE_MASK)
+        groups = self.switch.dump_groups()
+        classify, egress, flood_to = {}, {}, {}
+        pipeline = 0
+        macs = set()
+        for st in stats:
+            kind, vni = fl.kind_of(st.cookie), fl.vni_of(st.cookie)
+            if kind == fl.K_MAC:
+                a = fl.actions_of(st)
+                name = names.get(vni)
+                side = fl.SIDE_OF.get(a.get("reg2"))
+                if name and side and a.get("goto") == fl.EGRESS:
+                    macs.add(MacEntry(name, st.match["eth_dst"], side, a.get("tun_ipv4_dst")))
+            elif kind == fl.K_NETWORK:
+                a, m = fl.actions_of(st), st.match
+                if st.table_id == fl.CLASSIFY and m.get("in_port") == self.port:
+                    side = fl.SIDE_OF.get(a.get("reg1"))
+                    if a.get("reg0") == vni and side and a.get("goto") == fl.MOBILITY:
+                        classify[(vni, side)] = Segment(m.get("tunnel_id"),
+                                                        m.get("tun_ipv4_dst"))
+                elif st.table_id == fl.UNICAST:
+                    flood_to[(vni, fl.SIDE_OF.get(m.get("reg1")))] = a.get("group")
+                elif st.table_id == fl.EGRESS and a.get("output") == ofp.OFPP_IN_PORT:
+                    egress[(vni, fl.SIDE_OF.get(m.get("reg2")))] = Segment(
+                        a.get("tunnel_id"), a.get("tun_ipv4_src"))
+            elif kind == fl.K_PIPELINE:
+                pipeline += 1
+        group_ids = {g.group_id: g for g in groups}
+        floods: set[FloodEntry] = set()
+        self._floods = collections.defaultdict(set)
+        for gid, g in group_ids.items():
+            vni, side = fl.group_key(gid)
+            for entry in fl.flood_entries(None, names.get(vni, ""), gid, g.buckets):
+                self._floods[(vni, side)].add(entry.vtep)
+                if entry.network:
+                    floods.add(entry)
+        self._groups = set(group_ids)
+        networks = []
+        for vni in sorted({v for v, _ in classify} | {v for v, _ in egress} | set(names)):
+            segs = []
+            for side in (SITE, TRANSIT):
+                other = TRANSIT if side == SITE else SITE
+                seg = classify.get((vni, side))
+                whole = (seg is not None and egress.get((vni, side)) == seg
+                         and flood_to.get((vni, side)) == fl.group_id(vni, other)
+                         and fl.group_id(vni, other) in group_ids and pipeline == 3)
+                segs.append(seg if whole else BROKEN)
+            networks.append(NetworkSpec(vni, names.get(vni, ""), segs[0], segs[1]))
+        self._vni = {net.name: net.transit_vni for net in networks if net.name}
+        self._nets = {net.transit_vni: net for net in networks}
+        return GatewayState(tuple(networks), frozenset(macs), frozenset(floods))
+
+    # apply -----------------------------------------------------------------
+    def apply(self, ops: Sequence[Op]) -> list[OpError]:
+        errors: list[OpError] = []
+        batches: dict[int | None, list[Op]] = {}
+        ensured = {op.network.name: op.network.transit_vni for op in ops
+                   if isinstance(op, NetworkOp) and op.action == "ensure"}
+        for op in ops:
+            if isinstance(op, NetworkOp):
+                vni = op.network.transit_vni
+            else:
+                vni = ensured.get(op.entry.network, self._vni.get(op.entry.network))
+            if vni is None:
+                errors.append(OpError(op, f"{describe(op)}: network {op.entry.network!r} "
+                                          f"has no flows on the switch"))
+                continue
+            batches.setdefault(vni, []).append(op)
+        for vni, batch in batches.items():
+            errors.extend(self._network_batch(vni, batch))
+        return errors
+
+    def move(self, ops: Sequence[MacOp]) -> list[OpError]:
+        return self.apply(ops)
+
+    def _network_batch(self, vni: int, ops: list[Op]) -> list[OpError]:
+        msgs, owner = [], []
+        removed = named = None
+        touched: set[str] = set()
+        for op in ops:
+            if isinstance(op, NetworkOp) and op.action == "ensure":
+                net = op.network
+                for side in (SITE, TRANSIT):
+                    exists = fl.group_id(vni, side) in self._groups
+                    msgs.append(fl.group(net, side, self._floods.get((vni, side), ()), self.port,
+                                         ofp.OFPGC_MODIFY if exists else ofp.OFPGC_ADD))
+                    owner.append(op)
+                for msg in fl.network_flows(net, self.port) + fl.pipeline():
+                    msgs.append(msg)
+                    owner.append(op)
+                named = net
+            elif isinstance(op, NetworkOp):
+                for msg in fl.delete_network(vni):
+                    msgs.append(msg)
+                    owner.append(op)
+                removed = op.network
+            elif isinstance(op, MacOp):
+                msg = (fl.mac_flow(op.entry, vni) if op.action == "set"
+                       else fl.delete_mac(op.entry.mac, vni))
+                msgs.append(msg)
+                owner.append(op)
+            else:
+                vteps = self._floods.setdefault((vni, op.entry.side), set())
+                (vteps.add if op.action == "add" else vteps.discard)(op.entry.vtep)
+                touched.add(op.entry.side)
+        net = named or self._nets.get(vni)
+        for side in sorted(touched):
+            if net is not None and removed is None:
+                msgs.append(fl.group(net, side, self._floods[(vni, side)], self.port,
+                                     ofp.OFPGC_MODIFY))
+                owner.append(("flood", side))
+        try:
+            failed = self.switch.bundle(msgs)
+        except SwitchError as exc:
+            return [OpError(op, f"{describe(op)}: {exc}") for op in ops]
+        if not failed:
+            if named is not None:
+                self._groups |= {fl.group_id(vni, SITE), fl.group_id(vni, TRANSIT)}
+                self._nets[vni] = named
+                self._vni[named.name] = vni
+                self.bridge.set_network_name(vni, named.name)
+            if removed is not None:
+                self._groups -= {fl.group_id(vni, SITE), fl.group_id(vni, TRANSIT)}
+                self._nets.pop(vni, None)
+                self._vni.pop(removed.name, None)
+                self.bridge.set_network_name(vni, None)
+            return []
+        # The bundle is atomic: nothing of it landed. The refused message's
+        # own reason goes to its operations, the others say they rolled back.
+        self._floods = {}  # re-read at the next observe
+        return [OpError(op, f"{describe(op)}: {_reason(failed, owner, op)}") for op in ops]
+
+    # ownership, events ----------------------------------------------------------
+    def remove_all(self) -> int:
+        """Delete the gateway's bridge (every flow and group on it is ours)."""
+        return 1 if self.bridge.remove() else 0
+
+    def tap(self, local_ips: Sequence[str]):
+        return MobilityTap(self.netns, local_ips)
+
+    def fileno(self) -> int:
+        return self.switch.fileno()
+
+    def drain_events(self) -> bool:
+        """True when the switch (re)connected or went away: after a restart
+        of OVS its flows are gone, and a pass puts them back."""
+        return self.switch.drain()
+
+    def close(self) -> None:
+        self.switch.close()
+        self.bridge.close()
+
+    def __enter__(self) -> "OpenFlowBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _reason(failed: dict[int, str], owner: list, op: Op) -> str:
+    for i, o in enumerate(owner):
+        if o is op and i in failed:
+            return failed[i]
+    return next(iter(failed.values()))
+
+
+def describe(op: Op) -> str:
+    if isinstance(op, NetworkOp):
+        return f"{op.action} network {op.network.name!r} (transit VNI {op.network.transit_vni})"
+    e = op.entry
+    if isinstance(op, FloodOp):
+        return f"{op.action} flood {e.network} {e.side} {e.vtep}"
+    return f"{op.action} {e.network} {e.mac} at {e.side} {e.vtep}"

@@ -1,0 +1,226 @@
+"""Pure flow builders: the gateway's pipeline as OpenFlow 1.4 messages.
+
+Every function returns messages (os-ken parser objects) and does nothing
+else, in the style of faucet's ``valve_of``; the backend sends them in
+bundles. Names say what a flow does in the gateway's words, as Neutron's
+``br_tun`` does. The pipeline, on one bridge with one flow-based VXLAN port
+(``remote_ip=flow local_ip=flow key=flow``) serving both sides:
+
+table 0, CLASSIFY
+    ``in_port=vxlan, tun_id=VNI, tun_dst=LOCAL_IP`` (one flow per network
+    and side) loads the network (its transit VNI) into ``reg0`` and the
+    ingress side into ``reg1``; anything else is dropped by the table miss
+    (``fail_mode=secure``: nothing is forwarded that we did not say).
+table 1, MOBILITY
+    the failover issue's watch on mobile MACs; today the evidence comes
+    from the shared mobility tap (gwagent.dataplane.capture) on the
+    underlay, so this table only passes on to UNICAST.
+table 2, UNICAST
+    ``reg0=NET, eth_dst=MAC`` (one flow per MAC) loads the MAC's side into
+    ``reg2`` and its VTEP into ``tun_dst``; the per-network default sends
+    floods and unknown unicast to the other side's flood group.
+table 3, EGRESS
+    ``reg1 == reg2`` (ingress side is the MAC's side) drops, as a Linux
+    bridge never sends a frame back out of the port it came in by; else
+    the side's VNI (VNI translation) and local address are set and the
+    frame leaves by the VXLAN port.
+groups
+    one ``ALL`` group per network and side, a bucket per VTEP (head-end
+    replication), each bucket setting the tunnel's key, source and
+    destination.
+
+Every flow carries a cookie of :data:`COOKIE_BASE` with the kind and the
+network in its low bits, so the backend observes and deletes only what is
+its own (:data:`COOKIE_MASK`), never a foreign flow.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import NamedTuple
+
+from os_ken.ofproto import ofproto_v1_4 as ofp
+from os_ken.ofproto import ofproto_v1_4_parser as parser
+
+from gwagent.state import SITE, TRANSIT, FloodEntry, MacEntry, NetworkSpec
+
+CLASSIFY, MOBILITY, UNICAST, EGRESS = 0, 1, 2, 3
+TABLES = (CLASSIFY, MOBILITY, UNICAST, EGRESS)
+
+COOKIE_BASE = 0x67776100 << 32        # "gwa\0"
+COOKIE_MASK = 0xFFFFFFFF << 32
+K_PIPELINE, K_NETWORK, K_MAC = 1, 2, 3  # kind, bits 24-31
+
+SIDE_BIT = {SITE: 0, TRANSIT: 1}
+SIDE_OF = {0: SITE, 1: TRANSIT}
+
+P_DEFAULT, P_NET, P_MAC, P_HAIRPIN = 1, 10, 100, 200
+
+
+class Dp(NamedTuple):
+    """What os-ken's message classes need of a datapath to serialise."""
+
+    ofproto: object = ofp
+    ofproto_parser: object = parser
+
+
+DP = Dp()
+
+
+def cookie(kind: int, vni: int = 0) -> int:
+    return COOKIE_BASE | (kind << 24) | vni
+
+
+def kind_of(value: int) -> int:
+    return (value >> 24) & 0xFF
+
+
+def vni_of(value: int) -> int:
+    return value & 0xFFFFFF
+
+
+def group_id(vni: int, side: str) -> int:
+    """Stable per network and side (a transit VNI has 24 bits)."""
+    return (vni << 1) | SIDE_BIT[side]
+
+
+def group_key(gid: int) -> tuple[int, str]:
+    return gid >> 1, SIDE_OF[gid & 1]
+
+
+def _flow(table: int, priority: int, match, instructions, value: int,
+          command=ofp.OFPFC_ADD):
+    return parser.OFPFlowMod(DP, cookie=value, cookie_mask=0, table_id=table,
+                             command=command, priority=priority, buffer_id=ofp.OFP_NO_BUFFER,
+                             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                             flags=0, match=match, instructions=instructions)
+
+
+def _apply(*actions, goto: int | None = None):
+    out = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, list(actions))] if actions \
+        else []
+    if goto is not None:
+        out.append(parser.OFPInstructionGotoTable(goto))
+    return out
+
+
+def _tunnel(vni: int, local_ip: str, port: int):
+    # Every frame came in by the one VXLAN port (CLASSIFY matches it), and
+    # OpenFlow drops an output to the input port unless it says IN_PORT.
+    return [parser.OFPActionSetField(tunnel_id=vni),
+            parser.OFPActionSetField(tun_ipv4_src=local_ip),
+            parser.OFPActionOutput(ofp.OFPP_IN_PORT)]
+
+
+# -- the fixed part of the pipeline ----------------------------------------
+
+def pipeline() -> list:
+    """Flows every gateway has: pass through MOBILITY, drop hairpins."""
+    value = cookie(K_PIPELINE)
+    out = [_flow(MOBILITY, P_DEFAULT, parser.OFPMatch(), _apply(goto=UNICAST), value)]
+    for bit in (0, 1):
+        out.append(_flow(EGRESS, P_HAIRPIN, parser.OFPMatch(reg1=bit, reg2=bit), [], value))
+    return out
+
+
+# -- one network -------------------------------------------------------------
+
+def network_flows(net: NetworkSpec, port: int) -> list:
+    """A network's classify, flood-default and egress flows (an add
+    overwrites a flow of the same match and priority: ensure is idempotent)."""
+    value = cookie(K_NETWORK, net.transit_vni)
+    out = []
+    for side in (SITE, TRANSIT):
+        seg, bit = net.segment(side), SIDE_BIT[side]
+        other = TRANSIT if side == SITE else SITE
+        out.append(_flow(CLASSIFY, P_NET, parser.OFPMatch(
+            in_port=port, tunnel_id=seg.vni, tun_ipv4_dst=seg.local_ip),
+            _apply(parser.OFPActionSetField(reg0=net.transit_vni),
+                   parser.OFPActionSetField(reg1=bit), goto=MOBILITY), value))
+        out.append(_flow(UNICAST, P_NET, parser.OFPMatch(reg0=net.transit_vni, reg1=bit),
+                         _apply(parser.OFPActionGroup(group_id(net.transit_vni, other))),
+                         value))
+        out.append(_flow(EGRESS, P_NET, parser.OFPMatch(reg0=net.transit_vni, reg2=bit),
+                         _apply(*_tunnel(seg.vni, seg.local_ip, port)), value))
+    return out
+
+
+def group(net: NetworkSpec, side: str, vteps, port: int, command: int):
+    """The flood group of one side: a bucket per VTEP, in a stable order."""
+    seg = net.segment(side)
+    buckets = [parser.OFPBucket(actions=[parser.OFPActionSetField(tun_ipv4_dst=vtep)]
+                                + _tunnel(seg.vni, seg.local_ip, port))
+               for vtep in sorted(vteps, key=ipaddress.IPv4Address)]
+    return parser.OFPGroupMod(DP, command=command, type_=ofp.OFPGT_ALL,
+                              group_id=group_id(net.transit_vni, side), buckets=buckets)
+
+
+def delete_group(vni: int, side: str):
+    return parser.OFPGroupMod(DP, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_ALL,
+                              group_id=group_id(vni, side), buckets=[])
+
+
+def delete_network(vni: int) -> list:
+    """Every flow of one network, by cookie (any kind), and its groups."""
+    del_flows = parser.OFPFlowMod(
+        DP, cookie=cookie(0, vni), cookie_mask=COOKIE_MASK | 0xFFFFFF, table_id=ofp.OFPTT_ALL,
+        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch())
+    return [del_flows, delete_group(vni, SITE), delete_group(vni, TRANSIT)]
+
+
+# -- MACs -----------------------------------------------------------------
+
+def mac_flow(entry: MacEntry, vni: int):
+    """Put one MAC at its side and VTEP (an add over the old flow of the
+    same match is a move in one message: no flood window)."""
+    return _flow(UNICAST, P_MAC, parser.OFPMatch(reg0=vni, eth_dst=entry.mac),
+                 _apply(parser.OFPActionSetField(reg2=SIDE_BIT[entry.side]),
+                        parser.OFPActionSetField(tun_ipv4_dst=entry.vtep), goto=EGRESS),
+                 cookie(K_MAC, vni))
+
+
+def delete_mac(mac: str, vni: int):
+    return parser.OFPFlowMod(
+        DP, cookie=cookie(K_MAC, vni), cookie_mask=COOKIE_MASK | 0xFFFFFFFF,
+        table_id=UNICAST, command=ofp.OFPFC_DELETE_STRICT, priority=P_MAC,
+        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(reg0=vni, eth_dst=mac))
+
+
+def delete_all() -> list:
+    """Every flow and group of ours (groups: ours are the only groups on
+    the gateway's own bridge)."""
+    return [parser.OFPFlowMod(DP, cookie=COOKIE_BASE, cookie_mask=COOKIE_MASK,
+                              table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
+                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                              match=parser.OFPMatch()),
+            parser.OFPGroupMod(DP, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_ALL,
+                               group_id=ofp.OFPG_ALL, buckets=[])]
+
+
+# -- reading flows back -------------------------------------------------------
+
+def flood_entries(net: NetworkSpec | None, name: str, gid: int, buckets) -> set[FloodEntry]:
+    _, side = group_key(gid)
+    out = set()
+    for bucket in buckets:
+        for action in bucket.actions:
+            if getattr(action, "key", None) == "tun_ipv4_dst":
+                out.add(FloodEntry(name, side, action.value))
+    return out
+
+
+def actions_of(stats) -> dict[str, object]:
+    """The set-field values and outputs of a flow's apply-actions."""
+    out: dict[str, object] = {}
+    for inst in stats.instructions:
+        for action in getattr(inst, "actions", ()):
+            if isinstance(action, parser.OFPActionSetField):
+                out[action.key] = action.value
+            elif isinstance(action, parser.OFPActionOutput):
+                out["output"] = action.port
+            elif isinstance(action, parser.OFPActionGroup):
+                out["group"] = action.group_id
+        if isinstance(inst, parser.OFPInstructionGotoTable):
+            out["goto"] = inst.table_id
+    return out

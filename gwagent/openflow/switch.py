@@ -1,0 +1,282 @@
+"""The controller end of one Open vSwitch bridge, on os-ken as a library.
+
+os-ken (the maintained fork of Ryu) has no manager command any more; it is
+embedded here with its native (threading) hub: its ``OFPHandler`` does the
+handshake and echo, a :class:`GatewayApp` of ours takes the replies. The
+listening socket is made by us, inside the gateway's network namespace, so
+OVS in that namespace connects to ``tcp:127.0.0.1:PORT`` while the agent
+runs outside it; each connection is served by os-ken's ``Datapath``.
+
+Requests are correlated by xid (:meth:`Switch.bundle`, :meth:`Switch.dump`);
+changes go out as one OpenFlow bundle, committed atomically, so the switch
+never holds half a change. A connection or disconnection wakes the agent
+(:meth:`Switch.fileno`): OVS restarted means its flows are gone, and the
+next pass puts them back.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+
+from os_ken.base import app_manager
+from os_ken.controller import controller, ofp_event, ofp_handler
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_4 as ofp
+from os_ken.ofproto import ofproto_v1_4_parser as parser
+from pyroute2 import netns as pyroute2_netns
+
+from gwagent.openflow.flows import DP
+
+LOG = logging.getLogger(__name__)
+
+
+class SwitchError(Exception):
+    pass
+
+
+class _Handshake(ofp_handler.OFPHandler):
+    """os-ken's handshake handler without its own listener (ours is in the
+    gateway's namespace)."""
+
+    def start(self):
+        return app_manager.OSKenApp.start(self)
+
+
+_SETUP = threading.Lock()
+
+
+def _app_manager() -> app_manager.AppManager:
+    """os-ken routes events through one registry per process (its design):
+    the handshake handler is made once, on first use."""
+    mgr = app_manager.AppManager.get_instance()
+    with _SETUP:
+        if ofp_event.NAME not in app_manager.SERVICE_BRICKS:
+            mgr.instantiate(_Handshake).start()
+    return mgr
+
+
+class _Pending:
+    def __init__(self, xids):
+        self.xids = set(xids)
+        self.errors: dict[int, str] = {}
+        self.replies: list = []
+        self.done = threading.Event()
+
+
+class GatewayApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+
+    def __init__(self, *args, switch: "Switch", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.name = f"gwagent-{id(switch):x}"
+        self.switch = switch
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state(self, ev):
+        self.switch._state(ev.datapath, ev.state == MAIN_DISPATCHER)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev):
+        msg = ev.msg
+        self.switch._reply(msg.datapath, msg.xid, error=f"OpenFlow error type {msg.type} "
+                                                        f"code {msg.code}")
+
+    @set_ev_cls([ofp_event.EventOFPBundleCtrlMsg, ofp_event.EventOFPBarrierReply,
+                 ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPGroupDescStatsReply],
+                MAIN_DISPATCHER)
+    def _answer(self, ev):
+        msg = ev.msg
+        more = bool(getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE)
+        self.switch._reply(msg.datapath, msg.xid, reply=msg, final=not more)
+
+
+class Switch:
+    """One OVS bridge's controller connection (module docstring)."""
+
+    def __init__(self, netns: str | None, address: str = "127.0.0.1", port: int = 6653,
+                 timeout: float = 10.0):
+        self.netns, self.address, self.port, self.timeout = netns, address, port, timeout
+        self.datapath = None
+        self.connects = 0
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._pending: dict[int, _Pending] = {}
+        self._xids = itertools.count(1 << 31)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._mgr = _app_manager()
+        self._app = self._mgr.instantiate(GatewayApp, switch=self)
+        self._app.start()
+        self._listener = pyroute2_netns.create_socket(netns, socket.AF_INET, socket.SOCK_STREAM) \
+            if netns else socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._listener.bind((address, port))
+        except OSError as exc:
+            self._listener.close()
+            raise SwitchError(f"cannot listen for the switch on {address}:{port} "
+                              f"(netns {netns or 'current'}): {exc}") from None
+        self._listener.listen(4)
+        self._closed = False
+        threading.Thread(target=self._accept, name="openflow-accept", daemon=True).start()
+
+    # -- connections ----------------------------------------------------------
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                sock, addr = self._listener.accept()
+            except OSError:
+                return
+            dp = controller.Datapath(sock, addr)
+            threading.Thread(target=self._serve, args=(dp,), name="openflow-dp",
+                             daemon=True).start()
+
+    def _serve(self, dp) -> None:
+        try:
+            dp.serve()
+        finally:
+            self._state(dp, False)
+
+    def _state(self, dp, up: bool) -> None:
+        with self._lock:
+            if up:
+                self.datapath = dp
+                self.connects += 1
+                self._connected.set()
+                LOG.info("openflow: switch %016x connected from %s", dp.id or 0, dp.address)
+            elif self.datapath is dp:
+                self.datapath = None
+                self._connected.clear()
+                LOG.warning("openflow: switch disconnected; flows stay (fail_mode=secure)")
+                for pending in self._pending.values():
+                    pending.errors.setdefault(-1, "switch disconnected")
+                    pending.done.set()
+            else:
+                return
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def wait_connected(self, timeout: float | None = None):
+        if not self._connected.wait(self.timeout if timeout is None else timeout):
+            raise SwitchError(f"the switch has not connected to {self.address}:{self.port} "
+                              f"within {self.timeout if timeout is None else timeout:.0f}s")
+        return self.datapath
+
+    def fileno(self) -> int:
+        return self._wake_r
+
+    def drain(self) -> bool:
+        got = False
+        try:
+            while os.read(self._wake_r, 4096):
+                got = True
+        except BlockingIOError:
+            pass
+        return got
+
+    # -- requests -------------------------------------------------------------
+    def _reply(self, dp, xid, reply=None, error=None, final=True) -> None:
+        with self._lock:
+            if dp is not self.datapath:
+                return
+            for pending in self._pending.values():
+                if xid in pending.xids:
+                    if error is not None:
+                        pending.errors[xid] = error
+                    if reply is not None:
+                        pending.replies.append(reply)
+                    if final and xid == pending.last:
+                        pending.done.set()
+                    return
+
+    def _send(self, msgs: list, wait_xid_last: bool = True) -> _Pending:
+        dp = self.wait_connected()
+        xids = []
+        chunks = []
+        for msg in msgs:
+            xid = next(self._xids)
+            msg.set_xid(xid)
+            msg.serialize()
+            xids.append(xid)
+            chunks.append(msg.buf)
+        pending = _Pending(xids)
+        pending.last = xids[-1]
+        with self._lock:
+            key = xids[-1]
+            self._pending[key] = pending
+        dp.send(b"".join(chunks))
+        return pending
+
+    def _wait(self, pending: _Pending, what: str) -> _Pending:
+        try:
+            if not pending.done.wait(self.timeout):
+                raise SwitchError(f"{what}: no answer from the switch within {self.timeout:.0f}s")
+        finally:
+            with self._lock:
+                self._pending.pop(pending.last, None)
+        if -1 in pending.errors:
+            raise SwitchError(f"{what}: the switch disconnected")
+        return pending
+
+    def bundle(self, msgs: list) -> dict[int, str]:
+        """Send ``msgs`` in one atomic bundle; {index: error} of the messages
+        the switch refused (then nothing of the bundle was applied)."""
+        if not msgs:
+            return {}
+        bundle_id = next(self._xids) & 0xFFFFFFFF
+        flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+        wrapped = [parser.OFPBundleCtrlMsg(DP, bundle_id, ofp.OFPBCT_OPEN_REQUEST, flags, [])]
+        wrapped += [parser.OFPBundleAddMsg(DP, bundle_id, flags, m, []) for m in msgs]
+        wrapped.append(parser.OFPBundleCtrlMsg(DP, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags,
+                                               []))
+        started = time.monotonic()
+        pending = self._wait(self._send(wrapped), f"bundle of {len(msgs)} messages")
+        LOG.debug("openflow: bundle of %d messages in %.1f ms", len(msgs),
+                  (time.monotonic() - started) * 1000)
+        if not pending.errors:
+            return {}
+        index = {xid: i - 1 for i, xid in enumerate(sorted(pending.xids))}
+        errors = {index[x]: e for x, e in pending.errors.items() if 0 <= index.get(x, -1) < len(msgs)}
+        if not errors:  # the commit itself failed
+            reason = "; ".join(sorted(set(pending.errors.values())))
+            errors = {i: f"bundle refused: {reason}" for i in range(len(msgs))}
+        else:
+            first = next(iter(errors.values()))
+            errors = {i: errors.get(i, f"rolled back with its bundle ({first})")
+                      for i in range(len(msgs))}
+        return errors
+
+    def dump_flows(self, cookie: int, mask: int) -> list:
+        req = parser.OFPFlowStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                         cookie, mask, parser.OFPMatch())
+        pending = self._wait(self._send([req]), "flow dump")
+        return [stat for reply in pending.replies for stat in reply.body]
+
+    def dump_groups(self) -> list:
+        req = parser.OFPGroupDescStatsRequest(DP, 0)
+        pending = self._wait(self._send([req]), "group dump")
+        return [stat for reply in pending.replies for stat in reply.body]
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        dp = self.datapath
+        if dp is not None:
+            dp.close()
+        try:
+            self._mgr.uninstantiate(self._app.name)
+        except KeyError:
+            pass
+        os.close(self._wake_r)
+        os.close(self._wake_w)
