@@ -38,9 +38,14 @@ class Bridge:
         try:
             idl = connection.OvsdbIdl.from_server(endpoint, "Open_vSwitch")
             self._conn = connection.Connection(idl=idl, timeout=timeout)
-            self.api = impl_idl.OvsdbIdl(self._conn)
+            # ovsdbapp keeps the first connection in a class attribute for the
+            # whole process; a class of our own per bridge keeps each its own
+            # (a test, or an agent reconnecting to a new ovsdb-server).
+            api_cls = type("GatewayOvsdb", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+            self.api = api_cls(self._conn)
         except Exception as exc:  # noqa: BLE001 - ovs raises several kinds
-            raise OvsdbError(f"cannot reach OVSDB at {endpoint}: {exc}") from None
+            raise OvsdbError(f"cannot reach OVSDB at {endpoint}: "
+                             f"{type(exc).__name__}: {exc!r}") from exc
 
     def ensure(self) -> int:
         """Make the bridge and its VXLAN port exist as described; return

@@ -227,31 +227,38 @@ class Switch:
 
     def bundle(self, msgs: list) -> dict[int, str]:
         """Send ``msgs`` in one atomic bundle; {index: error} of the messages
-        the switch refused (then nothing of the bundle was applied)."""
+        the switch refused (then nothing of the bundle was applied).
+
+        The switch checks each message as it is added and commits whatever
+        was added, so the adds are followed by a barrier first: a refused
+        add discards the bundle, and only a clean one is committed."""
         if not msgs:
             return {}
         bundle_id = next(self._xids) & 0xFFFFFFFF
         flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
-        wrapped = [parser.OFPBundleCtrlMsg(DP, bundle_id, ofp.OFPBCT_OPEN_REQUEST, flags, [])]
-        wrapped += [parser.OFPBundleAddMsg(DP, bundle_id, flags, m, []) for m in msgs]
-        wrapped.append(parser.OFPBundleCtrlMsg(DP, bundle_id, ofp.OFPBCT_COMMIT_REQUEST, flags,
-                                               []))
+
+        def ctrl(kind):
+            return parser.OFPBundleCtrlMsg(DP, bundle_id, kind, flags, [])
+        adds = [parser.OFPBundleAddMsg(DP, bundle_id, flags, m, []) for m in msgs]
         started = time.monotonic()
-        pending = self._wait(self._send(wrapped), f"bundle of {len(msgs)} messages")
-        LOG.debug("openflow: bundle of %d messages in %.1f ms", len(msgs),
-                  (time.monotonic() - started) * 1000)
-        if not pending.errors:
-            return {}
-        index = {xid: i - 1 for i, xid in enumerate(sorted(pending.xids))}
-        errors = {index[x]: e for x, e in pending.errors.items() if 0 <= index.get(x, -1) < len(msgs)}
-        if not errors:  # the commit itself failed
-            reason = "; ".join(sorted(set(pending.errors.values())))
-            errors = {i: f"bundle refused: {reason}" for i in range(len(msgs))}
-        else:
-            first = next(iter(errors.values()))
-            errors = {i: errors.get(i, f"rolled back with its bundle ({first})")
-                      for i in range(len(msgs))}
-        return errors
+        what = f"bundle of {len(msgs)} messages"
+        staged = self._wait(self._send([ctrl(ofp.OFPBCT_OPEN_REQUEST)] + adds
+                                       + [parser.OFPBarrierRequest(DP)]), what)
+        order = sorted(staged.xids)
+        index = {xid: i - 1 for i, xid in enumerate(order)}
+        errors = {index[x]: e for x, e in staged.errors.items()
+                  if 0 <= index.get(x, -1) < len(msgs)}
+        if staged.errors:
+            self._wait(self._send([ctrl(ofp.OFPBCT_DISCARD_REQUEST)]), what)
+            reason = next(iter(errors.values()), None) or "; ".join(staged.errors.values())
+            return {i: errors.get(i, f"rolled back with its bundle ({reason})")
+                    for i in range(len(msgs))}
+        done = self._wait(self._send([ctrl(ofp.OFPBCT_COMMIT_REQUEST)]), what)
+        LOG.debug("openflow: %s in %.1f ms", what, (time.monotonic() - started) * 1000)
+        if done.errors:
+            reason = "; ".join(sorted(set(done.errors.values())))
+            return {i: f"bundle refused at commit: {reason}" for i in range(len(msgs))}
+        return {}
 
     def dump_flows(self, cookie: int, mask: int) -> list:
         req = parser.OFPFlowStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,

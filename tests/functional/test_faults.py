@@ -132,7 +132,7 @@ def delete_owned_entry(lab, mac, dst):
 def repaired_within(lab, mac, dst, since, timeout=5.0):
     def back():
         """the deleted entry is back"""
-        return any(e.mac == mac and e.dst == dst for e in owned_state(lab, "a").fdb)
+        return any(e.mac == mac and e.vtep == dst for e in owned_state(lab, "a").macs)
     wait_for(back, timeout, 0.01)
     return time.monotonic() - since
 

@@ -25,8 +25,7 @@ CIDR = "198.19.60.0/24"
 
 
 def macs_toward(backend, transit_ip: str) -> set[str]:
-    return {e.mac for e in backend.observe().fdb
-            if e.dst == transit_ip and e.mac != "00:00:00:00:00:00"}
+    return {e.mac for e in backend.observe().macs if e.vtep == transit_ip}
 
 
 def test_agent_keeps_state_while_neutron_is_down_and_converges_after(sites, computes, uniq,
