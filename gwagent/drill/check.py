@@ -3,9 +3,10 @@
 What is checked, for the MAC that carries the VIP (the virtual MAC, or the
 holder's own MAC):
 
-* every gateway: the bridge entry and the VXLAN entry of the network's
-  devices lead to the holder: its compute's VTEP when the holder is in the
-  gateway's site, else the transit IP of the holder's site's gateway;
+* every gateway: the MAC's place (its FDB pair on ``linux``, its flow on
+  ``openflow``: gwagent.lab.gateways) leads to the holder: its compute's
+  VTEP when the holder is in the gateway's site, else the transit IP of
+  the holder's site's gateway;
 * every compute of the network: its VXLAN entry for the MAC, static or
   learned, leads to the holder's compute (same site) or to its site's
   gateway (other site); the holder's own compute has no VXLAN entry for it.
@@ -23,6 +24,7 @@ import dataclasses
 from pyroute2 import IPRoute
 
 from gwagent.drill.scenario import Node, Scenario
+from gwagent.lab import gateways
 from gwagent.lab.names import tap_name, vxlan_name
 
 NUD_FAILED, NUD_INCOMPLETE = 0x20, 0x01
@@ -60,6 +62,10 @@ def _entries(ns: str, devices: list[str], mac: str) -> dict[str, set]:
     return out
 
 
+def _places(places: set) -> str:
+    return ",".join(f"{side} {vtep}" for side, vtep in sorted(places)) or "none"
+
+
 def _fmt(entries: set) -> str:
     return ",".join(sorted("bridge" if d is None else d for d in entries)) or "none"
 
@@ -72,15 +78,11 @@ def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
     holder_vtep = home.compute_ip(holder.compute)
     checks: list[Check] = []
     for site in topo.sites:
-        vl, vt = f"gwa-vl-{net.transit_vni}", f"gwa-vt-{net.transit_vni}"
-        found = _entries(lab.ns(site.gateway), [vl, vt], mac)
-        if site.name == holder.site:
-            expected = {vl: {None, holder_vtep}, vt: set()}
-        else:
-            expected = {vl: set(), vt: {None, home.transit_ip}}
-        for dev in (vl, vt):
-            checks.append(Check(site.gateway, f"FDB {mac} on {dev}", _fmt(expected[dev]),
-                                _fmt(found[dev])))
+        found = gateways.place_of(lab, site.name, net.name, mac)
+        expected = ({("site", holder_vtep)} if site.name == holder.site
+                    else {("transit", home.transit_ip)})
+        checks.append(Check(site.gateway, f"place of {mac} ({lab.backend})", _places(expected),
+                            _places(found)))
         seg = site.segmentation_id(scenario.network)
         vx = vxlan_name(seg)
         tap = tap_name(holder.name)

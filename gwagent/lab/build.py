@@ -52,7 +52,10 @@ from gwagent.lab.names import (DEFAULT_PREFIX, SWITCH, LabError, bridge_name, ch
                                default_lab_dir, tap_name, vxlan_name)
 from gwagent.lab.namespaces import index, new_namespace, uplink
 from gwagent.lab.namespaces import ipr as open_ipr
-from gwagent.lab.processes import log_tail, process_alive, start_process, stop_process
+from gwagent.lab.ovs import Ovs
+from gwagent.lab.ovs import missing as ovs_missing
+from gwagent.lab.processes import (log_tail, proc_start_time, process_alive, start_process,
+                                   stop_process)
 from gwagent.lab.record import Lab
 from gwagent.lab.topology import Topology, Vm
 
@@ -67,6 +70,9 @@ MOBILITY_SECTION = ("\n[mobility]\n"
                     "max_moves = 1000\n"
                     "move_window = 60\n"
                     "freeze_time = 30\n")
+
+
+BACKENDS = ("linux", "openflow")
 
 
 def _progress_none(_msg: str) -> None:
@@ -97,6 +103,26 @@ def _build_site(lab: Lab, site) -> None:
                    site.compute_ip(compute))
             _build_compute_networks(cn_ns, site.compute_ip(compute),
                                     [seg for _, seg in site.segmentation_ids])
+
+
+def _build_gateway_ovs(lab: Lab, site) -> None:
+    """An OpenFlow lab's gateway: its own OVS (userspace datapath) with the
+    underlay NICs in underlay bridges whose internal ports carry the
+    addresses (native tunnelling routes through them); the agent makes its
+    own bridge. The OVS daemons are recorded as the lab's processes."""
+    ovs = Ovs(lab.ns(site.gateway), lab.ovs_dir(site.name)).start()
+    for name in ("ovsdb-server", "ovs-vswitchd"):
+        pid = ovs.pid(name)
+        info = proc_start_time(pid) if pid else None
+        lab.processes[f"{site.name}-{name}"] = {
+            "pid": pid, "start": info[1] if info else None, "argv": [name],
+            "log": str(lab.ovs_dir(site.name) / f"{name}.log"), "group": False,
+            "order": 3 if name == "ovsdb-server" else 2}
+    lab.save()
+    for nic, bridge, address, far in (("eth0", "ul-site", site.tunnel_ip, f"g{site.number}s"),
+                                      ("eth1", "ul-transit", site.transit_ip,
+                                       f"g{site.number}t")):
+        ovs.attach_underlay(bridge, nic, f"{address}/24", (lab.ns(SWITCH), far))
 
 
 def _build_compute_networks(ns: str, local_ip: str, segmentation_ids: list[int]) -> None:
@@ -151,9 +177,16 @@ def write_agent_configs(lab: Lab) -> None:
         gateway = {**lab.truth.gateway_options(site),
                    "netns": lab.ns(site.gateway),
                    "state_dir": str(lab.state_dir(site.name))}
+        openflow = ""
+        if lab.backend == "openflow":
+            gateway["backend"] = "openflow"
+            openflow = ("\n[openflow]\n"
+                        f"ovsdb_connection = {Ovs(lab.ns(site.gateway), lab.ovs_dir(site.name)).db_sock}\n"
+                        "datapath_type = netdev\n")
         atomic_write(lab.agent_conf(site.name), (
             "[gateway]\n"
             + "".join(f"{key} = {value}\n" for key, value in gateway.items())
+            + openflow
             + "\n[agent]\n"
             f"resync_interval = {AGENT_RESYNC}\n"
             "poll_interval = 0.1\n"
@@ -230,7 +263,7 @@ def check_root() -> None:
 
 def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | None = None,
        agents: bool = True, progress: Callable[[str], None] = _progress_none,
-       neutron: bool = False) -> Lab:
+       neutron: bool = False, backend: str = "linux") -> Lab:
     """Build the lab; on failure the partial lab stays for ``down`` (and for a look).
 
     ``neutron``: one real Neutron per site is the source of truth
@@ -246,7 +279,12 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         raise LabError(f"namespaces with prefix {prefix!r} exist ({', '.join(sorted(taken)[:4])}"
                        f"{', ...' if len(taken) > 4 else ''}); run 'lab down' first")
     lab_dir.mkdir(parents=True, exist_ok=True)
-    lab = Lab(prefix, lab_dir, topology, source="neutron" if neutron else "file")
+    if backend not in BACKENDS:
+        raise LabError(f"unknown backend {backend!r} (one of: {', '.join(BACKENDS)})")
+    if backend == "openflow" and ovs_missing():
+        raise LabError(f"the OpenFlow lab needs {ovs_missing()}")
+    lab = Lab(prefix, lab_dir, topology, source="neutron" if neutron else "file",
+              backend=backend)
     lab.save()
     progress(f"underlay switch {lab.ns(SWITCH)}")
     _build_switch(lab)
@@ -254,6 +292,9 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         progress(f"site {site.name}: gateway {lab.ns(site.gateway)}, "
                  f"{len(site.computes)} computes, {len(topology.networks)} networks")
         _build_site(lab, site)
+        if backend == "openflow":
+            progress(f"site {site.name}: Open vSwitch in {lab.ns(site.gateway)}")
+            _build_gateway_ovs(lab, site)
     progress(f"{len(topology.vms)} VMs")
     for vm in topology.vms:
         plug_vm(lab, vm)

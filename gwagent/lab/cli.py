@@ -36,7 +36,7 @@ def cmd_up(args) -> int:
     topo = topo_mod.load(args.topology)
     try:
         lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
-                       progress=_progress, neutron=args.neutron)
+                       progress=_progress, neutron=args.neutron, backend=args.backend)
     except LabError as exc:
         if "already up" in str(exc) or "exist" in str(exc) or "root" in str(exc):
             raise
@@ -188,6 +188,10 @@ def add_parser(subparsers, help: str = "namespace lab: sites, computes, VMs, gat
                     help=f"topology file (default {topo_mod.DEFAULT_FILE})")
     up.add_argument("--no-agents", action="store_true",
                     help="build everything but start no gateway agent")
+    up.add_argument("--backend", default="linux", choices=["linux", "openflow"],
+                    help="the gateways' dataplane: linux (bridge, VXLAN devices, FDB; the "
+                         "default) or openflow (an Open vSwitch per gateway, userspace "
+                         "datapath, programmed by the agent's embedded os-ken controller)")
     up.add_argument("--neutron", action="store_true",
                     help="one real Neutron per site (and RabbitMQ) as the source of truth, "
                          "instead of inventory files; needs .venv-neutron and rabbitmq-server")

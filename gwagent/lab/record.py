@@ -36,6 +36,7 @@ class Lab:
     state: str = "building"
     source: str = "file"        # where the sites' truth lives: file or neutron
     neutron: dict | None = None  # a Neutron lab's clouds (gwagent.lab.neutron reads it)
+    backend: str = "linux"       # the gateways' dataplane: linux or openflow
     truth: truth_mod.Truth = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,10 @@ class Lab:
     def state_dir(self, site: str) -> Path:
         return self.lab_dir / f"{site}-gw"
 
+    def ovs_dir(self, site: str) -> Path:
+        """The gateway's Open vSwitch (an OpenFlow lab): database, sockets, logs."""
+        return self.lab_dir / f"{site}-ovs"
+
     def namespaces(self) -> list[str]:
         nodes = [SWITCH]
         for site in self.topology.sites:
@@ -83,7 +88,7 @@ class Lab:
     def to_dict(self) -> dict:
         return {"prefix": self.prefix, "lab_dir": str(self.lab_dir), "state": self.state,
                 "topology": topo_mod.to_dict(self.topology), "processes": self.processes,
-                "source": self.source, "neutron": self.neutron}
+                "source": self.source, "neutron": self.neutron, "backend": self.backend}
 
     def save(self) -> None:
         atomic_write(self.json_path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -101,7 +106,7 @@ class Lab:
         source = data.get("source") or ("file" if data.get("neutron") is None else "neutron")
         return cls(data["prefix"], Path(data["lab_dir"]), topo_mod.parse(data["topology"]),
                    data.get("processes", {}), data.get("state", "?"), source,
-                   data.get("neutron"))
+                   data.get("neutron"), data.get("backend", "linux"))
 
     # -- description --------------------------------------------------------
     def nodes(self) -> list[dict]:

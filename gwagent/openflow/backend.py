@@ -42,11 +42,13 @@ class OpenFlowBackend:
     def __init__(self, netns: str | None, ovsdb: str, bridge: str = "gwa-ovs",
                  vxlan_port: str = "gwa-vxlan", datapath_type: str = "system",
                  listen_address: str = "127.0.0.1", listen_port: int = 6653,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, switch=None, ovsdb_bridge=None):
         self.netns = netns
-        self.switch = Switch(netns, listen_address, listen_port, timeout)
-        self.bridge = Bridge(ovsdb, bridge, vxlan_port, f"tcp:{listen_address}:{listen_port}",
-                             datapath_type, timeout)
+        # (switch, ovsdb_bridge: models of both, in the unit tests)
+        self.switch = switch or Switch(netns, listen_address, listen_port, timeout)
+        self.bridge = ovsdb_bridge or Bridge(ovsdb, bridge, vxlan_port,
+                                             f"tcp:{listen_address}:{listen_port}",
+                                             datapath_type, timeout)
         self.port = self.bridge.ensure()
         self.switch.wait_connected()
         self._vni: dict[str, int] = {}                       # network name -> transit VNI

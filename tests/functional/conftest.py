@@ -7,22 +7,24 @@ also clears a half-built lab. ``lab`` is shared by a module's tests, which
 must leave it as they found it; ``own_lab`` is a fresh lab for a test that
 moves things around (a lab comes up in about two seconds). ``lab_up(...,
 neutron=True)`` brings up a Neutron lab (one Neutron per site and RabbitMQ,
-about 45 s), stopped the same way by ``down``.
+about 45 s), stopped the same way by ``down``. ``lab`` and ``own_lab`` are
+parametrised over the gateways' backends (``linux``, ``openflow``): every
+test that takes them runs on both.
 """
 from __future__ import annotations
 
 import pytest
 
-from labs import lab_up
+from labs import BACKENDS, lab_up
 
 
-@pytest.fixture(scope="module")
-def lab():
-    with lab_up() as shared:
+@pytest.fixture(scope="module", params=BACKENDS)
+def lab(request):
+    with lab_up(backend=request.param) as shared:
         yield shared
 
 
-@pytest.fixture
-def own_lab():
-    with lab_up() as fresh:
+@pytest.fixture(params=BACKENDS)
+def own_lab(request):
+    with lab_up(backend=request.param) as fresh:
         yield fresh

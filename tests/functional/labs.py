@@ -17,9 +17,13 @@ from gwagent.lab import build
 from gwagent.lab import topology as topo_mod
 
 
+#: The gateways' backends every lab test and drill runs on.
+BACKENDS = ("linux", "openflow")
+
+
 @contextlib.contextmanager
 def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
-           neutron: bool = False):
+           neutron: bool = False, backend: str = "linux"):
     if os.geteuid() != 0:
         pytest.fail("functional lab tests need root (network namespaces); run them as root")
     if neutron:
@@ -30,7 +34,8 @@ def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
     prefix = f"gwf-{secrets.token_hex(3)}-"
     lab = None
     try:
-        lab = build.up(topology or topo_mod.load(), prefix, agents=agents, neutron=neutron)
+        lab = build.up(topology or topo_mod.load(), prefix, agents=agents, neutron=neutron,
+                       backend=backend)
         yield lab
     finally:
         if lab is not None:

@@ -21,12 +21,12 @@ from gwagent.drill import garp, scenario as sc, vrrp
 from gwagent.lab import build, probe
 from gwagent.lab.processes import python_env
 
-from labs import lab_up, wait_for
+from labs import BACKENDS, lab_up, wait_for
 
 
-@pytest.fixture(scope="module")
-def drill_lab():
-    with lab_up() as lab:
+@pytest.fixture(scope="module", params=BACKENDS)
+def drill_lab(request):
+    with lab_up(backend=request.param) as lab:
         yield lab
 
 
