@@ -29,6 +29,7 @@ import time
 from os_ken.base import app_manager
 from os_ken.controller import controller, ofp_event, ofp_handler
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 from pyroute2 import netns as pyroute2_netns
@@ -40,6 +41,21 @@ LOG = logging.getLogger(__name__)
 
 class SwitchError(Exception):
     pass
+
+
+def _daemon_spawn(func, *args, **kwargs):
+    """os-ken's native hub starts its threads (event loops, a connection's
+    send and echo loops) as non-daemon threads it cannot stop (its kill()
+    is a no-op): they kept a finished agent, or a test run, from exiting.
+    Ours are daemons; everything they do is asked for and waited on by us."""
+    thread = hub.HubThread(func, args, kwargs)
+    thread.daemon = True
+    thread.start()
+    return thread
+
+
+if hub.HUB_TYPE == "native":
+    hub.spawn = _daemon_spawn
 
 
 class _Handshake(ofp_handler.OFPHandler):
@@ -162,6 +178,10 @@ class Switch:
                     pending.done.set()
             else:
                 return
+        if not up and dp.send_q is not None:
+            # os-ken joins the connection's send loop, which waits on its
+            # queue for ever: a last message that closes it ends both.
+            dp.send(b"", close_socket=True)
         self._wake()
 
     def _wake(self) -> None:
