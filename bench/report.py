@@ -66,6 +66,7 @@ def build_rows(figures: dict) -> list[Row]:
                 figure += (f" (min {entry['min_seconds']:.3f} s, CPU {entry['cpu_seconds']:.3f} s;"
                            f" load {entry['load_average']:.1f} on {entry['cpus']} CPUs)")
             rows.append(Row(name, figure, target=target, met=met))
+    rows += openflow_rows(figures)
     bulk, naive = figures.get("neutron/bulk"), figures.get("neutron/naive")
     if bulk:
         ours = bulk["entries"] / bulk["seconds"]
@@ -90,6 +91,35 @@ def build_rows(figures: dict) -> list[Row]:
                         f"{tput['gateway_gbit_s']} Gbit/s", f"{tput['direct_gbit_s']} Gbit/s",
                         f"{ratio:.2f}x", f">= {tput.get('target', 0.8)}x",
                         "yes" if ratio >= tput.get("target", 0.8) else "NO"))
+    return rows
+
+
+def openflow_rows(figures: dict) -> list[Row]:
+    rows = []
+    per_message = _rate(figures, "of/per-message/10k")
+    for size in ("10k", "100k"):
+        ours = _rate(figures, f"of/ours/{size}")
+        if ours is None:
+            continue
+        ofctl = _rate(figures, f"of/ofctl-bundle/{size}")
+        if ofctl:
+            ratio = ours / ofctl
+            rows.append(Row(f"OVS bulk install {size} MAC flows: ours (one bundle) vs "
+                            f"ovs-ofctl --bundle add-flows", f"{ours:,.0f}/s",
+                            f"{ofctl:,.0f}/s", f"{ratio:.2f}x", ">= 1.0x",
+                            "yes" if ratio >= 1.0 else "NO"))
+        if per_message and size == "10k":
+            rows.append(Row("OVS bulk install 10k MAC flows: ours vs per-message os-ken",
+                            f"{ours:,.0f}/s", f"{per_message:,.0f}/s",
+                            f"{ours / per_message:.2f}x"))
+    for key, label in (("of/reconcile/cold", "OVS cold reconcile"),
+                       ("of/reconcile/idle", "OVS pass with nothing to change")):
+        entry = figures.get(key)
+        if entry:
+            extra = (f"; observe {entry['observe_seconds']:.2f} s"
+                     if "observe_seconds" in entry else "")
+            rows.append(Row(f"{label}, {entry['endpoints']:,} remote endpoints, "
+                            f"{entry['networks']} networks", f"{entry['seconds']:.2f} s{extra}"))
     return rows
 
 

@@ -55,6 +55,7 @@ class OpenFlowBackend:
         self._nets: dict[int, NetworkSpec] = {}
         self._floods: dict[tuple[int, str], set[str]] = {}   # (vni, side) -> VTEPs
         self._groups: set[int] = set()
+        self._encoders: dict[int, fl.MacFlowBytes] = {}
 
     # observe ---------------------------------------------------------------
     def observe(self) -> GatewayState:
@@ -157,7 +158,7 @@ class OpenFlowBackend:
                     owner.append(op)
                 removed = op.network
             elif isinstance(op, MacOp):
-                msg = (fl.mac_flow(op.entry, vni) if op.action == "set"
+                msg = (fl.Prebuilt(self._encoder(vni), op.entry) if op.action == "set"
                        else fl.delete_mac(op.entry.mac, vni))
                 msgs.append(msg)
                 owner.append(op)
@@ -191,6 +192,12 @@ class OpenFlowBackend:
         # own reason goes to its operations, the others say they rolled back.
         self._floods = {}  # re-read at the next observe
         return [OpError(op, f"{describe(op)}: {_reason(failed, owner, op)}") for op in ops]
+
+    def _encoder(self, vni: int) -> fl.MacFlowBytes:
+        encoder = self._encoders.get(vni)
+        if encoder is None:
+            encoder = self._encoders[vni] = fl.MacFlowBytes(vni)
+        return encoder
 
     # ownership, events ----------------------------------------------------------
     def remove_all(self) -> int:

@@ -36,6 +36,7 @@ its own (:data:`COOKIE_MASK`), never a foreign flow.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_4 as ofp
@@ -224,3 +225,86 @@ def actions_of(stats) -> dict[str, object]:
         if isinstance(inst, parser.OFPInstructionGotoTable):
             out["goto"] = inst.table_id
     return out
+
+
+# -- the bulk path -----------------------------------------------------------
+
+BUNDLE_FLAGS = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+
+
+class MacFlowBytes:
+    """``mac_flow()`` already wrapped in a bundle add, as bytes, by patching
+    one template that os-ken serialised: os-ken takes about 240 us to build
+    and serialise one such message here (100k flows: 24 s, where
+    ``ovs-ofctl --bundle`` takes a few), a patch a few microseconds. The
+    template is checked to hold each placeholder exactly where the patch
+    writes, so a change in os-ken's layout fails loudly, never silently."""
+
+    MAC, IP, XID, BUNDLE = "02:de:ad:be:ef:01", "203.0.113.77", 0x0BADCAFE, 0x0D15EA5E
+
+    def __init__(self, vni: int):
+        self.vni = vni
+        self._pieces = {}
+        self._ips: dict[str, bytes] = {}
+        for side in (SITE, TRANSIT):
+            wrapped = parser.OFPBundleAddMsg(DP, self.BUNDLE, BUNDLE_FLAGS, mac_flow(
+                MacEntry("", self.MAC, side, self.IP), vni), [])
+            wrapped.set_xid(self.XID)
+            wrapped.serialize()
+            buf = bytes(wrapped.buf)
+            spots = {name: self._find(buf, needle, count) for name, needle, count in (
+                ("xid", self.XID.to_bytes(4, "big"), 2),
+                ("bundle", self.BUNDLE.to_bytes(4, "big"), 1),
+                ("mac", bytes.fromhex(self.MAC.replace(":", "")), 1),
+                ("ip", ipaddress.IPv4Address(self.IP).packed, 1))}
+            # the template cut at every placeholder: fixed pieces around them
+            cuts = sorted((at, name, len(needle)) for name, needle in (
+                ("xid", b"1234"), ("bundle", b"1234"), ("mac", b"123456"), ("ip", b"1234"))
+                for at in spots[name])
+            pieces, order, start = [], [], 0
+            for at, name, size in cuts:
+                pieces.append(buf[start:at])
+                order.append(name)
+                start = at + size
+            pieces.append(buf[start:])
+            self._pieces[side] = (pieces, order)
+
+    @staticmethod
+    def _find(buf: bytes, needle: bytes, count: int) -> list[int]:
+        spots, at = [], buf.find(needle)
+        while at >= 0:
+            spots.append(at)
+            at = buf.find(needle, at + 1)
+        if len(spots) != count:
+            raise RuntimeError(f"os-ken's bundle-add layout changed: {needle.hex()} found "
+                               f"{len(spots)} times, {count} expected")
+        return spots
+
+    def encode(self, entry: MacEntry, xid: int, bundle_id: int) -> bytes:
+        pieces, order = self._pieces[entry.side]
+        ip = self._ips.get(entry.vtep)
+        if ip is None:
+            ip = self._ips[entry.vtep] = socket.inet_aton(entry.vtep)
+        values = {"xid": xid.to_bytes(4, "big"), "bundle": bundle_id.to_bytes(4, "big"),
+                  "mac": bytes.fromhex(entry.mac.replace(":", "")), "ip": ip}
+        out = [pieces[0]]
+        for name, piece in zip(order, pieces[1:]):
+            out.append(values[name])
+            out.append(piece)
+        return b"".join(out)
+
+
+class Prebuilt:
+    """One message of a bundle that encodes itself (the bulk path), with
+    the os-ken message it stands for (for models of the switch and logs)."""
+
+    __slots__ = ("encoder", "entry")
+
+    def __init__(self, encoder: MacFlowBytes, entry: MacEntry):
+        self.encoder, self.entry = encoder, entry
+
+    def encode(self, xid: int, bundle_id: int) -> bytes:
+        return self.encoder.encode(self.entry, xid, bundle_id)
+
+    def message(self):
+        return mac_flow(self.entry, self.encoder.vni)

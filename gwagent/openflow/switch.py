@@ -34,7 +34,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 from pyroute2 import netns as pyroute2_netns
 
-from gwagent.openflow.flows import DP
+from gwagent.openflow.flows import BUNDLE_FLAGS, DP, Prebuilt
 
 LOG = logging.getLogger(__name__)
 
@@ -223,16 +223,19 @@ class Switch:
                         pending.done.set()
                     return
 
-    def _send(self, msgs: list, wait_xid_last: bool = True) -> _Pending:
+    def _send(self, msgs: list, bundle_id: int = 0) -> _Pending:
         dp = self.wait_connected()
         xids = []
         chunks = []
         for msg in msgs:
-            xid = next(self._xids)
-            msg.set_xid(xid)
-            msg.serialize()
+            xid = next(self._xids) & 0xFFFFFFFF
+            if isinstance(msg, Prebuilt):  # the bulk path: bytes patched from a template
+                chunks.append(msg.encode(xid, bundle_id))
+            else:
+                msg.set_xid(xid)
+                msg.serialize()
+                chunks.append(msg.buf)
             xids.append(xid)
-            chunks.append(msg.buf)
         pending = _Pending(xids)
         pending.last = xids[-1]
         with self._lock:
@@ -262,15 +265,16 @@ class Switch:
         if not msgs:
             return {}
         bundle_id = next(self._xids) & 0xFFFFFFFF
-        flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+        flags = BUNDLE_FLAGS
 
         def ctrl(kind):
             return parser.OFPBundleCtrlMsg(DP, bundle_id, kind, flags, [])
-        adds = [parser.OFPBundleAddMsg(DP, bundle_id, flags, m, []) for m in msgs]
+        adds = [m if isinstance(m, Prebuilt) else parser.OFPBundleAddMsg(DP, bundle_id, flags, m, [])
+                for m in msgs]
         started = time.monotonic()
         what = f"bundle of {len(msgs)} messages"
         staged = self._wait(self._send([ctrl(ofp.OFPBCT_OPEN_REQUEST)] + adds
-                                       + [parser.OFPBarrierRequest(DP)]), what)
+                                       + [parser.OFPBarrierRequest(DP)], bundle_id), what)
         order = sorted(staged.xids)
         index = {xid: i - 1 for i, xid in enumerate(order)}
         errors = {index[x]: e for x, e in staged.errors.items()

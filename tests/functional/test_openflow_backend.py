@@ -150,6 +150,7 @@ def test_a_refused_message_leaves_its_network_untouched(world, backend, monkeypa
         msg.instructions[-1] = fl.parser.OFPInstructionGotoTable(fl.CLASSIFY)
         return msg
     monkeypatch.setattr(fl, "mac_flow", bad)
+    backend._encoders.clear()                        # the bulk path's templates, too
     errors = backend.apply(plan(world["desired"], backend.observe()))
     assert errors and all("red" in e.error for e in errors)
     assert any("OpenFlow error" in e.error for e in errors)
@@ -157,6 +158,7 @@ def test_a_refused_message_leaves_its_network_untouched(world, backend, monkeypa
     assert "reg0=0x1389" not in flows and "tun_id=0x3e9" not in flows
     assert "group_id" not in world["ovs"].ofctl("gwa-ovs", "dump-groups")
     monkeypatch.setattr(fl, "mac_flow", real)
+    backend._encoders.clear()
     reconcile(backend, world["desired"])            # the next pass lands it whole
     assert backend.observe() == world["desired"]
 
