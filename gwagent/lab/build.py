@@ -125,6 +125,22 @@ def _build_gateway_ovs(lab: Lab, site) -> None:
         ovs.attach_underlay(bridge, nic, f"{address}/24", (lab.ns(SWITCH), far))
 
 
+def _resolve_underlay(lab: Lab) -> None:
+    """Let each OpenFlow gateway's OVS learn its underlay neighbours (its
+    computes, the peer gateways) once, as a deployment's traffic would long
+    before a tenant arrives. OVS's userspace tunnels drop a packet toward a
+    VTEP whose MAC they have not resolved yet (measured: a fresh lab's first
+    cross-site ARP crossed three cold VTEPs and took 3.2 s, the kernel's
+    retries); OVS snoops the gateway's own ARP for them."""
+    for site in lab.topology.sites:
+        ns = lab.ns(site.gateway)
+        targets = [site.compute_ip(c) for c in site.computes]
+        targets += [peer.transit_ip for peer in lab.topology.sites if peer is not site]
+        for ip in targets:
+            if probe.ping(ns, ip) is None:
+                raise LabError(f"{site.gateway} cannot reach {ip} on its underlay")
+
+
 def _build_compute_networks(ns: str, local_ip: str, segmentation_ids: list[int]) -> None:
     with open_ipr(ns) as ipr:
         uplink_index = index(ipr, "eth0")
@@ -295,6 +311,8 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         if backend == "openflow":
             progress(f"site {site.name}: Open vSwitch in {lab.ns(site.gateway)}")
             _build_gateway_ovs(lab, site)
+    if backend == "openflow":
+        _resolve_underlay(lab)
     progress(f"{len(topology.vms)} VMs")
     for vm in topology.vms:
         plug_vm(lab, vm)
