@@ -170,7 +170,9 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
             # a repair of an owned entry is not held up by the fault
             t0 = delete_owned_entry(lab, c1.mac, c_transit)
             report["repair_s"] = repaired_within(lab, c1.mac, c_transit, t0)
-            assert report["repair_s"] < 1.0, report
+            # well inside the fault's own delay (3 s): not held up by it (a
+            # busy CI machine once took 1.1 s)
+            assert report["repair_s"] < 2.0, report
             if healthy:
                 # a VM added in a healthy cloud reaches the other healthy site
                 home, other = healthy[1], healthy[0]
