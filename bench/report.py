@@ -58,7 +58,7 @@ def build_rows(figures: dict) -> list[Row]:
         entry = figures.get(key)
         if entry:
             name = f"{label}, {entry['endpoints']:,} remote endpoints, " \
-                   f"{entry['networks']} networks ({entry['entries']:,} FDB entries)"
+                   f"{entry['networks']} networks ({entry['entries']:,} MAC places and flood destinations)"
             target = f"< {limit:g} s" if limit else "-"
             met = ("yes" if entry["seconds"] < limit else "NO") if limit else "-"
             figure = f"{entry['seconds']:.3f} s"
