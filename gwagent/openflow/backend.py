@@ -93,7 +93,7 @@ class OpenFlowBackend:
         self._floods = collections.defaultdict(set)
         for gid, g in group_ids.items():
             vni, side = fl.group_key(gid)
-            for entry in fl.flood_entries(None, names.get(vni, ""), gid, g.buckets):
+            for entry in fl.flood_entries(names.get(vni, ""), gid, g.buckets):
                 self._floods[(vni, side)].add(entry.vtep)
                 if entry.network:
                     floods.add(entry)

@@ -201,7 +201,7 @@ def delete_all() -> list:
 
 # -- reading flows back -------------------------------------------------------
 
-def flood_entries(net: NetworkSpec | None, name: str, gid: int, buckets) -> set[FloodEntry]:
+def flood_entries(name: str, gid: int, buckets) -> set[FloodEntry]:
     _, side = group_key(gid)
     out = set()
     for bucket in buckets:

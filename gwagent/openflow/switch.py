@@ -82,6 +82,7 @@ def _app_manager() -> app_manager.AppManager:
 class _Pending:
     def __init__(self, xids):
         self.xids = set(xids)
+        self.last = xids[-1]  # its answer ends the request
         self.errors: dict[int, str] = {}
         self.replies: list = []
         self.done = threading.Event()
@@ -237,7 +238,6 @@ class Switch:
                 chunks.append(msg.buf)
             xids.append(xid)
         pending = _Pending(xids)
-        pending.last = xids[-1]
         with self._lock:
             key = xids[-1]
             self._pending[key] = pending
