@@ -13,8 +13,10 @@ import re
 from gwagent.dataplane.linux import LinuxBackend
 from gwagent.lab.ovs import Ovs
 from gwagent.openflow import flows as fl
-from gwagent.state import MacEntry
+from gwagent.state import FloodEntry, MacEntry
 
+_GROUP = re.compile(r"group_id=(\d+),")
+_BUCKET_DST = re.compile(r"set_field:([0-9.]+)->tun_dst")
 _MAC_FLOW = re.compile(r"cookie=0x([0-9a-f]+),.*\breg0=0x([0-9a-f]+),dl_dst=([0-9a-f:]+) "
                        r"actions=set_field:(0x1|0)->reg2,set_field:([0-9.]+)->tun_dst")
 
@@ -37,6 +39,24 @@ def places(lab, site: str) -> set[MacEntry]:
         return out
     with LinuxBackend(ns) as backend:
         return set(backend.observe().macs)
+
+
+def floods(lab, site: str) -> set[FloodEntry]:
+    """Every flood destination the gateway of ``site`` holds: the all-zero
+    FDB entries, or the buckets of the flood groups."""
+    ns = lab.ns(lab.topology.site(site).gateway)
+    if lab.backend == "openflow":
+        names = {net.transit_vni: net.name for net in lab.topology.networks}
+        out = set()
+        for line in ovs_of(lab, site).ofctl("gwa-ovs", "dump-groups").splitlines():
+            m = _GROUP.search(line)
+            if m:
+                vni, side = fl.group_key(int(m[1]))
+                out.update(FloodEntry(names.get(vni, "?"), side, dst)
+                           for dst in _BUCKET_DST.findall(line))
+        return out
+    with LinuxBackend(ns) as backend:
+        return set(backend.observe().floods)
 
 
 def place_of(lab, site: str, network: str, mac: str) -> set[tuple[str, str | None]]:

@@ -1,8 +1,8 @@
 """The lab with one real Neutron per site as the source of truth.
 
-One Neutron lab (two Neutrons, RabbitMQ, the computes' L2 agents, two
-gateway agents with ``source = neutron``) is shared by the module and always
-brought down, Neutron servers and RabbitMQ included. Results are what VMs
+One Neutron lab per backend (two Neutrons, RabbitMQ, the computes' L2
+agents, two gateway agents with ``source = neutron``) is shared by the
+module's tests and always brought down, Neutron servers and RabbitMQ included. Results are what VMs
 see (pings answered, datagrams received, ARP answers) and what each
 Neutron holds (remote ports and their VTEP), never calls.
 
@@ -42,11 +42,11 @@ def topology() -> topo_mod.Topology:
     return topo_mod.parse(data)
 
 
-@pytest.fixture(scope="module")
-def nlab():
+@pytest.fixture(scope="module", params=labs.BACKENDS)
+def nlab(request):
     start = time.monotonic()
-    with lab_up(topology(), neutron=True) as lab:
-        print(f"Neutron lab up in {time.monotonic() - start:.1f} s")
+    with lab_up(topology(), neutron=True, backend=request.param) as lab:
+        print(f"Neutron lab ({request.param}) up in {time.monotonic() - start:.1f} s")
         records = dict(lab.processes)
         yield lab
     # down stopped every process it started (Neutron servers, RabbitMQ and
