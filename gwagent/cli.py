@@ -108,7 +108,8 @@ def build_backend(conf: cfg.ConfigOpts):
         o = conf.openflow
         return OpenFlowBackend(netns, o.ovsdb_connection, o.bridge, o.vxlan_port,
                                o.datapath_type, o.listen_address, o.listen_port,
-                               o.request_timeout)
+                               o.request_timeout, evidence=o.mobility_evidence,
+                               evidence_rate=o.evidence_rate, evidence_burst=o.evidence_burst)
     from gwagent.dataplane.linux import LinuxBackend
     return LinuxBackend(netns)
 

@@ -117,6 +117,17 @@ openflow_opts = [
                 help="TCP port of the embedded controller."),
     cfg.FloatOpt("request_timeout", default=10.0, min=0.1,
                  help="Seconds to wait for the switch to answer a request or a bundle."),
+    cfg.StrOpt("mobility_evidence", default="tap", choices=["tap", "packet-in"],
+               help="Where the evidence of a mobile MAC's move comes from: 'tap' (the BPF "
+                    "tap on the gateway's underlay, as on Linux: measured fastest) or "
+                    "'packet-in' (table MOBILITY copies the frames to the controller: for "
+                    "datapaths whose underlay the kernel does not see, such as DPDK)."),
+    cfg.IntOpt("evidence_rate", default=100, min=1,
+               help="With mobility_evidence = packet-in: packet-ins per second the "
+                    "switch's controller meter lets through (over it, the copy is dropped, "
+                    "never the frame)."),
+    cfg.IntOpt("evidence_burst", default=25, min=1,
+               help="With mobility_evidence = packet-in: the controller meter's burst."),
 ]
 
 neutron_peer_opts = [

@@ -27,6 +27,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 
 from gwagent.dataplane.capture import MobilityTap
 from gwagent.openflow import flows as fl
+from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
 from gwagent.openflow.switch import Switch, SwitchError
 from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
@@ -34,6 +35,7 @@ from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, Mac
 
 LOG = logging.getLogger(__name__)
 BROKEN = Segment(0, "")
+EVIDENCE = ("tap", "packet-in")
 
 
 class OpenFlowBackend:
@@ -42,8 +44,14 @@ class OpenFlowBackend:
     def __init__(self, netns: str | None, ovsdb: str, bridge: str = "gwa-ovs",
                  vxlan_port: str = "gwa-vxlan", datapath_type: str = "system",
                  listen_address: str = "127.0.0.1", listen_port: int = 6653,
-                 timeout: float = 10.0, switch=None, ovsdb_bridge=None):
+                 timeout: float = 10.0, switch=None, ovsdb_bridge=None,
+                 evidence: str = "tap", evidence_rate: int = 100,
+                 evidence_burst: int = 25):
         self.netns = netns
+        if evidence not in EVIDENCE:
+            raise ValueError(f"mobility evidence {evidence!r}: one of {', '.join(EVIDENCE)}")
+        self.evidence, self.evidence_rate, self.evidence_burst = (evidence, evidence_rate,
+                                                                   evidence_burst)
         # (switch, ovsdb_bridge: models of both, in the unit tests)
         self.switch = switch or Switch(netns, listen_address, listen_port, timeout)
         self.bridge = ovsdb_bridge or Bridge(ovsdb, bridge, vxlan_port,
@@ -205,6 +213,11 @@ class OpenFlowBackend:
         return 1 if self.bridge.remove() else 0
 
     def tap(self, local_ips: Sequence[str]):
+        """The mobility evidence: the Linux backend's BPF tap on the
+        underlay (the default, measured fastest; flows.py) or packet-ins
+        of table MOBILITY (``evidence="packet-in"``, gwagent.openflow.evidence)."""
+        if self.evidence == "packet-in":
+            return PacketInTap(self.switch, self.evidence_rate, self.evidence_burst)
         return MobilityTap(self.netns, local_ips)
 
     def fileno(self) -> int:

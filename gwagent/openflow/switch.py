@@ -114,6 +114,19 @@ class GatewayApp(app_manager.OSKenApp):
         more = bool(getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE)
         self.switch._reply(msg.datapath, msg.xid, reply=msg, final=not more)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        self.switch._packet_in(ev.msg)
+
+    def _send_event(self, ev, state):
+        # A packet-in (mobility evidence) is handed over in the connection's
+        # receive thread, not queued for the app's event thread: one thread
+        # hop less on the failover path (the listener only queues and wakes).
+        if isinstance(ev, ofp_event.EventOFPPacketIn) and state == MAIN_DISPATCHER:
+            self.switch._packet_in(ev.msg)
+            return
+        super()._send_event(ev, state)
+
 
 class Switch:
     """One OVS bridge's controller connection (module docstring)."""
@@ -127,6 +140,7 @@ class Switch:
         self._connected = threading.Event()
         self._pending: dict[int, _Pending] = {}
         self._xids = itertools.count(1 << 31)
+        self._listeners: list = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -179,11 +193,37 @@ class Switch:
                     pending.done.set()
             else:
                 return
+            listeners = list(self._listeners)
+        if up:
+            for listener in listeners:
+                listener.connected()
         if not up and dp.send_q is not None:
             # os-ken joins the connection's send loop, which waits on its
             # queue for ever: a last message that closes it ends both.
             dp.send(b"", close_socket=True)
         self._wake()
+
+    def listen(self, listener) -> None:
+        """``listener.packet_in(msg, at)`` for every packet-in (``at``: when
+        it reached us, time.time() scale), in os-ken's event thread, and
+        ``listener.connected()`` on every (re)connection: both must only
+        queue and wake, never send and wait (that thread reads the replies)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _packet_in(self, msg) -> None:
+        at = time.time()
+        with self._lock:
+            if msg.datapath is not self.datapath:
+                return
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.packet_in(msg, at)
 
     def _wake(self) -> None:
         try:
@@ -290,6 +330,16 @@ class Switch:
             reason = "; ".join(sorted(set(done.errors.values())))
             return {i: f"bundle refused at commit: {reason}" for i in range(len(msgs))}
         return {}
+
+    def request(self, msgs: list) -> dict[int, str]:
+        """Send ``msgs`` and a barrier (for what bundles cannot carry, such
+        as meters); {index: error} of the refused ones."""
+        if not msgs:
+            return {}
+        pending = self._wait(self._send(list(msgs) + [parser.OFPBarrierRequest(DP)]),
+                             f"request of {len(msgs)} messages")
+        index = {xid: i for i, xid in enumerate(sorted(pending.xids))}
+        return {index[x]: e for x, e in pending.errors.items() if index.get(x, -1) < len(msgs)}
 
     def dump_flows(self, cookie: int, mask: int) -> list:
         req = parser.OFPFlowStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,

@@ -39,6 +39,14 @@ class Group:
         self.group_id, self.buckets = group_id, buckets
 
 
+class PacketIn:
+    """What OVS sends for a CONTROLLER output: the flow's cookie, the
+    pipeline fields in the match, the frame cut at max_len."""
+
+    def __init__(self, cookie, match, data):
+        self.cookie, self.match, self.data = cookie, match, data
+
+
 class FakeSwitch:
     connects = 1
 
@@ -48,6 +56,8 @@ class FakeSwitch:
     def __init__(self):
         self.flows: dict[tuple, Stat] = {}
         self.groups: dict[int, Group] = {}
+        self.meters: dict[int, tuple] = {}
+        self.listeners: list = []
         self.add(parser.OFPFlowMod(fl.DP, cookie=0x1234, table_id=7, priority=5,
                                    match=parser.OFPMatch(), instructions=[]))
 
@@ -85,6 +95,24 @@ class FakeSwitch:
                         and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask):
                     del flows[key]
 
+    def request(self, msgs):
+        errors = {}
+        for i, msg in enumerate(msgs):
+            assert isinstance(msg, parser.OFPMeterMod)
+            if msg.command == ofp.OFPMC_ADD and msg.meter_id in self.meters:
+                errors[i] = "meter exists"
+            elif msg.command == ofp.OFPMC_MODIFY and msg.meter_id not in self.meters:
+                errors[i] = "unknown meter"
+            else:
+                self.meters[msg.meter_id] = tuple((b.rate, b.burst_size) for b in msg.bands)
+        return errors
+
+    def listen(self, listener):
+        self.listeners.append(listener)
+
+    def unlisten(self, listener):
+        self.listeners.remove(listener)
+
     def bundle(self, msgs):
         flows, groups = dict(self.flows), dict(self.groups)
         for i, msg in enumerate(msgs):
@@ -104,10 +132,18 @@ class FakeSwitch:
     def dump_groups(self):
         return list(self.groups.values())
 
-    def forward(self, tun_id, tun_dst, eth_dst) -> set[tuple[int, str, str]]:
-        """(VNI, outer source, outer destination) of every copy that leaves."""
+    def forward(self, tun_id, tun_dst, eth_dst, eth_src="02:00:00:00:00:99",
+                tun_src="198.18.9.9", ethertype=0x0800) -> set[tuple[int, str, str]]:
+        """(VNI, outer source, outer destination) of every copy that leaves;
+        a CONTROLLER output becomes a packet-in to the listeners (at most
+        the meter's burst of them per call: the meter drops the copy, never
+        the frame)."""
         fields = {"in_port": PORT, "tunnel_id": tun_id, "tun_ipv4_dst": tun_dst,
-                  "eth_dst": eth_dst, "reg0": 0, "reg1": 0, "reg2": 0}
+                  "tun_ipv4_src": tun_src, "eth_dst": eth_dst, "eth_src": eth_src,
+                  "reg0": 0, "reg1": 0, "reg2": 0}
+        frame = (bytes.fromhex(eth_dst.replace(":", "")) + bytes.fromhex(eth_src.replace(":", ""))
+                 + ethertype.to_bytes(2, "big") + bytes(46))
+        self._frame, self._sent = frame, 0
         return self._table(0, fields)
 
     def _table(self, table, fields) -> set:
@@ -115,14 +151,17 @@ class FakeSwitch:
                             key=lambda s: -s.priority)
         for stat in candidates:
             if all(fields.get(k) == v for k, v in stat.match.iteritems()):
-                return self._run(stat.instructions, dict(fields))
+                return self._run(stat, dict(fields))
         return set()  # table miss: dropped (fail_mode=secure)
 
-    def _actions(self, actions, fields) -> set:
+    def _actions(self, actions, fields, stat=None) -> set:
         out = set()
         for action in actions:
             if isinstance(action, parser.OFPActionSetField):
                 fields[action.key] = action.value
+            elif isinstance(action, parser.OFPActionOutput) and \
+                    action.port == ofp.OFPP_CONTROLLER:
+                self._packet_in(stat, fields, action.max_len)
             elif isinstance(action, parser.OFPActionOutput):
                 assert action.port == ofp.OFPP_IN_PORT
                 out.add((fields["tunnel_id"], fields["tun_ipv4_src"], fields["tun_ipv4_dst"]))
@@ -131,11 +170,21 @@ class FakeSwitch:
                     out |= self._actions(bucket.actions, dict(fields))
         return out
 
-    def _run(self, instructions, fields) -> set:
+    def _packet_in(self, stat, fields, max_len) -> None:
+        meter = self.meters.get(ofp.OFPM_CONTROLLER)
+        if meter is not None and self._sent >= meter[0][1]:
+            return
+        self._sent += 1
+        match = {k: fields[k] for k in ("in_port", "tunnel_id", "tun_ipv4_src",
+                                        "tun_ipv4_dst", "reg0", "reg1")}
+        for listener in self.listeners:
+            listener.packet_in(PacketIn(stat.cookie, match, self._frame[:max_len]), 1.0)
+
+    def _run(self, stat, fields) -> set:
         out = set()
-        for inst in instructions:
+        for inst in stat.instructions:
             if isinstance(inst, parser.OFPInstructionActions):
-                out |= self._actions(inst.actions, fields)
+                out |= self._actions(inst.actions, fields, stat)
             elif isinstance(inst, parser.OFPInstructionGotoTable):
                 out |= self._table(inst.table_id, fields)
         return out
@@ -245,3 +294,98 @@ def test_every_flow_of_ours_carries_the_cookie():
     converge(be, state([endpoint("a", "red", 1)], [endpoint("b", "red", 2)]))
     ours = [s for s in sw.flows.values() if s.cookie != 0x1234]
     assert ours and all(s.cookie & fl.COOKIE_MASK == fl.COOKIE_BASE for s in ours)
+
+
+# -- mobility evidence by packet-in ------------------------------------------
+
+VMAC = "02:00:5e:00:01:07"
+
+
+def mobile_world():
+    """A gateway whose red network has a peer gateway's MAC, with a
+    packet-in tap watching the mobile MAC ``VMAC`` (now at 198.18.200.2)."""
+    from gwagent.openflow.evidence import PacketInTap
+    b2 = endpoint("b", "red", 2)
+    be, sw = backend()
+    be.desired = state([endpoint("a", "red", 1)], [b2], nets=("red",))
+    converge(be, be.desired)
+    be.evidence = "packet-in"
+    tap = be.tap([GW_SITE, GW_TRANSIT])
+    assert isinstance(tap, PacketInTap)
+    return be, sw, tap, b2
+
+
+def test_a_watched_mac_from_a_new_place_is_evidence_and_still_forwarded():
+    be, sw, tap, b2 = mobile_world()
+    tap.watch([(5001, VMAC, ("198.18.200.2",))])
+    # a GARP from the mobile MAC behind another peer gateway
+    out = sw.forward(5001, GW_TRANSIT, "ff:ff:ff:ff:ff:ff", eth_src=VMAC,
+                     tun_src="198.18.200.3", ethertype=0x0806)
+    assert out == {(1001, GW_SITE, "198.18.1.11")}          # flooded to the site as before
+    [ev] = tap.read()
+    assert (ev.vni, ev.mac, ev.src, ev.dst, ev.arp) == (5001, VMAC, "198.18.200.3",
+                                                        GW_TRANSIT, True)
+    # any frame is evidence (as on the BPF tap), but not from the current place
+    sw.forward(5001, GW_TRANSIT, "02:00:00:00:00:01", eth_src=VMAC, tun_src="198.18.200.2")
+    assert tap.read() == []
+    sw.forward(5001, GW_TRANSIT, "02:00:00:00:00:01", eth_src=VMAC, tun_src="198.18.200.3")
+    assert [e.arp for e in tap.read()] == [False]
+    # another VNI, another MAC: nothing
+    sw.forward(1001, GW_SITE, "ff:ff:ff:ff:ff:ff", eth_src=VMAC, tun_src="198.18.1.11")
+    sw.forward(5001, GW_TRANSIT, "ff:ff:ff:ff:ff:ff", eth_src=b2.mac, tun_src="198.18.200.3")
+    assert tap.read() == []
+
+
+def test_watches_are_replaced_whole_and_queued_evidence_is_checked_again():
+    be, sw, tap, _ = mobile_world()
+    tap.watch([(5001, VMAC, ()), (1001, VMAC, ())])
+    sw.forward(5001, GW_TRANSIT, "ff:ff:ff:ff:ff:ff", eth_src=VMAC, tun_src="198.18.200.3")
+    tap.watch([(1001, VMAC, ())])       # queued above under the old list: no longer evidence
+    assert tap.read() == []
+    watch_flows = [s for s in sw.flows.values() if fl.kind_of(s.cookie) == fl.K_WATCH]
+    assert {s.match["tunnel_id"] for s in watch_flows} == {1001}
+    tap.watch([])
+    assert not [s for s in sw.flows.values() if fl.kind_of(s.cookie) == fl.K_WATCH]
+    # and the pipeline is whole: a pass has nothing to do
+    assert be.observe() == be.desired and plan(be.desired, be.observe()) == []
+
+
+def test_the_controller_meter_bounds_packet_ins_never_forwarding():
+    be, sw, tap, _ = mobile_world()
+    assert sw.meters[ofp.OFPM_CONTROLLER] == ((100, 25),)
+    tap.watch([(5001, VMAC, ())])
+    sw.meters[ofp.OFPM_CONTROLLER] = ((100, 0),)   # a meter with nothing left
+    out = sw.forward(5001, GW_TRANSIT, "ff:ff:ff:ff:ff:ff", eth_src=VMAC,
+                     tun_src="198.18.200.3")
+    assert out and tap.read() == []
+
+
+def test_a_reconnected_switch_gets_its_meter_and_watches_back():
+    be, sw, tap, _ = mobile_world()
+    tap.watch([(5001, VMAC, ())])
+    sw.flows = {k: v for k, v in sw.flows.items() if fl.kind_of(v.cookie) != fl.K_WATCH}
+    sw.meters.clear()                    # OVS restarted: flows and meters gone
+    tap.connected()
+    assert tap.read() == []              # the read re-installs
+    assert ofp.OFPM_CONTROLLER in sw.meters
+    sw.forward(5001, GW_TRANSIT, "ff:ff:ff:ff:ff:ff", eth_src=VMAC, tun_src="198.18.200.3")
+    assert len(tap.read()) == 1
+    tap.close()
+    assert sw.listeners == []
+
+
+def test_the_default_tap_is_the_bpf_tap_and_packet_in_is_an_option():
+    import pytest
+    be, _ = backend()
+    assert be.evidence == "tap"
+    with pytest.raises(ValueError, match="mobility evidence"):
+        OpenFlowBackend(None, "", switch=FakeSwitch(), ovsdb_bridge=FakeBridge(),
+                        evidence="learn")
+
+
+def test_a_packet_in_of_another_flow_is_no_evidence():
+    msg = PacketIn(fl.cookie(fl.K_MAC, 5001), {"tunnel_id": 5001, "tun_ipv4_src": "1.2.3.4",
+                                               "tun_ipv4_dst": "5.6.7.8"}, bytes(60))
+    assert fl.evidence_of(msg, 0.0) is None
+    msg.cookie = fl.cookie(fl.K_WATCH)
+    assert fl.evidence_of(msg, 2.5).at == 2.5
