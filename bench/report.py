@@ -112,6 +112,17 @@ def openflow_rows(figures: dict) -> list[Row]:
             rows.append(Row("OVS bulk install 10k MAC flows: ours vs per-message os-ken",
                             f"{ours:,.0f}/s", f"{per_message:,.0f}/s",
                             f"{ours / per_message:.2f}x"))
+    for what, label in (("evidence", "GARP -> mobility evidence in the agent"),
+                        ("move", "GARP -> traffic at the new place")):
+        paths = [(name, figures.get(f"of/mobility/{what}/{name}"))
+                 for name in ("tap", "tap-kernel", "packet-in", "learn")]
+        paths = [(name, entry) for name, entry in paths if entry]
+        if paths:
+            rows.append(Row(f"OVS mobility: {label} (median, p90; side by side)",
+                            "; ".join(f"{name} {entry['median_ms']:.2f} ms, "
+                                      f"{entry['p90_ms']:.2f} ms"
+                                      + (f" ({entry['lost']} lost)" if entry.get("lost") else "")
+                                      for name, entry in paths)))
     for key, label in (("of/reconcile/cold", "OVS cold reconcile"),
                        ("of/reconcile/idle", "OVS pass with nothing to change")):
         entry = figures.get(key)

@@ -10,6 +10,14 @@ Side by side in one run, on one OVS in a throwaway namespace:
   plan, apply from an empty bridge) and a pass with nothing to change
   (observe + plan).
 
+* the mobility path (``-k mobility``), on a gateway with a mobile MAC
+  between two peers (tests/functional/mobility_world.py): GARP -> evidence
+  in the agent's hands by the BPF tap and by packet-in, both watching the
+  same GARP; and GARP -> the first probe at the new place by the agent's
+  paths (tap, packet-in: evidence, claim, one move) and by OVS ``learn``
+  flows, rounds interleaved. The choice and the figures are in
+  gwagent/openflow/flows.py (table MOBILITY) and the README.
+
 Each round checks its result (the switch holds exactly the flows asked
 for). OVS restart to traffic restored is measured by the functional test
 ``test_ovs_restart_under_traffic_is_repaired`` (it needs traffic).
@@ -161,3 +169,229 @@ def test_idle_pass_100k_on_ovs(benchmark, ovs_backend, desired_100k, figures):
     figures["of/reconcile/idle"] = {"seconds": benchmark.stats.stats.median,
                                     "entries": len(desired_100k.macs),
                                     "endpoints": len(desired_100k.macs), "networks": 10}
+
+
+# -- the mobility path: BPF tap vs packet-in vs learn, side by side ----------------
+
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def _p90(values):
+    values = sorted(v for v in values if v is not None)
+    return values[min(len(values) - 1, int(len(values) * 0.9))] if values else None
+
+
+def _summary(values) -> dict:
+    got = [v for v in values if v is not None]
+    return {"median_ms": _median(got), "p90_ms": _p90(got), "max_ms": max(got, default=None),
+            "n": len(got), "lost": len(values) - len(got)}
+
+
+@pytest.fixture(scope="module")
+def mobility(tmp_path_factory):
+    """A gateway on OVS with the mobile MAC between peers p1 and p2, both
+    mobility taps, probes from the compute toward the mobile MAC."""
+    if missing():
+        pytest.fail(f"the OpenFlow benchmarks need {missing()}")
+    from mobility_world import (MOBILE, P1, Arrivals, Probes, mobility_world, raw_socket)
+    from gwagent.dataplane.capture import MobilityTap
+    from gwagent.openflow.evidence import PacketInTap
+    from gwagent.state import TRANSIT
+    with mobility_world(tmp_path_factory.mktemp("mob"), "gwb-m") as w:
+        be = OpenFlowBackend(w["gw"], w["ovs"].db_sock, "gwa-ovs", "gwa-vxlan", "netdev",
+                             "127.0.0.1", 6653, timeout=10)
+        taps = []
+        try:
+            d = w["desired"]
+            d = GatewayState(d.networks, d.macs | {MacEntry("red", MOBILE, TRANSIT, P1)},
+                             d.floods)
+            assert be.apply(plan(d, be.observe())) == []
+            taps = [MobilityTap(w["gw"], ["198.18.1.1", "198.18.200.1"]),
+                    PacketInTap(be.switch)]
+            senders = {"p1": raw_socket(w["p1"]), "p2": raw_socket(w["p2"])}
+            arrivals = {"p1": Arrivals(w["p1"]), "p2": Arrivals(w["p2"])}
+            probes = Probes(w["c"]).start()
+            try:
+                yield {"world": w, "be": be, "tap": taps[0], "packet-in": taps[1],
+                       "send": senders, "arrive": arrivals, "where": ["p1"]}
+            finally:
+                probes.stop()
+                for s in list(senders.values()) + list(arrivals.values()):
+                    s.close()
+        finally:
+            for t in taps:
+                t.close()
+            be.close()
+
+
+def _vtep(peer: str) -> str:
+    from mobility_world import P1, P2
+    return {"p1": P1, "p2": P2}[peer]
+
+
+def _settled(ovs) -> None:
+    """Wait until OVS's revalidators have carried the last flow change into
+    the datapath's flow cache (a committed flow-mod changes the tables at
+    once, the cached megaflows a little later)."""
+    ovs._run("ovs-appctl", "revalidator/wait")
+
+
+def _collect(tap, since: float, timeout: float = 2.0):
+    """(read time, evidence) of the first evidence ``tap`` gives after ``since``."""
+    import select
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([tap], [], [], max(0.0, deadline - time.monotonic()))
+        if readable:
+            for ev in tap.read():
+                if ev.at >= since - 0.001:
+                    return time.time(), ev
+    return None, None
+
+
+def test_mobility_evidence_tap_vs_packet_in(benchmark, mobility, figures):
+    """The same GARP, seen by both taps at once: time from the GARP leaving a
+    peer's VXLAN device to the evidence in the agent's hands (and, for the
+    BPF tap, to the kernel's receive stamp)."""
+    import threading
+    from mobility_world import MOBILE, garp
+    m = mobility
+    got = {"tap": [], "tap-kernel": [], "packet-in": []}
+
+    def series():
+        garp(m["send"]["p2"])   # warm up: the first frames of a new path resolve neighbours
+        garp(m["send"]["p1"])
+        for i in range(40):
+            peer = "p2" if i % 2 == 0 else "p1"
+            exclude = (_vtep("p1" if peer == "p2" else "p2"),)
+            for name in ("tap", "packet-in"):
+                m[name].watch([(5001, MOBILE, exclude)])
+            _settled(m["world"]["ovs"])
+            out = {}
+
+            def wait(name):
+                out[name] = _collect(m[name], since)
+            since = time.time()
+            threads = [threading.Thread(target=wait, args=(n,)) for n in ("tap", "packet-in")]
+            for t in threads:
+                t.start()
+            sent = garp(m["send"][peer])
+            for t in threads:
+                t.join()
+            for name in ("tap", "packet-in"):
+                at, ev = out[name]
+                ok = ev is not None and ev.src == _vtep(peer)
+                got[name].append((at - sent) * 1000 if ok else None)
+                if name == "tap":
+                    got["tap-kernel"].append((ev.at - sent) * 1000 if ok else None)
+        for name in ("tap", "packet-in"):
+            m[name].watch([])
+    benchmark.pedantic(series, rounds=1, iterations=1)
+    for name, values in got.items():
+        figures[f"of/mobility/evidence/{name}"] = {"seconds": (_median(values) or 0) / 1000,
+                                                   "entries": 1, **_summary(values)}
+        print(f"evidence {name}: {_summary(values)}")
+    assert all(_summary(v)["n"] >= 36 for v in got.values())
+
+
+def _learn_flows(ovs, install: bool) -> None:
+    """The learn variant, for the measurement only: per candidate a table
+    MOBILITY flow that makes the switch write the MAC's place itself (as
+    Neutron's br-tun learn flows), in a table 4 that the MAC's UNICAST flow
+    resubmits to (a learned flow can carry actions but no goto)."""
+    from mobility_world import MOBILE, P1, P2
+    value = fl.cookie(5, 0)
+    if not install:
+        ovs.ofctl("gwa-ovs", "del-flows", f"cookie={value:#x}/{fl.COOKIE_MASK | 0xFF << 24:#x}")
+        return
+    for src in (P1, P2):
+        ovs.ofctl("gwa-ovs", "add-flow",
+                  f"cookie={value:#x},table=1,priority=120,tun_id=5001,dl_src={MOBILE},"
+                  f"tun_src={src},actions=learn(table=4,priority=100,cookie={value:#x},"
+                  f"NXM_NX_REG0[],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
+                  f"load:NXM_NX_REG1[]->NXM_NX_REG2[],"
+                  f"load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[]),goto_table:2")
+    ovs.ofctl("gwa-ovs", "add-flow", f"cookie={value:#x},table=2,priority=150,reg0=5001,"
+                                     f"dl_dst={MOBILE},actions=resubmit(,4),goto_table:3")
+
+
+def test_mobility_move_tap_vs_packet_in_vs_learn(benchmark, mobility, figures):
+    """GARP -> the first probe (sent after it) arriving at the new place, for
+    each path, rounds interleaved: the agent's paths (evidence, the mobility
+    table's claim, one move through the backend) by the BPF tap and by
+    packet-in, and the switch's own ``learn``."""
+    import threading
+    from gwagent.control.mobility import MobilityTable
+    from gwagent.state import TRANSIT, Location, MacOp, MobileSpec
+    from mobility_world import MOBILE, garp
+    m = mobility
+    be, ovs = m["be"], m["world"]["ovs"]
+    spec = MobileSpec("red", MOBILE, frozenset({Location(TRANSIT, _vtep("p1")),
+                                                Location(TRANSIT, _vtep("p2"))}))
+    table = MobilityTable(max_moves=10_000, window=1.0)
+    table.update({("red", MOBILE): spec}, time.monotonic())
+    table.claim(("red", MOBILE), Location(TRANSIT, _vtep(m["where"][0])), time.monotonic())
+    got = {"tap": [], "packet-in": [], "learn": []}
+    moves = {"tap": [], "packet-in": []}
+
+    def agent_round(name, peer):
+        tap = m[name]
+        current = m["where"][0]
+        tap.watch([(5001, MOBILE, (_vtep(current),))])
+        _settled(ovs)
+        done = {}
+
+        def worker():
+            at, ev = _collect(tap, since)
+            if ev is None:
+                return
+            key = ("red", ev.mac)
+            decision = table.claim(key, Location(TRANSIT, ev.src), time.monotonic())
+            if decision.outcome == "moved":
+                start = time.perf_counter()
+                errors = be.move([MacOp("set", MacEntry("red", ev.mac, TRANSIT, ev.src))])
+                done["move_ms"] = (time.perf_counter() - start) * 1000
+                done["errors"] = errors
+        m["arrive"][peer].drain()
+        since = time.time()
+        thread = threading.Thread(target=worker)
+        thread.start()
+        sent = garp(m["send"][peer])
+        first = m["arrive"][peer].first_after(sent, 2.0)
+        thread.join()
+        tap.watch([])
+        assert done.get("errors") == []
+        moves[name].append(done.get("move_ms"))
+        return first, sent
+
+    def learn_round(peer):
+        m["arrive"][peer].drain()
+        sent = garp(m["send"][peer])
+        return m["arrive"][peer].first_after(sent, 2.0), sent
+
+    def series():
+        for i in range(36):
+            name = ("tap", "packet-in", "learn")[i % 3]
+            peer = "p2" if m["where"][0] == "p1" else "p1"
+            if name == "learn":
+                _learn_flows(ovs, True)
+                _settled(ovs)
+                first, sent = learn_round(peer)
+                _learn_flows(ovs, False)
+                # the agent's own flow goes where learn put it, as after a pass
+                assert be.move([MacOp("set", MacEntry("red", MOBILE, TRANSIT,
+                                                      _vtep(peer)))]) == []
+                table.claim(("red", MOBILE), Location(TRANSIT, _vtep(peer)), time.monotonic())
+            else:
+                first, sent = agent_round(name, peer)
+            got[name].append((first - sent) * 1000 if first else None)
+            m["where"][0] = peer
+    benchmark.pedantic(series, rounds=1, iterations=1)
+    for name, values in got.items():
+        extra = {"move_median_ms": _median(moves[name])} if name in moves else {}
+        figures[f"of/mobility/move/{name}"] = {"seconds": (_median(values) or 0) / 1000,
+                                               "entries": 1, **_summary(values), **extra}
+        print(f"move {name}: {_summary(values)} {extra}")
+    assert _summary(got["tap"])["n"] >= 10 and _summary(got["packet-in"])["n"] >= 10
