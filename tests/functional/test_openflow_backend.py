@@ -203,3 +203,59 @@ def test_network_ops_carry_the_vni_translation():
         (1001, GW_SITE), (5001, GW_TRANSIT)}
     assert all(m.cookie >> 32 == fl.COOKIE_BASE >> 32 for m in msgs)
     assert NetworkOp("ensure", RED).key == ("network", 5001)
+
+
+@pytest.mark.parametrize("evidence", ["tap", "packet-in"])
+def test_a_garp_moves_a_mobile_mac_and_traffic_follows(tmp_path, evidence):
+    """A VRRP virtual MAC at peer p1; a GARP from p2: the backend's tap
+    (either kind) reports it, the mobility table moves it, one move in the
+    backend, and frames to it arrive at p2 (raw frames: no ARP anywhere)."""
+    import select
+
+    from gwagent.control.mobility import MobilityTable
+    from gwagent.state import Location, MacOp, MobileSpec
+    from mobility_world import (GW_SITE as S, GW_TRANSIT as T, MOBILE, P1, P2, Arrivals,
+                                Probes, garp, mobility_world, raw_socket)
+    if missing():
+        pytest.fail(f"the OpenFlow tests need {missing()}")
+    with mobility_world(tmp_path, "gwq") as w:
+        be = OpenFlowBackend(w["gw"], w["ovs"].db_sock, "gwa-ovs", "gwa-vxlan", "netdev",
+                             "127.0.0.1", 6653, timeout=10, evidence=evidence)
+        tap = sender = arrivals = probes = None
+        try:
+            at_p1 = MacEntry("red", MOBILE, TRANSIT, P1)
+            desired = w["desired"]
+            reconcile(be, GatewayState(desired.networks, desired.macs | {at_p1},
+                                       desired.floods))
+            table = MobilityTable()
+            key = ("red", MOBILE)
+            table.update({key: MobileSpec("red", MOBILE, frozenset(
+                {Location(TRANSIT, P1), Location(TRANSIT, P2)}), Location(TRANSIT, P1))}, 0.0)
+            tap = be.tap([S, T])
+            [(_, exclude)] = table.watches()
+            tap.watch([(5001, MOBILE, exclude)])
+            sender, arrivals = raw_socket(w["p2"]), Arrivals(w["p2"])
+            probes = Probes(w["c"], interval=0.001).start()
+
+            def evidence_seen():
+                """the GARP's evidence (sent again until seen: the first
+                frames of a fresh path resolve neighbours)"""
+                garp(sender)
+                if select.select([tap], [], [], 0.2)[0]:
+                    return [e for e in tap.read() if e.src == P2]
+            [ev, *_] = wait_for(evidence_seen, 10)
+            assert (ev.vni, ev.mac, ev.arp) == (5001, MOBILE, True)
+            decision = table.claim(key, Location(TRANSIT, ev.src), 1.0)
+            assert decision.outcome == "moved" and decision.seq == 1
+            since = time.time()
+            assert be.move([MacOp("set", MacEntry("red", MOBILE, TRANSIT, P2), at_p1)]) == []
+            assert arrivals.first_after(since, 5) is not None
+            assert MacEntry("red", MOBILE, TRANSIT, P2) in be.observe().macs
+        finally:
+            for thing in (probes,):
+                if thing is not None:
+                    thing.stop()
+            for thing in (tap, sender, arrivals):
+                if thing is not None:
+                    thing.close()
+            be.close()
