@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from typing import Sequence
 
 from os_ken.ofproto import ofproto_v1_4 as ofp
@@ -41,12 +42,15 @@ EVIDENCE = ("tap", "packet-in")
 class OpenFlowBackend:
     name = "openflow"
 
+    #: How long after we deleted a flow its removal counts as our own echo.
+    ECHO_SECONDS = 2.0
+
     def __init__(self, netns: str | None, ovsdb: str, bridge: str = "gwa-ovs",
                  vxlan_port: str = "gwa-vxlan", datapath_type: str = "system",
                  listen_address: str = "127.0.0.1", listen_port: int = 6653,
                  timeout: float = 10.0, switch=None, ovsdb_bridge=None,
                  evidence: str = "tap", evidence_rate: int = 100,
-                 evidence_burst: int = 25):
+                 evidence_burst: int = 25, clock=time.monotonic):
         self.netns = netns
         if evidence not in EVIDENCE:
             raise ValueError(f"mobility evidence {evidence!r}: one of {', '.join(EVIDENCE)}")
@@ -64,6 +68,9 @@ class OpenFlowBackend:
         self._floods: dict[tuple[int, str], set[str]] = {}   # (vni, side) -> VTEPs
         self._groups: set[int] = set()
         self._encoders: dict[int, fl.MacFlowBytes] = {}
+        self.clock = clock
+        self._expected: dict[tuple[int, str | None], float] = {}  # (vni, MAC|None) -> until
+        self._seen_changes = self.switch.changes
 
     # observe ---------------------------------------------------------------
     def observe(self) -> GatewayState:
@@ -161,13 +168,17 @@ class OpenFlowBackend:
                     owner.append(op)
                 named = net
             elif isinstance(op, NetworkOp):
+                self._expect_removed(vni, None)
                 for msg in fl.delete_network(vni):
                     msgs.append(msg)
                     owner.append(op)
                 removed = op.network
             elif isinstance(op, MacOp):
-                msg = (fl.Prebuilt(self._encoder(vni), op.entry) if op.action == "set"
-                       else fl.delete_mac(op.entry.mac, vni))
+                if op.action == "set":
+                    msg = fl.Prebuilt(self._encoder(vni), op.entry)
+                else:
+                    msg = fl.delete_mac(op.entry.mac, vni)
+                    self._expect_removed(vni, op.entry.mac)
                 msgs.append(msg)
                 owner.append(op)
             else:
@@ -224,9 +235,29 @@ class OpenFlowBackend:
         return self.switch.fileno()
 
     def drain_events(self) -> bool:
-        """True when the switch (re)connected or went away: after a restart
-        of OVS its flows are gone, and a pass puts them back."""
-        return self.switch.drain()
+        """True when the switch (re)connected or went away (after a restart
+        of OVS its flows are gone, and a pass puts them back), or when a
+        flow of ours was deleted by someone else: a removal the switch
+        reports that is not the echo of a delete of ours from the last
+        ``ECHO_SECONDS``: one per MAC flow we deleted, any of a network we
+        removed."""
+        if not self.switch.drain():
+            return False
+        changes = self.switch.changes
+        concerned = changes != self._seen_changes
+        self._seen_changes = changes
+        now = self.clock()
+        self._expected = {k: until for k, until in self._expected.items() if until >= now}
+        for value, mac in self.switch.removed():
+            vni = fl.vni_of(value)
+            if (vni, None) in self._expected:
+                continue
+            if self._expected.pop((vni, mac), None) is None:
+                concerned = True
+        return concerned
+
+    def _expect_removed(self, vni: int, mac: str | None) -> None:
+        self._expected[(vni, mac)] = self.clock() + self.ECHO_SECONDS
 
     def close(self) -> None:
         self.switch.close()

@@ -71,7 +71,12 @@ groups
 
 Every flow carries a cookie of :data:`COOKIE_BASE` with the kind and the
 network in its low bits, so the backend observes and deletes only what is
-its own (:data:`COOKIE_MASK`), never a foreign flow.
+its own (:data:`COOKIE_MASK`), never a foreign flow. Every flow but the
+watches carries ``send_flow_rem``: a flow of ours that someone deletes is
+reported by the switch (``OFPT_FLOW_REMOVED``, reason delete) and the agent
+repairs it at once, as the Linux backend does from netlink events. A flow
+modified in place, or a group changed behind our back, has no such event
+and is repaired by the next resync.
 """
 from __future__ import annotations
 
@@ -136,11 +141,16 @@ def group_key(gid: int) -> tuple[int, str]:
 
 
 def _flow(table: int, priority: int, match, instructions, value: int,
-          command=ofp.OFPFC_ADD):
+          command=ofp.OFPFC_ADD, removal: bool = True):
+    """One flow of ours. ``removal``: the switch tells the controller when
+    anyone deletes it (``OFPFF_SEND_FLOW_REM``; a replace by an add of the
+    same match does not count), so the backend repairs a flow deleted
+    behind its back at once instead of at the next resync."""
     return parser.OFPFlowMod(DP, cookie=value, cookie_mask=0, table_id=table,
                              command=command, priority=priority, buffer_id=ofp.OFP_NO_BUFFER,
                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-                             flags=0, match=match, instructions=instructions)
+                             flags=ofp.OFPFF_SEND_FLOW_REM if removal else 0, match=match,
+                             instructions=instructions)
 
 
 def _apply(*actions, goto: int | None = None):
@@ -262,10 +272,11 @@ def watch_flows(watches) -> list:
         mac = mac.lower()
         out.append(_flow(MOBILITY, P_WATCH, parser.OFPMatch(tunnel_id=vni, eth_src=mac),
                          _apply(parser.OFPActionOutput(ofp.OFPP_CONTROLLER, EVIDENCE_LEN),
-                                goto=UNICAST), value))
+                                goto=UNICAST), value, removal=False))
         for src in sorted(set(exclude)):
             out.append(_flow(MOBILITY, P_WATCH_EXCLUDE, parser.OFPMatch(
-                tunnel_id=vni, eth_src=mac, tun_ipv4_src=src), _apply(goto=UNICAST), value))
+                tunnel_id=vni, eth_src=mac, tun_ipv4_src=src), _apply(goto=UNICAST), value,
+                removal=False))
     return out
 
 

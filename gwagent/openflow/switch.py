@@ -34,7 +34,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 from pyroute2 import netns as pyroute2_netns
 
-from gwagent.openflow.flows import BUNDLE_FLAGS, DP, Prebuilt
+from gwagent.openflow.flows import BUNDLE_FLAGS, COOKIE_BASE, COOKIE_MASK, DP, Prebuilt
 
 LOG = logging.getLogger(__name__)
 
@@ -114,6 +114,10 @@ class GatewayApp(app_manager.OSKenApp):
         more = bool(getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE)
         self.switch._reply(msg.datapath, msg.xid, reply=msg, final=not more)
 
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def _flow_removed(self, ev):
+        self.switch._flow_removed(ev.msg)
+
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
         self.switch._packet_in(ev.msg)
@@ -136,6 +140,8 @@ class Switch:
         self.netns, self.address, self.port, self.timeout = netns, address, port, timeout
         self.datapath = None
         self.connects = 0
+        self.changes = 0  # connections and disconnections
+        self._removed: list[tuple[int, str | None]] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._pending: dict[int, _Pending] = {}
@@ -182,11 +188,13 @@ class Switch:
             if up:
                 self.datapath = dp
                 self.connects += 1
+                self.changes += 1
                 self._connected.set()
                 LOG.info("openflow: switch %016x connected from %s", dp.id or 0, dp.address)
             elif self.datapath is dp:
                 self.datapath = None
                 self._connected.clear()
+                self.changes += 1
                 LOG.warning("openflow: switch disconnected; flows stay (fail_mode=secure)")
                 for pending in self._pending.values():
                     pending.errors.setdefault(-1, "switch disconnected")
@@ -224,6 +232,23 @@ class Switch:
             listeners = list(self._listeners)
         for listener in listeners:
             listener.packet_in(msg, at)
+
+    def _flow_removed(self, msg) -> None:
+        """A flow of ours was deleted (by us or anyone): kept for
+        :meth:`removed` as (cookie, MAC of its match or None)."""
+        if msg.cookie & COOKIE_MASK != COOKIE_BASE:
+            return
+        with self._lock:
+            if msg.datapath is not self.datapath:
+                return
+            self._removed.append((msg.cookie, msg.match.get("eth_dst")))
+        self._wake()
+
+    def removed(self) -> list[tuple[int, str | None]]:
+        """The flows of ours deleted since the last call."""
+        with self._lock:
+            out, self._removed = self._removed, []
+        return out
 
     def _wake(self) -> None:
         try:

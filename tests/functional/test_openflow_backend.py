@@ -131,6 +131,36 @@ def test_a_mac_moves_in_one_flow_and_a_network_goes_whole(world, backend):
     assert "group_id" not in ovs.ofctl("gwa-ovs", "dump-groups")
 
 
+def test_a_flow_deleted_behind_our_back_is_reported_and_our_own_deletes_are_not(world,
+                                                                                 backend):
+    desired = world["desired"]
+    reconcile(backend, desired)
+    backend.drain_events()
+    # our own delete (the peer's MAC withdrawn) and its echo, then a replace
+    pmac = mac_of(world["p"])
+    fewer = GatewayState(desired.networks,
+                         desired.macs - {MacEntry("red", pmac, TRANSIT, PEER)}, desired.floods)
+    reconcile(backend, fewer)
+    reconcile(backend, desired)
+    ovs = world["ovs"]
+    ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=7,priority=5,actions=drop")
+    ovs.ofctl("gwa-ovs", "del-flows", "cookie=0x1234/-1")   # a foreign flow: not ours to see
+    assert "send_flow_rem" in ovs.ofctl("gwa-ovs", "dump-flows", f"table={fl.UNICAST}")
+    woke = []
+
+    def only_echoes():
+        """our own removals came back and were told from foreign ones"""
+        woke.append(backend.drain_events())
+        return len(woke) > 10
+    wait_for(only_echoes, 5, 0.05)
+    assert not any(woke)
+    # someone deletes the peer's MAC flow: the switch says so, the agent looks
+    ovs.ofctl("gwa-ovs", "del-flows", f"table={fl.UNICAST},reg0=5001,dl_dst={pmac}")
+    wait_for(backend.drain_events, 5)
+    reconcile(backend, desired)
+    assert backend.observe() == desired
+
+
 def test_foreign_flows_are_never_touched(world, backend):
     ovs = world["ovs"]
     ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=7,priority=5,actions=drop")

@@ -29,9 +29,9 @@ PORT = 7
 
 
 class Stat:
-    def __init__(self, table_id, priority, cookie, match, instructions):
+    def __init__(self, table_id, priority, cookie, match, instructions, flags=0):
         self.table_id, self.priority, self.cookie = table_id, priority, cookie
-        self.match, self.instructions = match, instructions
+        self.match, self.instructions, self.flags = match, instructions, flags
 
 
 class Group:
@@ -48,7 +48,12 @@ class PacketIn:
 
 
 class FakeSwitch:
+    """Flows, groups and meters as OVS keeps them: a bundle lands whole or
+    not at all; a deleted flow with ``send_flow_rem`` is reported (by its
+    cookie and MAC), whoever deleted it."""
+
     connects = 1
+    changes = 1
 
     def wait_connected(self, timeout=None):
         return self
@@ -58,6 +63,7 @@ class FakeSwitch:
         self.groups: dict[int, Group] = {}
         self.meters: dict[int, tuple] = {}
         self.listeners: list = []
+        self.reported: list = []
         self.add(parser.OFPFlowMod(fl.DP, cookie=0x1234, table_id=7, priority=5,
                                    match=parser.OFPMatch(), instructions=[]))
 
@@ -67,9 +73,27 @@ class FakeSwitch:
 
     def add(self, msg):
         self.flows[self._key(msg)] = Stat(msg.table_id, msg.priority, msg.cookie, msg.match,
-                                          msg.instructions)
+                                          msg.instructions, msg.flags)
 
-    def _apply(self, msg, flows, groups):
+    def delete_by_hand(self, **match):
+        """Another controller's or ``ovs-ofctl del-flows``'s delete."""
+        for key, stat in list(self.flows.items()):
+            if all(stat.match.get(k) == v for k, v in match.items()):
+                self._removed(self.flows.pop(key), self.reported)
+
+    @staticmethod
+    def _removed(stat, out):
+        if stat.flags & ofp.OFPFF_SEND_FLOW_REM:
+            out.append((stat.cookie, stat.match.get("eth_dst")))
+
+    def drain(self):
+        return bool(self.reported)
+
+    def removed(self):
+        out, self.reported = self.reported, []
+        return out
+
+    def _apply(self, msg, flows, groups, removed):
         if isinstance(msg, parser.OFPGroupMod):
             if msg.command == ofp.OFPGC_ADD:
                 if msg.group_id in groups:
@@ -82,18 +106,18 @@ class FakeSwitch:
             else:
                 groups.pop(msg.group_id, None)
             return
-        if msg.command == ofp.OFPFC_ADD:
+        if msg.command == ofp.OFPFC_ADD:   # a replace reports no removal
             flows[self._key(msg)] = Stat(msg.table_id, msg.priority, msg.cookie, msg.match,
-                                         msg.instructions)
+                                         msg.instructions, msg.flags)
         elif msg.command == ofp.OFPFC_DELETE_STRICT:
             stat = flows.get(self._key(msg))
             if stat is not None and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask:
-                del flows[self._key(msg)]
+                self._removed(flows.pop(self._key(msg)), removed)
         else:
             for key, stat in list(flows.items()):
                 if ((msg.table_id == ofp.OFPTT_ALL or stat.table_id == msg.table_id)
                         and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask):
-                    del flows[key]
+                    self._removed(flows.pop(key), removed)
 
     def request(self, msgs):
         errors = {}
@@ -114,16 +138,17 @@ class FakeSwitch:
         self.listeners.remove(listener)
 
     def bundle(self, msgs):
-        flows, groups = dict(self.flows), dict(self.groups)
+        flows, groups, removed = dict(self.flows), dict(self.groups), []
         for i, msg in enumerate(msgs):
             if isinstance(msg, fl.Prebuilt):   # the bulk path's bytes decode to this
                 inner = msg.encode(1, 1)[16:]   # after the bundle-add header
                 msg = ofproto_parser.msg(fl.DP, *ofproto_parser.header(inner), inner)
             try:
-                self._apply(msg, flows, groups)
+                self._apply(msg, flows, groups, removed)
             except ValueError as exc:
                 return {j: str(exc) for j in range(len(msgs))}
         self.flows, self.groups = flows, groups
+        self.reported.extend(removed)
         return {}
 
     def dump_flows(self, cookie, mask):
@@ -294,6 +319,40 @@ def test_every_flow_of_ours_carries_the_cookie():
     converge(be, state([endpoint("a", "red", 1)], [endpoint("b", "red", 2)]))
     ours = [s for s in sw.flows.values() if s.cookie != 0x1234]
     assert ours and all(s.cookie & fl.COOKIE_MASK == fl.COOKIE_BASE for s in ours)
+
+
+def test_a_flow_of_ours_deleted_by_someone_else_wakes_the_agent_but_our_own_deletes_do_not():
+    a1, b2 = endpoint("a", "red", 1), endpoint("b", "red", 2)
+    now = [100.0]
+    sw = FakeSwitch()
+    be = OpenFlowBackend(None, "", switch=sw, ovsdb_bridge=FakeBridge(), clock=lambda: now[0])
+    converge(be, state([a1], [b2]))
+    assert be.drain_events() is False
+    # our own changes: a MAC withdrawn, a network removed (all its flows)
+    converge(be, state([a1], [], nets=("red", "blue")))
+    converge(be, state([a1], [], nets=("red",)))
+    assert sw.reported and be.drain_events() is False
+    # someone deletes a MAC flow of ours: the agent must look at once
+    sw.delete_by_hand(eth_dst=a1.mac)
+    assert be.drain_events() is True
+    converge(be, state([a1], [], nets=("red",)))
+    assert sw.forward(5001, GW_TRANSIT, a1.mac) == {(1001, GW_SITE, a1.vtep)}
+    # right after our own delete of a MAC, someone else's delete of it still
+    # counts (each delete of ours has one echo); and long after, too
+    converge(be, state([], [], nets=("red",)))
+    converge(be, state([a1], [], nets=("red",)))
+    sw.delete_by_hand(eth_dst=a1.mac)
+    assert be.drain_events() is True
+    converge(be, state([], [], nets=("red",)))
+    now[0] += be.ECHO_SECONDS + 1
+    converge(be, state([a1], [], nets=("red",)))
+    be.drain_events()
+    sw.delete_by_hand(eth_dst=a1.mac)
+    assert be.drain_events() is True
+    # a network's classify flow deleted by hand counts too
+    converge(be, state([a1], [], nets=("red",)))
+    sw.delete_by_hand(tunnel_id=1001)
+    assert be.drain_events() is True
 
 
 # -- mobility evidence by packet-in ------------------------------------------
