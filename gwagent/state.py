@@ -20,6 +20,10 @@ network; the OpenFlow backend: tables, cookie-marked flows and groups).
 * Floods (:class:`FloodEntry`): per side, the VTEPs that get a copy of
   every broadcast, unknown unicast and multicast frame (head-end
   replication).
+* A network may be *one-sided* (``transit`` None): only the site segment,
+  no peers. No gateway desires one; the lab's computes are clients of the
+  planner and the Linux backend that way (gwagent.lab.l2pop), each
+  compute's network one site segment on the compute's tunnel IP.
 
 History: until the OpenFlow issue this module spoke the Linux kernel's terms
 (devices, two FDB entries per MAC, kernel slots); those moved into
@@ -46,18 +50,23 @@ class Segment(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, order=True)
 class NetworkSpec:
-    """A stretched network on the gateway."""
+    """A stretched network on the gateway.
+
+    ``transit_vni`` identifies the network (backends name its objects
+    after it); ``transit`` None makes it one-sided (module docstring):
+    then ``transit_vni`` is only that identity, which a one-sided
+    network's user picks (the lab's computes: the site VNI)."""
 
     transit_vni: int
     name: str
     site: Segment
-    transit: Segment
+    transit: Segment | None
 
     @property
     def key(self) -> tuple:
         return ("network", self.transit_vni)
 
-    def segment(self, side: str) -> Segment:
+    def segment(self, side: str) -> Segment | None:
         return self.site if side == SITE else self.transit
 
 

@@ -11,6 +11,25 @@ up. A MAC's place is two FDB entries: a bridge entry sending it to the
 side's port and a VXLAN entry sending it to the VTEP (:func:`compile_op`);
 the all-zero MAC with a ``dst`` replicates floods to every listed VTEP.
 
+A one-sided network (``NetworkSpec.transit`` None) has the bridge and the
+site port only; a ``gwa-vt-`` device left from before is removed by
+ensure(), and a network whose transit port is missing is observed as
+one-sided (a gateway's network then differs from its desired one and is
+ensured again, as before).
+
+``learning=True`` (a constructor option, off by default and never on for a
+gateway) gives a host whose MACs are not all placed by us the learning a
+compute has: VXLAN learning and bridge-port learning on every VXLAN port,
+so a MAC without an entry of ours is learned from the frames that arrive
+(a mobile MAC on the lab's computes, gwagent.lab.l2pop, as Neutron's OVS
+agent's learn flows do). Learned entries carry no ``extern_learn`` and are
+never ours; our entries are static, so learning does not move them (the
+kernel drops a frame that claims a pinned MAC from another VTEP). A frame
+from a pinned MAC on another bridge port does take our bridge entry over
+(the bridge clears its ``extern_learn``): the MAC then observes as broken
+and the next pass sets or deletes it. A device whose learning differs
+from the option is recreated or fixed, as below.
+
 What is ours: links whose name starts with ``gwa-``, and FDB entries on them
 marked ``extern_learn`` (``NTF_EXT_LEARNED``); we add every entry with that
 mark and observe()/apply() never look at anything else, so foreign links and
@@ -97,22 +116,35 @@ class NetworkDevices:
     network: str
     bridge: str
     site_side: Vxlan
-    transit_side: Vxlan
+    transit_side: Vxlan | None  # None: a one-sided network
 
     @property
-    def names(self) -> tuple[str, str, str]:
-        return (self.bridge, self.site_side.name, self.transit_side.name)
+    def names(self) -> tuple[str, ...]:
+        return (self.bridge, *(spec.name for spec in self.sides))
 
-    def device(self, side: str) -> str:
-        return self.site_side.name if side == SITE else self.transit_side.name
+    @property
+    def sides(self) -> tuple[Vxlan, ...]:
+        return (self.site_side,) if self.transit_side is None else (self.site_side,
+                                                                    self.transit_side)
+
+    def device(self, side: str) -> str | None:
+        if side == SITE:
+            return self.site_side.name
+        return None if self.transit_side is None else self.transit_side.name
+
+    @property
+    def transit_name(self) -> str:
+        return f"{PREFIX}vt-{self.transit_vni}"
 
     @classmethod
     def of(cls, spec: NetworkSpec) -> "NetworkDevices":
         name = sys.intern  # FDB records compare by identity with these
         vni = spec.transit_vni
+        transit = spec.transit
         return cls(vni, spec.name, name(f"{PREFIX}br-{vni}"),
                    Vxlan(name(f"{PREFIX}vl-{vni}"), spec.site.vni, spec.site.local_ip),
-                   Vxlan(name(f"{PREFIX}vt-{vni}"), spec.transit.vni, spec.transit.local_ip))
+                   None if transit is None else
+                   Vxlan(name(f"{PREFIX}vt-{vni}"), transit.vni, transit.local_ip))
 
 
 class BridgeDevice:
@@ -145,18 +177,19 @@ class BridgeDevice:
 
 
 class VxlanDevice:
-    """One VXLAN port of a network's bridge."""
+    """One VXLAN port of a network's bridge; ``learning``: VXLAN and
+    bridge-port learning on (module docstring), else off."""
 
-    def __init__(self, nl: Netlink, spec: Vxlan):
-        self.nl, self.spec = nl, spec
+    def __init__(self, nl: Netlink, spec: Vxlan, learning: bool = False):
+        self.nl, self.spec, self.learning = nl, spec, bool(learning)
 
     def ensure(self, bridge_index: int) -> int:
-        """Make the device exist as specified, a non-learning port of the
-        bridge, and up; return its ifindex."""
+        """Make the device exist as specified, a port of the bridge that
+        learns or not as asked, and up; return its ifindex."""
         name = self.spec.name
         link = self.nl.link(name)
         if link is not None:
-            reasons = recreate_reasons(link, self.spec)
+            reasons = recreate_reasons(link, self.spec, self.learning)
             if reasons:
                 log.warning("%s: %s: recreating it", name, "; ".join(reasons))
                 self.nl.link_del(link.index)
@@ -165,17 +198,18 @@ class VxlanDevice:
         if created:
             self.nl.link_add(name, "vxlan", vxlan_id=self.spec.vni,
                              vxlan_local=self.spec.local_ip, vxlan_port=self.spec.port,
-                             vxlan_learning=0, master=bridge_index)
+                             vxlan_learning=int(self.learning), master=bridge_index)
             link = self.nl.link(name)
         if link.master != bridge_index:
             log.warning("%s: not a port of its bridge (master %s): enslaving it", name,
                         link.master)
             self.nl.link_set(link.index, master=bridge_index)
             link = self.nl.link(name)
-        if link.port_learning is not False:
+        if link.port_learning is not self.learning:
             if not created:
-                log.warning("%s: bridge-port learning is on: turning it off", name)
-            self.nl.brport_set(link.index, learning=0)
+                log.warning("%s: bridge-port learning is %s: turning it %s", name,
+                            "off" if self.learning else "on", "on" if self.learning else "off")
+            self.nl.brport_set(link.index, learning=int(self.learning))
         if not link.up:
             self.nl.link_set(link.index, state="up")
         return link.index
@@ -186,7 +220,7 @@ class VxlanDevice:
             self.nl.link_del(link.index)
 
 
-def recreate_reasons(link: Link, spec: Vxlan) -> list[str]:
+def recreate_reasons(link: Link, spec: Vxlan, learning: bool = False) -> list[str]:
     """Why an existing device cannot serve as ``spec``, in words (empty: it can)."""
     if link.kind != "vxlan":
         return [f"is a {link.kind or 'plain'} device, not vxlan"]
@@ -197,12 +231,13 @@ def recreate_reasons(link: Link, spec: Vxlan) -> list[str]:
         reasons.append(f"local IP is {link.local}, want {spec.local_ip}")
     if link.port != spec.port:
         reasons.append(f"UDP port is {link.port}, want {spec.port}")
-    if link.vxlan_learning:
-        reasons.append("VXLAN learning is on")
+    if bool(link.vxlan_learning) != learning:
+        reasons.append(f"VXLAN learning is {'off' if learning else 'on'}")
     return reasons
 
 
-def _unusable_reasons(link: Link | None, bridge: Link | None) -> list[str]:
+def _unusable_reasons(link: Link | None, bridge: Link | None,
+                      learning: bool = False) -> list[str]:
     """Why a VXLAN device is not a working port of its network, in words."""
     if link is None:
         return ["missing"]
@@ -211,16 +246,17 @@ def _unusable_reasons(link: Link | None, bridge: Link | None) -> list[str]:
     reasons = []
     if bridge is None or link.master != bridge.index:
         reasons.append("not a port of the network's bridge")
-    if link.vxlan_learning or link.port_learning:
-        reasons.append("learning")
+    if bool(link.vxlan_learning) != learning or bool(link.port_learning) != learning:
+        reasons.append("not learning" if learning else "learning")
     if not link.up:
         reasons.append("down")
     return reasons
 
 
-def group_networks(owned: Iterable[Link]) -> list[NetworkDevices]:
+def group_networks(owned: Iterable[Link], learning: bool = False) -> list[NetworkDevices]:
     """Group owned links into NetworkDevices by the transit VNI in their
-    names, reporting unusable devices as differences (module docstring)."""
+    names, reporting unusable devices as differences and a network without
+    a transit port as one-sided (module docstring)."""
     groups: dict[int, dict[str, Link]] = {}
     for link in owned:
         m = _NAME_RE.fullmatch(link.name)
@@ -231,10 +267,12 @@ def group_networks(owned: Iterable[Link]) -> list[NetworkDevices]:
         br = g.get("br")
         usable = br is not None and br.kind == "bridge" and br.up
         network = (br.alias or "") if usable else ""
-        sides = []
+        sides: list[Vxlan | None] = []
         for role in ("vl", "vt"):
             name, link = f"{PREFIX}{role}-{vni}", g.get(role)
-            if _unusable_reasons(link, br if usable else None):
+            if role == "vt" and link is None:
+                sides.append(None)
+            elif _unusable_reasons(link, br if usable else None, learning):
                 sides.append(Vxlan(name, 0, "", 0))
             else:
                 sides.append(Vxlan(name, link.vni, link.local or "", link.port))
@@ -281,7 +319,7 @@ def normalise(records: Iterable[FdbRecord], owned: dict[int, Link],
         if not devs.network:
             continue
         for side, spec in ((SITE, devs.site_side), (TRANSIT, devs.transit_side)):
-            index = index_of.get(spec.name)
+            index = index_of.get(spec.name) if spec is not None else None
             if index is not None and spec.vni:
                 where[index] = (devs.network, side)
     bridges = {i for i, link in owned.items() if link.kind == "bridge"}
@@ -351,7 +389,9 @@ def kernel_entries(state: GatewayState) -> frozenset[FdbEntry]:
 
 def network_spec(devs: NetworkDevices) -> NetworkSpec:
     """A network's devices as the planner sees them (a broken side has VNI 0)."""
-    def segment(spec: Vxlan) -> Segment:
+    def segment(spec: Vxlan | None) -> Segment | None:
+        if spec is None:
+            return None
         return Segment(spec.vni, spec.local_ip) if spec.port == VXLAN_PORT else Segment(0, "")
     return NetworkSpec(devs.transit_vni, devs.network, segment(devs.site_side),
                        segment(devs.transit_side))
@@ -366,9 +406,13 @@ class LinuxBackend:
     #: own echo (they are queued during the request; this is slack).
     ECHO_SECONDS = 2.0
 
-    def __init__(self, netns: str | None = None, clock=time.monotonic, nl=None, monitor=None):
+    def __init__(self, netns: str | None = None, clock=time.monotonic, nl=None, monitor=None,
+                 learning: bool = False):
+        """``learning``: the VXLAN ports learn the MACs we do not place (a
+        compute's; never a gateway's: module docstring)."""
         self.netns = netns
         self.clock = clock
+        self.learning = bool(learning)
         self.nl = nl if nl is not None else Netlink(netns)  # a model of the kernel in unit tests
         self._monitor = monitor if monitor is not None else Monitor(netns)
         self._owned_ifindexes = {link.index for link in self.nl.links()
@@ -386,7 +430,7 @@ class LinuxBackend:
         owned = {link.index: link for link in self.nl.links() if is_owned_name(link.name)}
         self._owned_ifindexes = set(owned)
         self._fast_index = {link.name: index for index, link in owned.items()}
-        networks = group_networks(owned.values())
+        networks = group_networks(owned.values(), self.learning)
         with _gc_paused():
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
             macs, floods, self._broken = normalise(records, owned, networks)
@@ -418,13 +462,15 @@ class LinuxBackend:
             if op.action == "ensure":
                 index = BridgeDevice(self.nl, devs.bridge, devs.network).ensure()
                 made = {devs.bridge: index}
-                for spec in (devs.site_side, devs.transit_side):
-                    made[spec.name] = VxlanDevice(self.nl, spec).ensure(index)
+                for spec in devs.sides:
+                    made[spec.name] = VxlanDevice(self.nl, spec, self.learning).ensure(index)
+                if devs.transit_side is None:  # one-sided: no transit port
+                    VxlanDevice(self.nl, Vxlan(devs.transit_name, 0, "")).remove()
                 # the fast path may move a MAC onto them before the next observe()
                 self._devices = {**self._devices, devs.network: devs}
                 self._fast_index = {**self._fast_index, **made}
             elif op.action == "remove":
-                for spec in (devs.site_side, devs.transit_side):
+                for spec in devs.sides:
                     VxlanDevice(self.nl, spec).remove()
                 BridgeDevice(self.nl, devs.bridge, devs.network).remove()
             else:

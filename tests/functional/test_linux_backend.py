@@ -19,8 +19,8 @@ from gwagent.dataplane.linux import (FLOOD_MAC, FdbEntry, LinuxBackend, NetworkD
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                        NUD_PERMANENT, FdbRecord, FdbRequest, Link, Netlink)
 from gwagent.model import Desired, Endpoint, Gateway, Network, Site, SiteSnapshot
-from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, MacEntry, MacOp,
-                           desired_dataplane)
+from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
+                           NetworkSpec, Segment, desired_dataplane)
 
 from netns import run, throwaway_netns
 
@@ -172,6 +172,31 @@ def test_mac_moving_from_site_to_peer_moves_the_bridge_entry(ns, backend):
     assert_converged(backend, moved)
     bridge_entries = [e for e in kernel_fdb(ns) if e["mac"] == mac and "master" in e]
     assert [e["ifname"] for e in bridge_entries] == ["gwa-vt-5001"]
+
+
+def test_one_sided_learning_network_as_the_labs_computes_use_it(ns):
+    """A bridge and a site port only, VXLAN and bridge-port learning on as
+    the kernel reads them back, and then nothing to do."""
+    net = NetworkSpec(1001, "red", Segment(1001, "198.18.1.11"), None)
+    want = GatewayState((net,), frozenset({MacEntry("red", "fa:16:3e:00:00:01", SITE,
+                                                    "198.18.1.12")}),
+                        frozenset({FloodEntry("red", SITE, "198.18.1.12")}))
+    be = LinuxBackend(ns, learning=True)
+    try:
+        reconcile(be, want)
+        assert_converged(be, want)
+    finally:
+        be.close()
+    kernel_links = links(ns)
+    assert sorted(n for n in kernel_links if n.startswith("gwa-")) == ["gwa-br-1001",
+                                                                      "gwa-vl-1001"]
+    vl = kernel_links["gwa-vl-1001"]
+    assert vl["linkinfo"]["info_data"]["learning"] is True
+    assert vl["linkinfo"]["info_slave_data"]["learning"] is True
+    assert owned_in_kernel(ns) == kernel_entries(want)
+    # The same devices seen by a gateway's backend (no learning) differ.
+    with LinuxBackend(ns) as gateway:
+        assert gateway.observe().networks != want.networks
 
 
 # --- repair ------------------------------------------------------------------
