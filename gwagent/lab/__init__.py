@@ -24,6 +24,7 @@ a function; ``tests/unit/test_layout.py`` checks):
                         Neutron: one object per lab that the rest calls
     ``record``          :class:`~gwagent.lab.record.Lab`, as in lab.json
     ``l2pop``           Neutron's L2 population, played on the computes
+                        with the product's planner and Linux backend
     ``probe``           loss and convergence with sequence-numbered UDP
     ``build``           up and down, VMs added, moved and removed, the
                         gateways' configuration files, their agents

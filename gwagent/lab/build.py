@@ -7,9 +7,12 @@ with its peer placed straight into another one). The shape:
 * ``<prefix>switch``: one Linux bridge per underlay segment, ``br-site<n>``
   for site n (198.18.<n>.0/24) and ``br-transit`` (198.18.0.0/24);
 * ``<prefix><compute>``: ``eth0`` on its site's segment and, per network,
-  ``brq-<segid>`` with ``vxlan-<segid>`` (VNI = the site's segmentation ID,
-  local = compute IP, dstport 4789), programmed as Neutron's l2population
-  does, with static entries; VXLAN learning is on for the MACs it leaves
+  the product's Linux backend's devices for a one-sided network:
+  ``gwa-br-<segid>`` with ``gwa-vl-<segid>`` (VNI = the site's segmentation
+  ID, local = compute IP, dstport 4789), made here and programmed by the L2
+  population emulator (:mod:`gwagent.lab.l2pop`) through that backend and
+  the product's planner, as Neutron's l2population does, with static
+  entries; VXLAN and bridge-port learning are on for the MACs it leaves
   alone (mobile MACs), as the OVS agent's learn flows do; VMs plug in with
   ``tap<hash>`` veths;
 * ``<prefix><vm>``: ``eth0`` with the VM's MAC and IP, MTU 1450;
@@ -38,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +53,8 @@ from gwagent.control.sources import atomic_write
 from gwagent.lab import l2pop, probe
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.names import (DEFAULT_PREFIX, SWITCH, LabError, bridge_name, check_prefix,
-                               default_lab_dir, tap_name, vxlan_name)
+                               default_lab_dir, tap_name)
+from gwagent.lab.names import vxlan_name  # noqa: F401 - tests name a compute's device by it
 from gwagent.lab.namespaces import index, new_namespace, uplink
 from gwagent.lab.namespaces import ipr as open_ipr
 from gwagent.lab.ovs import Ovs
@@ -60,7 +65,6 @@ from gwagent.lab.record import Lab
 from gwagent.lab.topology import Topology, Vm
 
 VM_MTU = 1450
-VXLAN_PORT = 4789
 AGENT_RESYNC = 2.0
 SOURCE_DEADLINE = 3.0  # a lab's sources answer in milliseconds
 # Drills move VIPs back and forth many times a minute: duplicate detection
@@ -101,8 +105,7 @@ def _build_site(lab: Lab, site) -> None:
             new_namespace(cn_ns)
             uplink(sw, f"c{site.number}-{j}", f"br-site{site.number}", cn_ns, "eth0",
                    site.compute_ip(compute))
-            _build_compute_networks(cn_ns, site.compute_ip(compute),
-                                    [seg for _, seg in site.segmentation_ids])
+            l2pop.build_compute(l2pop.compute_of(lab, site.name, compute))
 
 
 def _build_gateway_ovs(lab: Lab, site) -> None:
@@ -131,29 +134,21 @@ def _resolve_underlay(lab: Lab) -> None:
     before a tenant arrives. OVS's userspace tunnels drop a packet toward a
     VTEP whose MAC they have not resolved yet (measured: a fresh lab's first
     cross-site ARP crossed three cold VTEPs and took 3.2 s, the kernel's
-    retries); OVS snoops the gateway's own ARP for them."""
+    retries); OVS snoops the gateway's own ARP for them.
+
+    Measured: OVS snoops only once the datapath has a tunnel port (the
+    agent's ``gwa-vxlan``), and only an ARP exchange (a ping over a
+    neighbour the kernel already knows teaches it nothing). So this runs
+    after the agents' first passes, with the gateway's kernel neighbours
+    flushed first."""
     for site in lab.topology.sites:
         ns = lab.ns(site.gateway)
+        subprocess.run(["ip", "-n", ns, "neigh", "flush", "all"], check=True)
         targets = [site.compute_ip(c) for c in site.computes]
         targets += [peer.transit_ip for peer in lab.topology.sites if peer is not site]
         for ip in targets:
             if probe.ping(ns, ip) is None:
                 raise LabError(f"{site.gateway} cannot reach {ip} on its underlay")
-
-
-def _build_compute_networks(ns: str, local_ip: str, segmentation_ids: list[int]) -> None:
-    with open_ipr(ns) as ipr:
-        uplink_index = index(ipr, "eth0")
-        for seg in segmentation_ids:
-            br, vx = bridge_name(seg), vxlan_name(seg)
-            ipr.link("add", ifname=br, kind="bridge")
-            # Learning on, for the MACs Neutron does not pin (mobile ones):
-            # static entries are never moved by it (DESIGN.md, kernel facts).
-            ipr.link("add", ifname=vx, kind="vxlan", vxlan_id=seg, vxlan_local=local_ip,
-                     vxlan_link=uplink_index, vxlan_port=VXLAN_PORT, vxlan_learning=1,
-                     mtu=VM_MTU)
-            ipr.link("set", index=index(ipr, vx), master=index(ipr, br), state="up")
-            ipr.link("set", index=index(ipr, br), state="up")
 
 
 def plug_vm(lab: Lab, vm: Vm) -> None:
@@ -311,8 +306,6 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         if backend == "openflow":
             progress(f"site {site.name}: Open vSwitch in {lab.ns(site.gateway)}")
             _build_gateway_ovs(lab, site)
-    if backend == "openflow":
-        _resolve_underlay(lab)
     progress(f"{len(topology.vms)} VMs")
     for vm in topology.vms:
         plug_vm(lab, vm)
@@ -329,6 +322,9 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
             start_agent(lab, site.name)
         progress("waiting for the agents' first passes")
         wait_agents_ready(lab, since=since, timeout=lab.truth.ready_timeout)
+        if backend == "openflow":
+            progress("gateways' OVS: resolving underlay neighbours")
+            _resolve_underlay(lab)
     lab.state = "up"
     lab.save()
     return lab

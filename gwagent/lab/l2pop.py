@@ -1,21 +1,35 @@
-"""L2 population emulator: what Neutron's l2pop + linuxbridge agent do to computes.
+"""L2 population emulator: what Neutron's l2pop and L2 agent do to computes.
 
-For each compute and network, the VXLAN device ``vxlan-<segid>`` gets a
-static (``self``, permanent) entry for every MAC on that network that is not
-on this compute: local ports at their compute's IP, and the remote ports the
-gateway registered in the site's registry at the VTEP they name (the
-gateway's tunnel IP). Allowed-address-pair MACs count like port MACs. Each
-other VTEP with ports on the network also gets a head-end replication entry
-(all-zero MAC, appended). A MAC claimed from several VTEPs (mobile) gets no static entry: the
-compute learns it from the frames it receives (VXLAN learning on).
+Each compute is a client of the product: the emulator computes the
+compute's desired dataplane state (:func:`desired_state`, in the words of
+gwagent.state), observes the compute with the product's Linux backend,
+plans with the product's planner and applies with the backend's bulk
+path, exactly as a gateway's agent does with its own. The differences are
+the compute's role, not a loop of its own:
 
-Unlike Neutron's l2pop, which pushes deltas, this reconciles from full
-snapshots (DESIGN.md, style 2): the desired entries of every compute are
-computed from the inventory and the registry, diffed against the device's
-FDB, and only the difference is applied (replace for new or moved MACs,
-append for new flood destinations, delete for the rest). Every entry with a
-``dst`` on a lab compute's ``vxlan-*`` device is the emulator's: the lab
-owns those namespaces outright.
+* a compute network is *one-sided* (``NetworkSpec.transit`` None): only
+  the site segment (the site's segmentation ID, on the compute's IP),
+  identified by its segmentation ID, so its devices are the product's
+  ``gwa-br-<segid>`` and ``gwa-vl-<segid>`` (gwagent.lab.names) and VMs'
+  taps plug into that bridge;
+* every MAC on the network that is not on this compute is placed at its
+  VTEP (local ports at their compute's IP, the remote ports the gateway
+  registered in the site at the VTEP they name: the gateway's tunnel IP),
+  allowed-address-pair MACs like port MACs, and every other VTEP with
+  ports on the network gets floods;
+* a MAC claimed from several VTEPs (mobile) is placed nowhere: the backend
+  runs with ``learning=True``, so the compute learns it from the frames it
+  receives (VXLAN and bridge-port learning on the VXLAN port), as the OVS
+  agent's learn flows do, and it follows a failover. Learned entries are
+  not the backend's (no ``extern_learn``): it never touches them.
+
+History: until issue 8 this module had its own observe/plan and programmed
+Neutron-named devices (``brq-<segid>``, ``vxlan-<segid>``) per call with
+pyroute2. Issue 8 asked for the product's backend and planner instead;
+the product gained a one-sided network and the ``learning`` option for it.
+
+Like a gateway, and unlike Neutron's l2pop, which pushes deltas, this
+reconciles from full snapshots (DESIGN.md, style 2).
 
 It runs as ``python -m gwagent.lab.l2pop --lab-dir DIR`` (started by ``lab
 up``), polling the inventory and registry files' mtimes every 0.1 s and
@@ -39,114 +53,108 @@ import sys
 import threading
 import time
 
-from pyroute2 import IPRoute
-
+from gwagent.control.planner import plan
 from gwagent.control.sources import SourceError
-from gwagent.lab.names import vxlan_name
+from gwagent.dataplane.linux import LinuxBackend, describe
+from gwagent.lab.names import LabError
 from gwagent.lab.record import Lab
 from gwagent.model import RemotePort, SiteSnapshot, ValidationError
+from gwagent.state import (SITE, FloodEntry, GatewayState, MacEntry, NetworkOp, NetworkSpec, Op,
+                           Segment)
 
 LOG = logging.getLogger("gwagent.lab.l2pop")
-FLOOD_MAC = "00:00:00:00:00:00"
-NUD_NOARP, NUD_PERMANENT, NTF_SELF = 0x40, 0x80, 0x02
 RESYNC_INTERVAL = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
-class DeviceEntries:
-    """What one compute's VXLAN device of one network should hold."""
-
-    unicast: tuple[tuple[str, str], ...]  # (mac, dst), sorted
-    flood: tuple[str, ...]                 # dst VTEPs, sorted
-
-    @classmethod
-    def of(cls, unicast: dict[str, str], flood: set[str]) -> "DeviceEntries":
-        return cls(tuple(sorted(unicast.items())), tuple(sorted(flood)))
-
-
-def desired_entries(snapshot: SiteSnapshot, remote_ports: list[RemotePort],
-                    compute_ip: str) -> dict[str, DeviceEntries]:
-    """Per network name: the entries of the VXLAN device on ``compute_ip``.
-
-    A MAC claimed from more than one VTEP (a VRRP virtual MAC in the allowed
-    address pairs of ports on two computes, or of a local port and a remote
-    one) is mobile: it gets no static entry, and the compute learns where it
-    is from the frames it receives (VXLAN learning is on, as the OVS
-    agent's learn flows do), so it follows a failover."""
-    result = {}
-    for net in snapshot.networks:
-        vteps: set[str] = set()
-        where: dict[str, set[str]] = {}
-        claims = [(ep.macs, ep.vtep) for ep in snapshot.endpoints if ep.network == net.name]
-        claims += [(p.origin.macs, p.vtep) for p in remote_ports
-                   if p.origin.network == net.name]
-        for macs, vtep in claims:
-            for m in macs:
-                where.setdefault(m, set()).add(vtep)
-            if vtep != compute_ip:
-                vteps.add(vtep)
-        unicast = {m: next(iter(at)) for m, at in where.items()
-                   if len(at) == 1 and compute_ip not in at}
-        result[net.name] = DeviceEntries.of(unicast, vteps)
-    return result
-
-
-def observe(ipr: IPRoute, devices: dict[str, int]) -> dict[str, DeviceEntries]:
-    """The ``dst`` entries on the devices ({name: ifindex}), per device name."""
-    by_index = {idx: name for name, idx in devices.items()}
-    unicast: dict[str, dict[str, str]] = {name: {} for name in devices}
-    flood: dict[str, set[str]] = {name: set() for name in devices}
-    for msg in ipr.fdb("dump"):
-        name = by_index.get(msg["ifindex"])
-        dst = msg.get_attr("NDA_DST")
-        if name is None or dst is None or not msg["state"] & NUD_PERMANENT:
-            continue  # not ours: learned entries belong to the kernel
-        mac = msg.get_attr("NDA_LLADDR").lower()
-        if mac == FLOOD_MAC:
-            flood[name].add(dst)
-        else:
-            unicast[name][mac] = dst
-    return {name: DeviceEntries.of(unicast[name], flood[name]) for name in devices}
-
-
-def plan(want: DeviceEntries, have: DeviceEntries) -> list[tuple[str, str, str]]:
-    """(command, mac, dst) operations turning ``have`` into ``want``."""
-    ops = []
-    want_u, have_u = dict(want.unicast), dict(have.unicast)
-    for mac, dst in sorted(want_u.items()):
-        if have_u.get(mac) != dst:
-            ops.append(("replace", mac, dst))
-    for mac, dst in sorted(have_u.items()):
-        if mac not in want_u:
-            ops.append(("del", mac, dst))
-    for dst in sorted(set(want.flood) - set(have.flood)):
-        ops.append(("append", FLOOD_MAC, dst))
-    for dst in sorted(set(have.flood) - set(want.flood)):
-        ops.append(("del", FLOOD_MAC, dst))
-    return ops
-
-
-@dataclasses.dataclass
 class Compute:
     site: str
     name: str
     ns: str
     ip: str
-    devices: dict[str, str]  # network name -> vxlan device name
+    segmentation_ids: tuple[tuple[str, int], ...]  # (network name, segmentation ID)
+
+    @property
+    def networks(self) -> tuple[NetworkSpec, ...]:
+        """The compute's networks: one-sided, the site segment on the
+        compute's IP, identified by the segmentation ID."""
+        return tuple(sorted(NetworkSpec(seg, net, Segment(seg, self.ip), None)
+                            for net, seg in self.segmentation_ids))
+
+
+def desired_state(snapshot: SiteSnapshot, remote_ports: list[RemotePort],
+                  compute: Compute) -> GatewayState:
+    """What ``compute`` must hold for its site's snapshot and registry.
+
+    A MAC claimed from more than one VTEP (a VRRP virtual MAC in the allowed
+    address pairs of ports on two computes, or of a local port and a remote
+    one) is mobile: it is placed nowhere, and the compute learns where it
+    is from the frames it receives (module docstring). A MAC claimed on
+    this compute is local: the bridge learns it from the VM's tap."""
+    networks = compute.networks
+    names = {net.name for net in networks}
+    macs: set[MacEntry] = set()
+    floods: set[FloodEntry] = set()
+    for net in snapshot.networks:
+        if net.name not in names:
+            continue
+        where: dict[str, set[str]] = {}
+        claims = [(ep.macs, ep.vtep) for ep in snapshot.endpoints if ep.network == net.name]
+        claims += [(p.origin.macs, p.vtep) for p in remote_ports
+                   if p.origin.network == net.name]
+        for mac_list, vtep in claims:
+            for mac in mac_list:
+                where.setdefault(mac, set()).add(vtep)
+            if vtep != compute.ip:
+                floods.add(FloodEntry(net.name, SITE, vtep))
+        macs.update(MacEntry(net.name, mac, SITE, next(iter(at)))
+                    for mac, at in where.items() if len(at) == 1 and compute.ip not in at)
+    return GatewayState(networks, frozenset(macs), frozenset(floods))
+
+
+def sync(backend: LinuxBackend, desired: GatewayState, who: str) -> int:
+    """One pass of the product's loop on one compute: observe, plan, apply;
+    returns the number of operations (each logged, and each failure)."""
+    backend.drain_events()  # nobody waits for them: keep the socket empty
+    ops = plan(desired, backend.observe())
+    errors = backend.apply(ops)
+    for op in ops:
+        LOG.info("%s: %s", who, _describe(op))
+    for error in errors:
+        LOG.error("%s: %s", who, error.error)
+    return len(ops)
+
+
+def _describe(op: Op) -> str:
+    if isinstance(op, NetworkOp):
+        return f"{op.action} network {op.network.name} (VNI {op.network.site.vni})"
+    return describe(op)
+
+
+def build_compute(compute: Compute) -> None:
+    """Make the compute's networks (bridge and VXLAN port each) in its new
+    namespace, before any VM plugs in; the emulator fills them."""
+    with LinuxBackend(compute.ns, learning=True) as backend:
+        errors = backend.apply(plan(GatewayState(compute.networks), backend.observe()))
+    if errors:
+        raise LabError(f"{compute.name}: " + "; ".join(e.error for e in errors))
 
 
 def computes_of(lab: Lab) -> list[Compute]:
-    result = []
-    for site in lab.topology.sites:
-        for compute in site.computes:
-            result.append(Compute(site.name, compute, lab.ns(compute), site.compute_ip(compute),
-                                  {net: vxlan_name(seg) for net, seg in site.segmentation_ids}))
-    return result
+    return [compute_of(lab, site.name, name)
+            for site in lab.topology.sites for name in site.computes]
+
+
+def compute_of(lab: Lab, site_name: str, name: str) -> Compute:
+    site = lab.topology.site(site_name)
+    return Compute(site.name, name, lab.ns(name), site.compute_ip(name),
+                   tuple(site.segmentation_ids))
 
 
 class Emulator:
-    """Keeps every compute's VXLAN FDB in step with its site's inventory
-    (file lab) or its site's Neutron (Neutron lab)."""
+    """Keeps every compute's dataplane in step with its site's inventory
+    (file lab) or its site's Neutron (Neutron lab), through one product
+    backend per compute."""
 
     def __init__(self, lab: Lab):
         self.lab = lab
@@ -154,7 +162,7 @@ class Emulator:
         self.poll_interval = lab.truth.poll_interval
         self.sites = {s.name: lab.truth.view(s.name) for s in lab.topology.sites}
         self.good: dict[str, tuple[SiteSnapshot, list[RemotePort]]] = {}
-        self.sockets: dict[str, IPRoute] = {}
+        self.backends: dict[str, LinuxBackend] = {}
 
     def read(self, site: str):
         try:
@@ -163,10 +171,10 @@ class Emulator:
             LOG.error("site %s: keeping the last good snapshot: %s", site, exc)
         return self.good.get(site)
 
-    def socket(self, compute: Compute) -> IPRoute:
-        if compute.ns not in self.sockets:
-            self.sockets[compute.ns] = IPRoute(netns=compute.ns, flags=0)
-        return self.sockets[compute.ns]
+    def backend(self, compute: Compute) -> LinuxBackend:
+        if compute.ns not in self.backends:
+            self.backends[compute.ns] = LinuxBackend(compute.ns, learning=True)
+        return self.backends[compute.ns]
 
     def reconcile(self) -> int:
         """One pass over every compute; returns the number of operations."""
@@ -180,30 +188,13 @@ class Emulator:
             return 0
         for compute in (c for c in self.computes if c.site == site):
             try:
-                count += self._compute(compute, *state)
+                count += sync(self.backend(compute), desired_state(*state, compute),
+                              compute.name)
             except Exception as exc:  # noqa: BLE001 - one compute must not stop the rest
                 LOG.error("compute %s: %s", compute.name, exc)
-                self.sockets.pop(compute.ns, None)
-        return count
-
-    def _compute(self, compute: Compute, snapshot, remote_ports) -> int:
-        ipr = self.socket(compute)
-        indexes = {}
-        for dev in compute.devices.values():
-            found = ipr.link_lookup(ifname=dev)
-            if found:
-                indexes[dev] = found[0]
-        have = observe(ipr, indexes)
-        count = 0
-        for net, want in desired_entries(snapshot, remote_ports, compute.ip).items():
-            dev = compute.devices.get(net)
-            if dev not in indexes:
-                continue
-            for command, mac, dst in plan(want, have[dev]):
-                ipr.fdb(command, ifindex=indexes[dev], lladdr=mac, dst=dst,
-                        state=NUD_NOARP | NUD_PERMANENT, flags=NTF_SELF)
-                LOG.info("%s %s: %s %s dst %s", compute.name, dev, command, mac, dst)
-                count += 1
+                backend = self.backends.pop(compute.ns, None)
+                if backend is not None:
+                    backend.close()
         return count
 
     def run(self, stop) -> None:
@@ -233,9 +224,9 @@ class Emulator:
             time.sleep(self.poll_interval)
 
     def close(self) -> None:
-        for ipr in self.sockets.values():
-            ipr.close()
-        self.sockets.clear()
+        for backend in self.backends.values():
+            backend.close()
+        self.backends.clear()
 
 
 def reconcile_once(lab: Lab) -> int:

@@ -2,8 +2,18 @@
 
 The bottom of the lab: every other lab module may import it, it imports
 nothing of gwagent. A lab's namespaces are ``<prefix><node>``; a compute's
-devices per network are ``brq-<segid>`` and ``vxlan-<segid>`` (the names
-Neutron's linuxbridge agent uses), a VM's tap ``tap<hash of its name>``.
+devices per network are the product's Linux backend's for a one-sided
+network identified by the segmentation ID, ``gwa-br-<segid>`` and
+``gwa-vl-<segid>`` (the emulator programs computes through that backend:
+gwagent.lab.l2pop; a unit test checks the names are the backend's), a VM's
+tap ``tap<hash of its name>``.
+
+History: until issue 8 a compute's devices had the names Neutron's
+linuxbridge agent uses, ``brq-<segid>`` and ``vxlan-<segid>``. Keeping
+them would have meant teaching the product's backend a second naming
+(ownership, grouping and garbage collection all go by the ``gwa-`` names)
+for the lab's sake; nothing reads a compute's device names but the lab,
+its tests and the drills.
 """
 from __future__ import annotations
 
@@ -36,8 +46,10 @@ def tap_name(vm_name: str) -> str:
 
 
 def vxlan_name(segmentation_id: int) -> str:
-    return f"vxlan-{segmentation_id}"
+    """A compute's VXLAN device of the network with this segmentation ID."""
+    return f"gwa-vl-{segmentation_id}"
 
 
 def bridge_name(segmentation_id: int) -> str:
-    return f"brq-{segmentation_id}"
+    """A compute's bridge of the network (VMs' taps plug into it)."""
+    return f"gwa-br-{segmentation_id}"

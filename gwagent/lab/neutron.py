@@ -1,7 +1,7 @@
 """The Neutron lab: one real Neutron per site as the source of truth.
 
 ``gwagent lab up --neutron`` builds the same namespaces as the file lab
-(switch, gateways, computes with ``brq-<segid>``/``vxlan-<segid>``, VMs), but
+(switch, gateways, computes with ``gwa-br-<segid>``/``gwa-vl-<segid>``, VMs), but
 no inventory file is written: every site gets its own Neutron, and
 everything the gateways and the computes learn comes from those APIs.
 

@@ -20,11 +20,11 @@ from pyroute2 import IPRoute, netns
 
 from labs import BACKENDS, lab_up
 from gwagent.control.sources import FileInventory
-from gwagent.lab import build, gateways, l2pop, probe
+from gwagent.lab import build, gateways, probe
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.cli import ping_matrix
+from gwagent.lab.names import vxlan_name
 from gwagent.lab.processes import python_env
-from gwagent.model import Endpoint, Gateway, Network, RemotePort, Site, SiteSnapshot
 
 NTF_EXT_LEARNED = 0x10
 
@@ -84,7 +84,7 @@ def reach_concurrently(lab: build.Lab, pairs: list[tuple[str, str]], since: floa
     return results
 
 
-# -- topology and l2pop logic (no root needed) -----------------------------------------
+# -- topology logic (no root needed; the emulator's: tests/unit/test_lab_l2pop.py) -----
 
 def test_default_topology_is_two_sites_with_overlapping_networks():
     topo = topo_mod.load()
@@ -130,30 +130,6 @@ def three_sites() -> topo_mod.Topology:
             {"name": "vc2", "site": "c", "compute": "c-cn2", "network": "red", "ip": "198.19.20.6",
              "allowed_address_pairs": [{"ip_address": "198.19.20.100"}]},
         ]})
-
-
-def test_l2pop_entries_point_remote_macs_at_the_gateway():
-    topo = three_sites()
-    snap = topo_mod.site_snapshot(topo, "a")
-    peer = topo_mod.site_snapshot(topo, "c").endpoints[0]
-    remote = [RemotePort(peer, "198.18.1.1", "a-gw")]
-    want = l2pop.desired_entries(snap, remote, topo.site("a").compute_ip("a-cn1"))["red"]
-    assert dict(want.unicast) == {topo.vm("va3").mac: "198.18.1.13",
-                                  topo.vm("vc1").mac: "198.18.1.1"}
-    assert want.flood == ("198.18.1.1", "198.18.1.13")
-
-
-def test_l2pop_plan_replaces_moves_and_deletes_only_the_difference():
-    have = l2pop.DeviceEntries.of({"fa:16:3e:00:00:01": "198.18.1.11",
-                                   "fa:16:3e:00:00:02": "198.18.1.12"}, {"198.18.1.11"})
-    want = l2pop.DeviceEntries.of({"fa:16:3e:00:00:01": "198.18.1.13"}, {"198.18.1.13"})
-    assert l2pop.plan(want, have) == [
-        ("replace", "fa:16:3e:00:00:01", "198.18.1.13"),
-        ("del", "fa:16:3e:00:00:02", "198.18.1.12"),
-        ("append", l2pop.FLOOD_MAC, "198.18.1.13"),
-        ("del", l2pop.FLOOD_MAC, "198.18.1.11"),
-    ]
-    assert l2pop.plan(want, want) == []
 
 
 def test_probe_stats_count_loss_duplicates_reordering_and_gaps():
@@ -208,7 +184,7 @@ def test_added_vm_is_reachable_within_a_second(own_lab):
 
     def computes_point_at_gateway():
         """a-cn1 sends the new MAC to site a's gateway"""
-        return (vm.mac, lab.topology.site("a").tunnel_ip) in fdb(lab.ns("a-cn1"), "vxlan-1001")
+        return (vm.mac, lab.topology.site("a").tunnel_ip) in fdb(lab.ns("a-cn1"), vxlan_name(1001))
     wait_for(computes_point_at_gateway, 1.5)
     assert time.monotonic() - t0 < 1.5
     # Seconds from the change until a probe was sent that arrived (probes
@@ -225,8 +201,8 @@ def test_removed_vm_is_forgotten_everywhere_within_a_second(own_lab):
 
     def forgotten():
         """no compute or gateway of either site has an entry for the removed MAC"""
-        places = [(lab.ns(c), "vxlan-1001") for c in ("a-cn1", "a-cn2")]
-        places += [(lab.ns(c), "vxlan-2001") for c in ("b-cn1", "b-cn2")]
+        places = [(lab.ns(c), vxlan_name(1001)) for c in ("a-cn1", "a-cn2")]
+        places += [(lab.ns(c), vxlan_name(2001)) for c in ("b-cn1", "b-cn2")]
         return (not any(mac == gone.mac for ns, dev in places for mac, _ in fdb(ns, dev))
                 and not any(gateways.place_of(lab, s, "red", gone.mac) for s in "ab"))
     wait_for(forgotten, 1.0)
