@@ -79,6 +79,7 @@ import threading
 import time
 from typing import Iterable, NamedTuple, Sequence
 
+from gwagent.dataplane.capture import MobilityTap
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
@@ -577,7 +578,6 @@ class LinuxBackend:
 
     def tap(self, local_ips: Sequence[str]):
         """The mobility tap on this namespace's underlay (see capture)."""
-        from gwagent.dataplane.capture import MobilityTap
         if self._fast_nl is None:  # opened now: a namespace switch costs ~30 ms
             self._fast_nl = Netlink(self.netns)
         return MobilityTap(self.netns, local_ips)
