@@ -12,7 +12,8 @@ reads VNI 0 and the planner ensures it again); a MAC is where its unicast
 flow says; floods are the groups' buckets. apply() sends one atomic bundle
 per network, so a network is never half programmed; flood destinations
 change by rewriting the side's group with all its buckets. move() is the
-mobility fast path: one flow add over the old one, a move in one message.
+mobility fast path: one flow add over the old one and a barrier, outside
+any bundle (one round trip; a single flow-mod is atomic by itself).
 The mobility evidence comes from the same tap as on Linux (a classic BPF
 filter on the underlay, gwagent.dataplane.capture), which sees a gateway's
 VXLAN frames before the switch does on either datapath.
@@ -149,7 +150,22 @@ class OpenFlowBackend:
         return errors
 
     def move(self, ops: Sequence[MacOp]) -> list[OpError]:
-        return self.apply(ops)
+        """A mobile MAC's move: its flow added over the old one (same match
+        and priority, so OVS replaces it in one step: atomic by itself),
+        then a barrier. One round trip where a bundle takes two (open, adds
+        and barrier, then commit); errors per message. Anything but MAC
+        sets on known networks goes through apply()."""
+        vnis = [self._vni.get(op.entry.network) for op in ops]
+        if not ops or None in vnis or any(not isinstance(op, MacOp) or op.action != "set"
+                                          for op in ops):
+            return self.apply(ops)
+        msgs = [fl.Prebuilt(self._encoder(vni), op.entry) for op, vni in zip(ops, vnis)]
+        try:
+            failed = self.switch.request(msgs)
+        except SwitchError as exc:
+            return [OpError(op, f"{describe(op)}: {exc}") for op in ops]
+        return [OpError(op, f"{describe(op)}: {failed[i]}") for i, op in enumerate(ops)
+                if i in failed]
 
     def _network_batch(self, vni: int, ops: list[Op]) -> list[OpError]:
         msgs, owner = [], []

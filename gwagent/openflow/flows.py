@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_4 as ofp
@@ -353,7 +354,16 @@ class MacFlowBytes:
     and serialise one such message here (100k flows: 24 s, where
     ``ovs-ofctl --bundle`` takes a few), a patch a few microseconds. The
     template is checked to hold each placeholder exactly where the patch
-    writes, so a change in os-ken's layout fails loudly, never silently."""
+    writes, so a change in os-ken's layout fails loudly, never silently.
+
+    :meth:`encode_many` packs a run of them with one precompiled
+    ``struct`` per side (the template's fixed pieces and the four values in
+    one C call a message): 100k messages in 0.23 s against 0.67 s by
+    :meth:`encode` one at a time (side by side, loaded machine)."""
+
+    #: the placeholders in the order the template holds them (checked)
+    ORDER = ("xid", "bundle", "xid", "mac", "ip")
+    _FORMAT = {"xid": "I", "bundle": "I", "mac": "6s", "ip": "4s"}
 
     MAC, IP, XID, BUNDLE = "02:de:ad:be:ef:01", "203.0.113.77", 0x0BADCAFE, 0x0D15EA5E
 
@@ -361,6 +371,7 @@ class MacFlowBytes:
         self.vni = vni
         self._pieces = {}
         self._ips: dict[str, bytes] = {}
+        self._structs = {}
         for side in (SITE, TRANSIT):
             wrapped = parser.OFPBundleAddMsg(DP, self.BUNDLE, BUNDLE_FLAGS, mac_flow(
                 MacEntry("", self.MAC, side, self.IP), vni), [])
@@ -383,6 +394,13 @@ class MacFlowBytes:
                 start = at + size
             pieces.append(buf[start:])
             self._pieces[side] = (pieces, order)
+            if tuple(order) != self.ORDER:
+                raise RuntimeError(f"os-ken's bundle-add layout changed: placeholders in "
+                                   f"the order {order}, {self.ORDER} expected")
+            fmt = ">" + "".join(f"{len(piece)}s{self._FORMAT[name]}"
+                                for piece, name in zip(pieces, order)) + f"{len(pieces[-1])}s"
+            self._structs[side] = (struct.Struct(fmt).pack, pieces)
+            self.size = len(buf)
 
     @staticmethod
     def _find(buf: bytes, needle: bytes, count: int) -> list[int]:
@@ -408,6 +426,20 @@ class MacFlowBytes:
             out.append(piece)
         return b"".join(out)
 
+    def encode_many(self, entries, xid: int, bundle_id: int) -> bytes:
+        """``encode(entries[i], xid + i, bundle_id)`` for every entry, joined."""
+        structs, ips, out = self._structs, self._ips, []
+        append, fromhex, aton = out.append, bytes.fromhex, socket.inet_aton
+        for entry in entries:
+            pack, (p0, p1, p2, p3, p4, p5) = structs[entry.side]
+            ip = ips.get(entry.vtep)
+            if ip is None:
+                ip = ips[entry.vtep] = aton(entry.vtep)
+            append(pack(p0, xid, p1, bundle_id, p2, xid, p3,
+                        fromhex(entry.mac.replace(":", "")), p4, ip, p5))
+            xid += 1
+        return b"".join(out)
+
 
 class Prebuilt:
     """One message of a bundle that encodes itself (the bulk path), with
@@ -420,6 +452,10 @@ class Prebuilt:
 
     def encode(self, xid: int, bundle_id: int) -> bytes:
         return self.encoder.encode(self.entry, xid, bundle_id)
+
+    def flow_mod(self, xid: int) -> bytes:
+        """The bare flow-mod, outside any bundle (the bundle add's message)."""
+        return self.encoder.encode(self.entry, xid, 0)[16:]
 
     def message(self):
         return mac_flow(self.entry, self.encoder.vni)

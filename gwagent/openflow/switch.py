@@ -19,10 +19,10 @@ or the equivalent").
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -30,6 +30,7 @@ from os_ken.base import app_manager
 from os_ken.controller import controller, ofp_event, ofp_handler
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
+from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 from pyroute2 import netns as pyroute2_netns
@@ -79,9 +80,95 @@ def _app_manager() -> app_manager.AppManager:
     return mgr
 
 
+_HEADER = struct.Struct("!BBHI")
+_ETH_DST = 0x80000606  # OXM header: class OPENFLOW_BASIC, field ETH_DST, no mask, 6 bytes
+
+
+def _eth_dst(data, at: int, end: int) -> str | None:
+    """The eth_dst of an OXM match's fields in ``data[at:end]``."""
+    while at + 4 <= end:
+        (head,) = struct.unpack_from("!I", data, at)
+        if head == _ETH_DST:
+            return data[at + 4:at + 10].hex(":")
+        at += 4 + (head & 0xFF)
+    return None
+
+
+class _Datapath(controller.Datapath):
+    """os-ken's connection with a receive loop of ours. os-ken reads a
+    message header and then its body (two system calls a message), parses
+    every message into objects and queues it for the apps' threads; the
+    answers of our requests and the switch's flow removals arrive by the
+    hundred thousand after a bulk change (100k removals took it longer than
+    OVS's inactivity probe: the switch disconnected). Here one read takes
+    what the socket holds, and the messages on that path (errors, barrier
+    and bundle-control replies, echo requests, flow removals) are read by
+    hand in this thread, once connected; everything else (handshake,
+    multipart replies, packet-ins, port status) goes through os-ken as
+    before."""
+
+    READ = 1 << 18
+
+    def __init__(self, sock, addr, switch: "Switch"):
+        super().__init__(sock, addr)
+        self.switch = switch
+
+    def _fast(self, msg_type: int, xid: int, data) -> bool:
+        if self.state != MAIN_DISPATCHER:
+            return False
+        sw = self.switch
+        if msg_type == ofp.OFPT_BARRIER_REPLY or msg_type == ofp.OFPT_BUNDLE_CONTROL:
+            sw._reply(self, xid)
+        elif msg_type == ofp.OFPT_ERROR:
+            kind, code = struct.unpack_from("!HH", data, 8)
+            sw._reply(self, xid, error=f"OpenFlow error type {kind} code {code}")
+        elif msg_type == ofp.OFPT_FLOW_REMOVED:
+            (cookie,) = struct.unpack_from("!Q", data, 8)
+            (length,) = struct.unpack_from("!H", data, 50)
+            sw._flow_removed(self, cookie, lambda: _eth_dst(data, 52, 48 + length))
+        elif msg_type == ofp.OFPT_ECHO_REQUEST:
+            self.send(_HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_ECHO_REPLY, len(data), xid)
+                      + bytes(data[8:]))
+        else:
+            return False
+        return True
+
+    @controller._deactivate  # as os-ken's: the socket closed when the loop ends
+    def _recv_loop(self):
+        buf = bytearray()
+        while self.state != DEAD_DISPATCHER:
+            try:
+                ret = self.socket.recv(self.READ)
+            except socket.timeout:
+                continue
+            except (EOFError, OSError):
+                break
+            if not ret:
+                break
+            buf += ret
+            at, size = 0, len(buf)
+            while size - at >= 8:
+                version, msg_type, msg_len, xid = _HEADER.unpack_from(buf, at)
+                msg_len = max(msg_len, 8)
+                if size - at < msg_len:
+                    break
+                data = memoryview(buf)[at:at + msg_len].tobytes()
+                at += msg_len
+                if self._fast(msg_type, xid, data):
+                    continue
+                msg = ofproto_parser.msg(self, version, msg_type, msg_len, xid, data)
+                if msg and self.ofp_brick is not None:
+                    ev = ofp_event.ofp_msg_to_ev(msg)
+                    self.ofp_brick.send_event_to_observers(ev, self.state)
+                    for handler in self.ofp_brick.get_handlers(ev):
+                        if self.state in handler.callers[ev.__class__].dispatchers:
+                            handler(ev)
+            del buf[:at]
+
+
 class _Pending:
-    def __init__(self, xids):
-        self.xids = set(xids)
+    def __init__(self, xids: range):
+        self.xids = xids  # consecutive: membership and index by arithmetic
         self.last = xids[-1]  # its answer ends the request
         self.errors: dict[int, str] = {}
         self.replies: list = []
@@ -115,8 +202,9 @@ class GatewayApp(app_manager.OSKenApp):
         self.switch._reply(msg.datapath, msg.xid, reply=msg, final=not more)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
-    def _flow_removed(self, ev):
-        self.switch._flow_removed(ev.msg)
+    def _flow_removed(self, ev):  # (read by _Datapath; this for any other connection)
+        msg = ev.msg
+        self.switch._flow_removed(msg.datapath, msg.cookie, lambda: msg.match.get("eth_dst"))
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev):
@@ -145,7 +233,7 @@ class Switch:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._pending: dict[int, _Pending] = {}
-        self._xids = itertools.count(1 << 31)
+        self._next_xid = 1 << 31
         self._listeners: list = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -173,7 +261,7 @@ class Switch:
                 sock, addr = self._listener.accept()
             except OSError:
                 return
-            dp = controller.Datapath(sock, addr)
+            dp = _Datapath(sock, addr, self)
             threading.Thread(target=self._serve, args=(dp,), name="openflow-dp",
                              daemon=True).start()
 
@@ -233,15 +321,17 @@ class Switch:
         for listener in listeners:
             listener.packet_in(msg, at)
 
-    def _flow_removed(self, msg) -> None:
+    def _flow_removed(self, dp, cookie: int, mac) -> None:
         """A flow of ours was deleted (by us or anyone): kept for
-        :meth:`removed` as (cookie, MAC of its match or None)."""
-        if msg.cookie & COOKIE_MASK != COOKIE_BASE:
+        :meth:`removed` as (cookie, MAC of its match or None; ``mac()``
+        reads it)."""
+        if cookie & COOKIE_MASK != COOKIE_BASE:
             return
+        mac = mac()
         with self._lock:
-            if msg.datapath is not self.datapath:
+            if dp is not self.datapath:
                 return
-            self._removed.append((msg.cookie, msg.match.get("eth_dst")))
+            self._removed.append((cookie, mac))
         self._wake()
 
     def removed(self) -> list[tuple[int, str | None]]:
@@ -289,24 +379,51 @@ class Switch:
                         pending.done.set()
                     return
 
+    #: bytes per socket write of a long request: os-ken's send loop writes
+    #: one while we encode the next, and the switch works on the first
+    CHUNK = 256 * 1024
+
+    def _take_xids(self, count: int) -> range:
+        """``count`` consecutive xids (a request's messages answer in order)."""
+        with self._lock:
+            first = self._next_xid
+            if first + count > 0xFFFFFFFF:
+                first = 1 << 31
+            self._next_xid = first + count
+        return range(first, first + count)
+
     def _send(self, msgs: list, bundle_id: int = 0) -> _Pending:
         dp = self.wait_connected()
-        xids = []
-        chunks = []
-        for msg in msgs:
-            xid = next(self._xids) & 0xFFFFFFFF
-            if isinstance(msg, Prebuilt):  # the bulk path: bytes patched from a template
-                chunks.append(msg.encode(xid, bundle_id))
-            else:
-                msg.set_xid(xid)
-                msg.serialize()
-                chunks.append(msg.buf)
-            xids.append(xid)
+        xids = self._take_xids(len(msgs))
         pending = _Pending(xids)
         with self._lock:
-            key = xids[-1]
-            self._pending[key] = pending
-        dp.send(b"".join(chunks))
+            self._pending[xids[-1]] = pending
+        chunks, size, i = [], 0, 0
+        while i < len(msgs):
+            msg = msgs[i]
+            if isinstance(msg, Prebuilt) and not bundle_id:  # a bare flow-mod (request())
+                data = msg.flow_mod(xids[i])
+                i += 1
+            elif isinstance(msg, Prebuilt):  # the bulk path: bytes patched from a template
+                j = i + 1
+                while (j < len(msgs) and j - i < 2048 and isinstance(msgs[j], Prebuilt)
+                       and msgs[j].encoder is msg.encoder):
+                    j += 1
+                data = msg.encoder.encode_many([m.entry for m in msgs[i:j]], xids[i],
+                                               bundle_id)
+                i = j
+            else:
+                msg.set_xid(xids[i])
+                msg.serialize()
+                data = msg.buf
+                i += 1
+            chunks.append(data)
+            size += len(data)
+            if size >= self.CHUNK:
+                dp.send(b"".join(chunks))
+                chunks, size = [], 0
+        if chunks:
+            dp.send(b"".join(chunks))
         return pending
 
     def _wait(self, pending: _Pending, what: str) -> _Pending:
@@ -329,7 +446,7 @@ class Switch:
         add discards the bundle, and only a clean one is committed."""
         if not msgs:
             return {}
-        bundle_id = next(self._xids) & 0xFFFFFFFF
+        bundle_id = self._take_xids(1)[0]
         flags = BUNDLE_FLAGS
 
         def ctrl(kind):
@@ -340,10 +457,9 @@ class Switch:
         what = f"bundle of {len(msgs)} messages"
         staged = self._wait(self._send([ctrl(ofp.OFPBCT_OPEN_REQUEST)] + adds
                                        + [parser.OFPBarrierRequest(DP)], bundle_id), what)
-        order = sorted(staged.xids)
-        index = {xid: i - 1 for i, xid in enumerate(order)}
-        errors = {index[x]: e for x, e in staged.errors.items()
-                  if 0 <= index.get(x, -1) < len(msgs)}
+        first = staged.xids[0]
+        errors = {x - first - 1: e for x, e in staged.errors.items()
+                  if 0 <= x - first - 1 < len(msgs)}
         if staged.errors:
             self._wait(self._send([ctrl(ofp.OFPBCT_DISCARD_REQUEST)]), what)
             reason = next(iter(errors.values()), None) or "; ".join(staged.errors.values())
@@ -363,8 +479,8 @@ class Switch:
             return {}
         pending = self._wait(self._send(list(msgs) + [parser.OFPBarrierRequest(DP)]),
                              f"request of {len(msgs)} messages")
-        index = {xid: i for i, xid in enumerate(sorted(pending.xids))}
-        return {index[x]: e for x, e in pending.errors.items() if index.get(x, -1) < len(msgs)}
+        first = pending.xids[0]
+        return {x - first: e for x, e in pending.errors.items() if 0 <= x - first < len(msgs)}
 
     def dump_flows(self, cookie: int, mask: int) -> list:
         req = parser.OFPFlowStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,

@@ -21,7 +21,7 @@ from gwagent.control.planner import plan
 from gwagent.model import Desired
 from gwagent.openflow import flows as fl
 from gwagent.openflow.backend import OpenFlowBackend
-from gwagent.state import desired_dataplane
+from gwagent.state import SITE, TRANSIT, MacEntry, MacOp, desired_dataplane
 
 from builders import endpoint, site
 
@@ -122,6 +122,14 @@ class FakeSwitch:
     def request(self, msgs):
         errors = {}
         for i, msg in enumerate(msgs):
+            if isinstance(msg, fl.Prebuilt):   # a bare flow-mod (a move): applied alone
+                inner = msg.flow_mod(1)
+                msg = ofproto_parser.msg(fl.DP, *ofproto_parser.header(inner), inner)
+                try:
+                    self._apply(msg, self.flows, self.groups, self.reported)
+                except ValueError as exc:
+                    errors[i] = str(exc)
+                continue
             assert isinstance(msg, parser.OFPMeterMod)
             if msg.command == ofp.OFPMC_ADD and msg.meter_id in self.meters:
                 errors[i] = "meter exists"
@@ -302,6 +310,37 @@ def test_a_move_is_one_flow_add_and_frames_follow_it():
     converge(be, new)
     mac = endpoint("a", "red", 1).mac
     assert sw.forward(5001, GW_TRANSIT, mac) == {(1001, GW_SITE, "198.18.1.12")}
+
+
+def test_a_mobile_macs_move_is_one_flow_mod_outside_a_bundle_and_frames_follow():
+    old = state([endpoint("a", "red", 1, compute=1)], [endpoint("b", "red", 2)])
+    be, sw = backend()
+    converge(be, old)
+    before = be.observe()
+    entry = next(e for e in before.macs if e.mac == endpoint("a", "red", 1).mac)
+    moved = MacEntry(entry.network, entry.mac, entry.side, "198.18.1.12")
+    sw.bundle = None   # a move never opens a bundle
+    assert be.move([MacOp("set", moved, entry)]) == []
+    assert sw.forward(5001, GW_TRANSIT, entry.mac) == {(1001, GW_SITE, "198.18.1.12")}
+    after = be.observe()   # that MAC moved, and nothing else changed
+    assert after.macs == (before.macs - {entry}) | {moved}
+    assert (after.networks, after.floods) == (before.networks, before.floods)
+
+
+def test_a_run_of_mac_flows_packs_to_the_per_message_patch_and_decodes():
+    encoder = fl.MacFlowBytes(5001)
+    entries = [MacEntry("red", f"02:00:00:00:{i:02x}:01", (SITE, TRANSIT)[i % 2],
+                        f"198.18.1.{10 + i % 3}") for i in range(7)]
+    packed = encoder.encode_many(entries, 100, 9)
+    assert packed == b"".join(encoder.encode(e, 100 + i, 9) for i, e in enumerate(entries))
+    for i, e in enumerate(entries):
+        one = packed[i * encoder.size:(i + 1) * encoder.size]
+        inner = one[16:]
+        msg = ofproto_parser.msg(fl.DP, *ofproto_parser.header(inner), inner)
+        want = fl.mac_flow(e, 5001)
+        assert (msg.xid, msg.match["eth_dst"], fl.actions_of(msg)) == (
+            100 + i, e.mac, fl.actions_of(want))
+        assert fl.Prebuilt(encoder, e).flow_mod(100 + i) == inner
 
 
 def test_a_refused_bundle_leaves_the_network_as_it_was():
