@@ -17,7 +17,7 @@ demo: setup
 	@echo; echo "The lab stays up: explore with 'gwagent lab exec NODE -- CMD'; remove it with 'make lab-down'."
 
 test: setup
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
 
 bench: setup
 	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,mean,max -q -s
