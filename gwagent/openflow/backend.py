@@ -169,7 +169,7 @@ class OpenFlowBackend:
 
     def _network_batch(self, vni: int, ops: list[Op]) -> list[OpError]:
         msgs, owner = [], []
-        removed = named = None
+        removed = named = encoder = None
         touched: set[str] = set()
         for op in ops:
             if isinstance(op, NetworkOp) and op.action == "ensure":
@@ -191,7 +191,9 @@ class OpenFlowBackend:
                 removed = op.network
             elif isinstance(op, MacOp):
                 if op.action == "set":
-                    msg = fl.Prebuilt(self._encoder(vni), op.entry)
+                    if encoder is None:
+                        encoder = self._encoder(vni)
+                    msg = fl.Prebuilt(encoder, op.entry)
                 else:
                     msg = fl.delete_mac(op.entry.mac, vni)
                     self._expect_removed(vni, op.entry.mac)
