@@ -11,11 +11,12 @@ Requests are correlated by xid (:meth:`Switch.bundle`, :meth:`Switch.dump`);
 changes go out as one OpenFlow bundle, committed atomically, so the switch
 never holds half a change. A connection or disconnection wakes the agent
 (:meth:`Switch.fileno`): OVS restarted means its flows are gone, and the
-next pass puts them back. A flow of ours deleted by someone else is put
-back by the next resync pass: os-ken 4.2.2 cannot parse OVS's OpenFlow 1.4
-flow-monitor updates (measured: "malformed OpenFlow packet" on a removal),
-so there is no change event for flows yet (the speed issue's "flow monitor
-or the equivalent").
+next pass puts them back. A flow of ours deleted by anyone is reported by
+the switch (our flows carry ``send_flow_rem``) and handed to the backend
+(:meth:`Switch.removed`), which tells its own deletes' echoes from someone
+else's. Flow monitors would also report changes in place, but os-ken 4.2.2
+cannot parse OVS's OpenFlow 1.4 flow-monitor updates (measured: "malformed
+OpenFlow packet" on a removal).
 """
 from __future__ import annotations
 
