@@ -5,14 +5,16 @@ A three-site lab with one real Neutron per site and RabbitMQ. For each fault
 RabbitMQ stopped, an API answering 500s, an API answering 3 s late), while
 sequence-numbered probes cross the gateways every millisecond:
 
-* no probe is lost;
-* an owned FDB entry deleted behind gateway a's back is repaired within 1 s;
+* no probe is lost (on OpenFlow's userspace datapath: no gap of more than
+  300 ms, see the test);
+* an owned MAC place (FDB entry or flow) deleted behind gateway a's back is
+  repaired within 2 s;
 * a VM added in a healthy cloud is reachable from the other healthy site;
 * the gateway's status names the failing source;
 
 and once the fault is cleared every gateway converges to exactly the state
-it had (the same owned FDB entries; the same remote ports, none duplicated
-or orphaned).
+it had (the same MAC places and flood destinations; the same remote ports,
+none duplicated or orphaned). The lab runs on both backends.
 """
 from __future__ import annotations
 
@@ -21,14 +23,12 @@ import threading
 import time
 
 import pytest
-from pyroute2 import IPRoute
 
-from gwagent.dataplane.linux import LinuxBackend
-from gwagent.lab import build, faults, probe
+from gwagent.lab import build, faults, gateways, probe
 from gwagent.lab import neutron as lab_neutron
 from gwagent.lab import topology as topo_mod
 
-from labs import lab_up, wait_for
+from labs import BACKENDS, lab_up, wait_for
 
 THREE_SITES = {
     "networks": [{"name": "red", "transit_vni": 5001, "subnet": "198.19.10.0/24"}],
@@ -46,15 +46,15 @@ THREE_SITES = {
 }
 
 
-@pytest.fixture(scope="module")
-def flab():
-    with lab_up(topo_mod.parse(THREE_SITES), neutron=True) as lab:
+@pytest.fixture(scope="module", params=BACKENDS)
+def flab(request):
+    with lab_up(topo_mod.parse(THREE_SITES), neutron=True, backend=request.param) as lab:
         yield lab
 
 
 def owned_state(lab, site):
-    with LinuxBackend(lab.ns(lab.topology.site(site).gateway)) as backend:
-        return backend.observe()
+    """The MAC places and flood destinations of the site's gateway."""
+    return gateways.places(lab, site), gateways.floods(lab, site)
 
 
 def remote_ports(lab, site):
@@ -118,21 +118,18 @@ class Traffic:
             thread.join(10)
 
 
-def delete_owned_entry(lab, mac, dst):
-    """Delete gateway a's VXLAN entry for ``mac`` (traffic floods meanwhile);
-    return the time it was deleted."""
-    ns = lab.ns(lab.topology.site("a").gateway)
-    with IPRoute(netns=ns, flags=0) as ipr:
-        idx = ipr.link_lookup(ifname="gwa-vt-5001")[0]
-        t0 = time.monotonic()
-        ipr.fdb("del", ifindex=idx, lladdr=mac, dst=dst)
+def delete_owned_entry(lab, mac):
+    """Delete gateway a's place for ``mac`` (its VXLAN entry, or its flow;
+    traffic floods meanwhile); return the time it was deleted."""
+    t0 = time.monotonic()
+    gateways.delete_by_hand(lab, "a", "red", mac)
     return t0
 
 
 def repaired_within(lab, mac, dst, since, timeout=5.0):
     def back():
         """the deleted entry is back"""
-        return any(e.mac == mac and e.vtep == dst for e in owned_state(lab, "a").macs)
+        return ("transit", dst) in gateways.place_of(lab, "a", "red", mac)
     wait_for(back, timeout, 0.01)
     return time.monotonic() - since
 
@@ -168,7 +165,7 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
                 row = wait_for(named, 15.0, 0.1)
                 report["status"] = (row["state"], row.get("error"))
             # a repair of an owned entry is not held up by the fault
-            t0 = delete_owned_entry(lab, c1.mac, c_transit)
+            t0 = delete_owned_entry(lab, c1.mac)
             report["repair_s"] = repaired_within(lab, c1.mac, c_transit, t0)
             # well inside the fault's own delay (3 s): not held up by it (a
             # busy CI machine once took 1.1 s)
@@ -196,7 +193,19 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
             wait_for(recovered, 30.0, 0.2)
     print(f"{fault} {site}: {report}")
     for pair, stats in traffic.results.items():
-        assert stats.expected > 1000 and stats.lost == 0, (pair, stats.to_dict())
+        assert stats.expected > 1000, (pair, stats.to_dict())
+        if lab.backend == "linux":
+            assert stats.lost == 0, (pair, stats.to_dict())
+        else:
+            # OVS's userspace datapath reads its NICs through AF_PACKET
+            # sockets with the default 208 KB buffer, and drops when
+            # ovs-vswitchd falls behind on this busy 2-core machine: measured
+            # with no fault at all in this lab, tens of probes in one burst of
+            # 15-70 ms, seen as drops on ovs-vswitchd's packet socket (ss -0
+            # -m) and none on Linux in the same runs. A gateway stalled by a
+            # fault would lose seconds of probes: no gap may come near that.
+            assert stats.lost <= stats.expected // 50, (pair, stats.to_dict())
+            assert stats.longest_gap < 300, (pair, stats.to_dict())
 
     def converged():
         """every gateway holds exactly what it held before the fault"""
