@@ -20,27 +20,6 @@ from gwagent.lab import topology as topo_mod
 #: The gateways' backends every lab test and drill runs on.
 BACKENDS = ("linux", "openflow")
 
-VIP_MAC = "fa:16:3e:00:01:00"        # a VRRP-style MAC of its own
-VIP_IP = "198.19.10.100"             # in allowed address pairs with VIP_MAC
-VIP_SAME_MAC_IP = "198.19.10.101"    # in allowed address pairs with the port's MAC
-
-
-def neutron_topology() -> topo_mod.Topology:
-    """The Neutron lab's: the default lab, a1-red holding two VIPs in its
-    allowed address pairs, and a third site c (one compute, c1-red) for
-    the fault matrix."""
-    data = topo_mod.to_dict(topo_mod.load())
-    for vm in data["vms"]:
-        if vm["name"] == "a1-red":
-            vm["allowed_address_pairs"] = [
-                {"ip_address": VIP_IP, "mac_address": VIP_MAC},
-                {"ip_address": VIP_SAME_MAC_IP, "mac_address": vm["mac"]}]
-    data["sites"].append({"name": "c", "gateway": "c-gw", "computes": ["c-cn1"],
-                          "segmentation_ids": {"red": 3001, "blue": 3002}})
-    data["vms"].append({"name": "c1-red", "site": "c", "compute": "c-cn1",
-                        "network": "red", "ip": "198.19.10.31"})
-    return topo_mod.parse(data)
-
 
 @contextlib.contextmanager
 def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,

@@ -1,7 +1,6 @@
 """Independent failure domains: faults in one cloud's control plane, under traffic.
 
-The session's three-site lab with one real Neutron per site and RabbitMQ
-(conftest's ``neutron_lab``, on each backend). For each fault
+A three-site lab with one real Neutron per site and RabbitMQ. For each fault
 (``gwagent lab fault``: a peer's API frozen then killed, the own API frozen,
 RabbitMQ stopped, an API answering 500s, an API answering 3 s late), while
 sequence-numbered probes cross the gateways every millisecond:
@@ -9,7 +8,7 @@ sequence-numbered probes cross the gateways every millisecond:
 * no probe is lost (on OpenFlow's userspace datapath: no gap of more than
   300 ms, see the test);
 * an owned MAC place (FDB entry or flow) deleted behind gateway a's back is
-  repaired within 2.5 s (the fault's own delay is 3 s);
+  repaired within 2 s;
 * a VM added in a healthy cloud is reachable from the other healthy site;
 * the gateway's status names the failing source;
 
@@ -27,14 +26,30 @@ import pytest
 
 from gwagent.lab import build, faults, gateways, probe
 from gwagent.lab import neutron as lab_neutron
+from gwagent.lab import topology as topo_mod
 
-from labs import wait_for
+from labs import BACKENDS, lab_up, wait_for
 
-@pytest.fixture
-def flab(neutron_lab):
-    """The session's three-site Neutron lab of this backend (conftest),
-    shared with the Neutron tests: each scenario leaves it as it found it."""
-    return neutron_lab
+THREE_SITES = {
+    "networks": [{"name": "red", "transit_vni": 5001, "subnet": "198.19.10.0/24"}],
+    "sites": [{"name": "a", "computes": ["a-cn1", "a-cn2"], "segmentation_ids": {"red": 1001}},
+              {"name": "b", "computes": ["b-cn1"], "segmentation_ids": {"red": 2001}},
+              {"name": "c", "computes": ["c-cn1"], "segmentation_ids": {"red": 3001}}],
+    "vms": [{"name": "a1", "site": "a", "compute": "a-cn1", "network": "red",
+             "ip": "198.19.10.11"},
+            {"name": "a2", "site": "a", "compute": "a-cn2", "network": "red",
+             "ip": "198.19.10.12"},
+            {"name": "b1", "site": "b", "compute": "b-cn1", "network": "red",
+             "ip": "198.19.10.21"},
+            {"name": "c1", "site": "c", "compute": "c-cn1", "network": "red",
+             "ip": "198.19.10.31"}],
+}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def flab(request):
+    with lab_up(topo_mod.parse(THREE_SITES), neutron=True, backend=request.param) as lab:
+        yield lab
 
 
 def owned_state(lab, site):
@@ -135,12 +150,10 @@ SCENARIOS = [
 def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, healthy):
     lab = flab
     before_fdb, before_ports = baseline(lab)
-    c1 = lab.topology.vm("c1-red")
+    c1 = lab.topology.vm("c1")
     c_transit = lab.topology.site("c").transit_ip
     report = {}
-    t_start = time.monotonic()
-    with Traffic(lab, [("a1-red", "b1-red"), ("a1-red", "c1-red"),
-                       ("b1-red", "c1-red")]) as traffic:
+    with Traffic(lab, [("a1", "b1"), ("a1", "c1"), ("b1", "c1")]) as traffic:
         time.sleep(0.3)
         print(faults.inject(lab, site, fault))
         try:
@@ -154,15 +167,13 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
             # a repair of an owned entry is not held up by the fault
             t0 = delete_owned_entry(lab, c1.mac)
             report["repair_s"] = repaired_within(lab, c1.mac, c_transit, t0)
-            # inside the fault's own delay (3 s): not held up by it (measured
-            # 0.1-0.8 s, once 1.1 s on a busy CI machine and 1.6 s on Linux
-            # in the three-site lab with both networks)
-            assert report["repair_s"] < 2.5, report
+            # well inside the fault's own delay (3 s): not held up by it (a
+            # busy CI machine once took 1.1 s)
+            assert report["repair_s"] < 2.0, report
             if healthy:
                 # a VM added in a healthy cloud reaches the other healthy site
                 home, other = healthy[1], healthy[0]
-                src = next(vm.name for vm in lab.topology.vms
-                           if vm.site == other and vm.network == "red")
+                src = next(vm.name for vm in lab.topology.vms if vm.site == other)
                 new = {"name": "f1", "site": home,
                        "compute": lab.topology.site(home).computes[0], "network": "red",
                        "ip": "198.19.10.99"}
@@ -179,10 +190,7 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
                 """the source is fresh again"""
                 row = source_row(lab, observer, site)
                 return row and row["state"] == "fresh"
-            t_clear = time.monotonic()
             wait_for(recovered, 30.0, 0.2)
-            report["recovered_s"] = round(time.monotonic() - t_clear, 2)
-    report["scenario_s"] = round(time.monotonic() - t_start, 2)
     print(f"{fault} {site}: {report}")
     for pair, stats in traffic.results.items():
         assert stats.expected > 1000, (pair, stats.to_dict())
@@ -203,9 +211,7 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
         """every gateway holds exactly what it held before the fault"""
         fdb, ports = baseline(lab)
         return fdb == before_fdb and ports == before_ports
-    t_conv = time.monotonic()
     wait_for(converged, 30.0, 0.5)
-    print(f"{fault} {site}: converged after {time.monotonic() - t_conv:.2f} s")
     for site_name, counts in before_ports.items():
         assert all(n == 1 for n in counts.values()), f"duplicate remote port in {site_name}"
     vms = {(vm.site, vm.mac) for vm in lab.topology.vms}
