@@ -8,7 +8,7 @@ sequence-numbered probes cross the gateways every millisecond:
 * no probe is lost (on OpenFlow's userspace datapath: no gap of more than
   300 ms, see the test);
 * an owned MAC place (FDB entry or flow) deleted behind gateway a's back is
-  repaired within 2 s;
+  repaired within 2.5 s (the fault's own delay is 3 s);
 * a VM added in a healthy cloud is reachable from the other healthy site;
 * the gateway's status names the failing source;
 
@@ -167,9 +167,10 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
             # a repair of an owned entry is not held up by the fault
             t0 = delete_owned_entry(lab, c1.mac)
             report["repair_s"] = repaired_within(lab, c1.mac, c_transit, t0)
-            # well inside the fault's own delay (3 s): not held up by it (a
-            # busy CI machine once took 1.1 s)
-            assert report["repair_s"] < 2.0, report
+            # inside the fault's own delay (3 s): not held up by it (measured
+            # 0.1-0.8 s, once 1.1 s on a busy CI machine and 1.6 s on Linux
+            # in a three-site lab with both networks)
+            assert report["repair_s"] < 2.5, report
             if healthy:
                 # a VM added in a healthy cloud reaches the other healthy site
                 home, other = healthy[1], healthy[0]
