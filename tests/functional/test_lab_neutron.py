@@ -104,9 +104,15 @@ def test_remote_ports_are_in_each_neutron_behind_the_local_gateway(nlab):
                                                                       (vm.ip,))
             assert p.origin.vtep == nlab.topology.site(vm.site).compute_ip(vm.compute)
         # ... and as raw Neutron ports, bound by the gwagent driver.
-        raw = lab_neutron.client(nlab, site.name).list(
-            "ports", device_owner=DEVICE_OWNER,
-            fields=["mac_address", "binding:profile", "binding:host_id", "binding:vif_type"])
+        def bound():
+            """every remote port is bound by the gwagent driver (binding is
+            Neutron's own work and may trail the port's creation)"""
+            ports = lab_neutron.client(nlab, site.name).list(
+                "ports", device_owner=DEVICE_OWNER,
+                fields=["mac_address", "binding:profile", "binding:host_id",
+                        "binding:vif_type"])
+            return ports if all(p["binding:vif_type"] == "other" for p in ports) else None
+        raw = labs.wait_for(bound, 20.0, 0.2)
         assert sorted(p["mac_address"] for p in raw) == sorted(peers)
         for p in raw:
             assert p["binding:profile"]["gwagent"]["tunnel_ip"] == site.tunnel_ip
