@@ -18,9 +18,11 @@ compiler, and the planner knows only where MACs live.
 """
 from __future__ import annotations
 
+from gwagent.hotpath import without_gc
 from gwagent.state import FloodOp, GatewayState, MacOp, NetworkOp, Op
 
 
+@without_gc
 def plan(desired: GatewayState, observed: GatewayState) -> list[Op]:
     seen = {net.transit_vni: net for net in observed.networks}
     wanted = {net.transit_vni for net in desired.networks}

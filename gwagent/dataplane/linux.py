@@ -68,10 +68,8 @@ itself; the kernel's slots and pairs now live here only.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import re
 import sys
@@ -83,6 +81,7 @@ from gwagent.dataplane.capture import MobilityTap
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
+from gwagent.hotpath import gc_paused, without_gc
 from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
                            NetworkOp, NetworkSpec, Op, OpError, Segment)
 
@@ -432,7 +431,7 @@ class LinuxBackend:
         self._owned_ifindexes = set(owned)
         self._fast_index = {link.name: index for index, link in owned.items()}
         networks = group_networks(owned.values(), self.learning)
-        with _gc_paused():
+        with gc_paused():
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
             macs, floods, self._broken = normalise(records, owned, networks)
         self._devices = {devs.network: devs for devs in networks if devs.network}
@@ -440,6 +439,7 @@ class LinuxBackend:
 
     # apply -------------------------------------------------------------------
 
+    @without_gc
     def apply(self, ops: Sequence[Op]) -> list[OpError]:
         errors: list[OpError] = []
         i = 0
@@ -593,19 +593,6 @@ class LinuxBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """Hold the cyclic garbage collector while building 200k+ acyclic
-    tuples: its passes over a large heap doubled the decode time here."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def compile_op(op: MacOp | FloodOp, devs: NetworkDevices,

@@ -28,6 +28,7 @@ from typing import Sequence
 from os_ken.ofproto import ofproto_v1_4 as ofp
 
 from gwagent.dataplane.capture import MobilityTap
+from gwagent.hotpath import without_gc
 from gwagent.openflow import flows as fl
 from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
@@ -74,6 +75,7 @@ class OpenFlowBackend:
         self._seen_changes = self.switch.changes
 
     # observe ---------------------------------------------------------------
+    @without_gc
     def observe(self) -> GatewayState:
         self.port = self.bridge.ofport() or self.bridge.ensure()
         names = self.bridge.network_names()
@@ -130,16 +132,16 @@ class OpenFlowBackend:
         return GatewayState(tuple(networks), frozenset(macs), frozenset(floods))
 
     # apply -----------------------------------------------------------------
+    @without_gc
     def apply(self, ops: Sequence[Op]) -> list[OpError]:
         errors: list[OpError] = []
         batches: dict[int | None, list[Op]] = {}
         ensured = {op.network.name: op.network.transit_vni for op in ops
                    if isinstance(op, NetworkOp) and op.action == "ensure"}
+        vnis = {**self._vni, **ensured}
         for op in ops:
-            if isinstance(op, NetworkOp):
-                vni = op.network.transit_vni
-            else:
-                vni = ensured.get(op.entry.network, self._vni.get(op.entry.network))
+            vni = (op.network.transit_vni if isinstance(op, NetworkOp)
+                   else vnis.get(op.entry.network))
             if vni is None:
                 errors.append(OpError(op, f"{describe(op)}: network {op.entry.network!r} "
                                           f"has no flows on the switch"))
@@ -172,7 +174,12 @@ class OpenFlowBackend:
         removed = named = encoder = None
         touched: set[str] = set()
         for op in ops:
-            if isinstance(op, NetworkOp) and op.action == "ensure":
+            if isinstance(op, MacOp) and op.action == "set":  # the bulk of a batch first
+                if encoder is None:
+                    encoder = self._encoder(vni)
+                msgs.append(fl.Prebuilt(encoder, op.entry))
+                owner.append(op)
+            elif isinstance(op, NetworkOp) and op.action == "ensure":
                 net = op.network
                 for side in (SITE, TRANSIT):
                     exists = fl.group_id(vni, side) in self._groups
@@ -190,15 +197,9 @@ class OpenFlowBackend:
                     owner.append(op)
                 removed = op.network
             elif isinstance(op, MacOp):
-                if op.action == "set":
-                    if encoder is None:
-                        encoder = self._encoder(vni)
-                    msg = fl.Prebuilt(encoder, op.entry)
-                else:
-                    msg = fl.delete_mac(op.entry.mac, vni)
-                    self._expect_removed(vni, op.entry.mac)
-                msgs.append(msg)
+                msgs.append(fl.delete_mac(op.entry.mac, vni))
                 owner.append(op)
+                self._expect_removed(vni, op.entry.mac)
             else:
                 vteps = self._floods.setdefault((vni, op.entry.side), set())
                 (vteps.add if op.action == "add" else vteps.discard)(op.entry.vtep)
