@@ -60,7 +60,7 @@ from gwagent.lab.namespaces import ipr as open_ipr
 from gwagent.lab.ovs import Ovs
 from gwagent.lab.ovs import missing as ovs_missing
 from gwagent.lab.processes import (log_tail, proc_start_time, process_alive, start_process,
-                                   stop_process)
+                                   stop_process, stop_processes)
 from gwagent.lab.record import Lab
 from gwagent.lab.topology import Topology, Vm
 
@@ -350,9 +350,12 @@ def down(prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | None = None,
         prefix = lab.prefix
         # Agents first (so nothing re-registers), then the emulator, then
         # (Neutron mode) L2 agents, Neutron servers and RabbitMQ.
-        for name in sorted(lab.processes, key=lambda n: (
-                lab.processes[n].get("order", 1 if n == "l2pop" else 0), n)):
-            if stop_process(lab, name):
+        # (those of one order together)
+        orders: dict[int, list[str]] = {}
+        for name, record in lab.processes.items():
+            orders.setdefault(record.get("order", 1 if name == "l2pop" else 0), []).append(name)
+        for order in sorted(orders):
+            for name in stop_processes(lab, sorted(orders[order])):
                 progress(f"stopped {name}")
         names.update(lab.namespaces())
     present = set(netns.listnetns())

@@ -69,7 +69,7 @@ import dataclasses
 import glob
 import http.client
 import os
-import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +89,10 @@ LAB_DEVICE_OWNER = "compute:lab"
 PROJECT = "lab"
 TENANT_VNI_RANGE = "{}:{}".format(*topo_mod.TENANT_VNIS)
 REPORT_INTERVAL = 20  # seconds between the L2 agents' report_state
+#: seconds a lab's Neutron server gets after SIGTERM: its API (uwsgi) and
+#: RPC server (oslo.service's graceful shutdown) never stopped within 5 s,
+#: and the lab's throwaway database needs no clean shutdown
+NEUTRON_GRACE = 1.0
 RABBIT_NODE = "gwlab{}@localhost"
 PORT_FIELDS = ["id", "name", "network_id", "mac_address", "fixed_ips", "binding:host_id",
                "allowed_address_pairs", "device_owner", "device_id"]
@@ -135,8 +139,9 @@ def _rabbit_env(lab) -> dict:
                               r["epmd_port"])
 
 
-def start_rabbit(lab, timeout: float = 60.0) -> None:
-    """A private broker for the lab (as tests/integration/rabbit.py does)."""
+def start_rabbit(lab, vhosts: list[str], timeout: float = 60.0) -> dict[str, str]:
+    """A private broker for the lab (as tests/integration/rabbit.py does),
+    with ``vhosts`` (one per site); returns their transport URLs."""
     w = lab.lab_dir / "rabbit"
     w.mkdir(parents=True, exist_ok=True)
     lab.neutron["rabbit"] = {
@@ -146,12 +151,13 @@ def start_rabbit(lab, timeout: float = 60.0) -> None:
     r = lab.neutron["rabbit"]
     r["url"] = f"rabbit://guest:guest@127.0.0.1:{r['port']}/"
     lab.save()
-    broker.prepare(w, r["port"])
+    broker.prepare(w, r["port"], vhosts)
     start_process(lab, "rabbit-epmd", ["/usr/bin/epmd", "-port", str(r["epmd_port"]),
                                              "-address", "127.0.0.1"],
                         env=_rabbit_env(lab), group=True, order=9)
     time.sleep(0.3)
     run_rabbit(lab, timeout)
+    return {vhost: r["url"] + vhost for vhost in vhosts}
 
 
 def run_rabbit(lab, timeout: float = 60.0) -> None:
@@ -166,20 +172,6 @@ def run_rabbit(lab, timeout: float = 60.0) -> None:
             raise NeutronLabError(f"RabbitMQ did not start; see {rec['log']}:\n"
                                   + log_tail(rec["log"]))
         time.sleep(0.2)
-
-
-def rabbit_vhost(lab, vhost: str) -> str:
-    """A transport URL on a new virtual host (one per site)."""
-    ctl = Path(_rabbit_script()).with_name("rabbitmqctl")
-    env = _rabbit_env(lab)
-    for args in (["add_vhost", vhost],
-                 ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
-        out = subprocess.run([str(ctl), "-n", lab.neutron["rabbit"]["node"], *args], env=env,
-                             capture_output=True, text=True, timeout=60)
-        if out.returncode != 0:
-            raise NeutronLabError(f"rabbitmqctl {' '.join(args)} failed: "
-                                  f"{(out.stderr or out.stdout).strip()[-500:]}")
-    return lab.neutron["rabbit"]["url"] + vhost
 
 
 # -- Neutron servers ----------------------------------------------------------------
@@ -202,7 +194,8 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
     write_clouds(lab)
     for name, srv in servers.items():
         srv.spawn()
-        record_popen(lab, f"neutron-{name}-api", srv.procs["api"], srv.log_file, order=6)
+        record_popen(lab, f"neutron-{name}-api", srv.procs["api"], srv.log_file, order=6,
+                     grace=NEUTRON_GRACE)
     for name, srv in servers.items():
         try:
             srv.wait_ready(timeout)
@@ -211,7 +204,8 @@ def start_servers(lab, transport_urls: dict[str, str], timeout: float = 120.0) -
         finally:
             if "rpc" in srv.procs:
                 record_popen(lab, f"neutron-{name}-rpc", srv.procs["rpc"],
-                              srv.workdir / "neutron-rpc.log", order=5)
+                             srv.workdir / "neutron-rpc.log", order=5,
+                             grace=NEUTRON_GRACE)
 
 
 def restart_api(lab, site: str, timeout: float = 60.0) -> None:
@@ -221,7 +215,8 @@ def restart_api(lab, site: str, timeout: float = 60.0) -> None:
     srv = nserver.NeutronServer(site, Path(info["workdir"]), info["port"], neutron_venv(),
                                 info["transport_url"])
     srv.spawn()
-    record_popen(lab, f"neutron-{site}-api", srv.procs["api"], srv.log_file, order=6)
+    record_popen(lab, f"neutron-{site}-api", srv.procs["api"], srv.log_file, order=6,
+                     grace=NEUTRON_GRACE)
     try:
         srv.wait_ready(timeout, start_rpc=False)
     except nserver.NeutronStartError as exc:
@@ -292,9 +287,21 @@ def write_clouds(lab) -> None:
     lab.save()
 
 
+_CLIENTS: dict[tuple, NeutronClient] = {}
+
+
 def client(lab, site: str, timeout: tuple[float, float] = (3.0, 30.0)):
-    """A client of the site's API itself (not through its fault proxy)."""
-    return NeutronClient(cloud_name(site) + "-direct", str(clouds_file(lab)), timeout=timeout)
+    """A client of the site's API itself (not through its fault proxy).
+
+    One per site, timeout and thread, kept: a new client's first request
+    discovers the API's versions first (0.3-1.1 s here, where a listing
+    takes 0.15 s), and the tests read every site's Neutron many times."""
+    key = (str(clouds_file(lab)), cloud_name(site), timeout, threading.get_ident())
+    found = _CLIENTS.get(key)
+    if found is None:
+        found = _CLIENTS[key] = NeutronClient(cloud_name(site) + "-direct",
+                                              str(clouds_file(lab)), timeout=timeout)
+    return found
 
 
 def neutron_site(lab, site_name: str, timeout: tuple[float, float] = (3.0, 30.0)):
@@ -495,8 +502,8 @@ def up(lab, progress) -> None:
     lab.save()
     t0 = time.monotonic()
     progress("RabbitMQ (one broker, a virtual host per site)")
-    start_rabbit(lab)
-    urls = {s.name: rabbit_vhost(lab, f"site-{s.name}") for s in lab.topology.sites}
+    vhosts = start_rabbit(lab, [f"site-{s.name}" for s in lab.topology.sites])
+    urls = {s.name: vhosts[f"site-{s.name}"] for s in lab.topology.sites}
     progress(f"Neutron servers for sites {', '.join(urls)} ({time.monotonic() - t0:.1f} s)")
     start_servers(lab, urls)
     start_proxies(lab)

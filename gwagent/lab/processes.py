@@ -67,35 +67,53 @@ def start_process(lab, name: str, argv: list[str], env: dict | None = None,
     return record
 
 
-def record_popen(lab, name: str, proc: subprocess.Popen, log: Path, order: int) -> None:
-    """Record a process started elsewhere (in its own session) as the lab's."""
+def record_popen(lab, name: str, proc: subprocess.Popen, log: Path, order: int,
+                 grace: float | None = None) -> None:
+    """Record a process started elsewhere (in its own session) as the lab's;
+    ``grace``: the seconds it gets to stop after SIGTERM, if not the default."""
     info = proc_start_time(proc.pid)
     lab.processes[name] = {"pid": proc.pid, "start": info[1] if info else None,
                            "argv": [str(a) for a in proc.args], "log": str(log),
                            "group": True, "order": order}
+    if grace is not None:
+        lab.processes[name]["grace"] = grace
     lab.save()
 
 
 def stop_process(lab, name: str, timeout: float = 5.0) -> bool:
     """SIGTERM the recorded process, SIGKILL after ``timeout``; True if it ran."""
-    record = lab.processes.pop(name, None)
+    return bool(stop_processes(lab, [name], timeout))
+
+
+def stop_processes(lab, names, timeout: float = 5.0) -> list[str]:
+    """Stop the recorded processes ``names`` together: SIGTERM to all, then
+    SIGKILL to those still running after ``timeout`` (or the ``grace`` of
+    their record). One after the other, a Neutron lab's ``down`` took
+    30 s. Returns the names of those that ran."""
+    records = {}
+    for name in names:
+        record = lab.processes.pop(name, None)
+        if record is not None and record.get("start") is not None and process_alive(record):
+            records[name] = record
     lab.save()
-    if record is None or record.get("start") is None or not process_alive(record):
-        return False
-    pid = record["pid"]
-    # A session leader's pgid is its pid: its group holds the helpers it forked.
-    kill = os.killpg if record.get("group") else os.kill
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-        with contextlib.suppress(ProcessLookupError):
-            kill(pid, sig)
+    running = dict(records)
+    grace = max((r.get("grace", timeout) for r in records.values()), default=timeout)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for record in running.values():
+            # A session leader's pgid is its pid: its group holds the helpers it forked.
+            kill = os.killpg if record.get("group") else os.kill
+            with contextlib.suppress(ProcessLookupError):
+                kill(record["pid"], sig)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-            if not process_alive(record):
-                return True
-            time.sleep(0.02)
-    return True
+        while running and time.monotonic() < deadline:
+            for name, record in list(running.items()):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(record["pid"], os.WNOHANG)  # reap it if it is our child
+                if not process_alive(record):
+                    del running[name]
+            if running:
+                time.sleep(0.02)
+    return list(records)
 
 
 def log_tail(path: str | Path, lines: int = 15) -> str:

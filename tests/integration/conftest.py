@@ -59,7 +59,8 @@ def rabbit(tmp_path_factory):
     if not rabbitmq.available():
         pytest.fail("rabbitmq-server not installed: run make setup (apt-get install rabbitmq-server)")
     broker = rabbitmq.Rabbit(tmp_path_factory.mktemp("rabbit"), port=free_port(),
-                             dist_port=free_port(), epmd_port=free_port())
+                             dist_port=free_port(), epmd_port=free_port(),
+                             vhosts=("site-a", "site-b"))
     broker.start()
     yield broker
     broker.stop()

@@ -36,8 +36,9 @@ def _port_open(port: int) -> bool:
 
 class Rabbit:
     def __init__(self, workdir: str | os.PathLike, port: int = 56720, dist_port: int = 25720,
-                 epmd_port: int = 43690, node: str = "gwtest"):
+                 epmd_port: int = 43690, node: str = "gwtest", vhosts: tuple[str, ...] = ()):
         self.workdir = Path(workdir)
+        self.vhosts = tuple(vhosts)  # defined at boot (rabbitmqctl takes ~2 s a call)
         self.port, self.dist_port, self.epmd_port, self.node = port, dist_port, epmd_port, node
         self.procs: list[subprocess.Popen] = []
         self.env: dict = {}
@@ -49,6 +50,8 @@ class Rabbit:
     def vhost_url(self, vhost: str) -> str:
         """A transport URL on a new virtual host: sites sharing a broker need
         one each (queues are named by topic, not by exchange)."""
+        if vhost in self.vhosts:
+            return f"rabbit://guest:guest@127.0.0.1:{self.port}/{vhost}"
         ctl = Path(_server_script()).with_name("rabbitmqctl")
         for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*",
                                            ".*"]):
@@ -64,7 +67,7 @@ class Rabbit:
             raise RuntimeError(f"127.0.0.1:{self.port} is already in use")
         w = self.workdir
         w.mkdir(parents=True, exist_ok=True)
-        broker.prepare(w, self.port)
+        broker.prepare(w, self.port, self.vhosts)
         env = broker.environment(w, f"{self.node}@localhost", self.port, self.dist_port,
                                  self.epmd_port)
         self.env = env
