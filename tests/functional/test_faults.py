@@ -153,9 +153,15 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
     c1 = lab.topology.vm("c1")
     c_transit = lab.topology.site("c").transit_ip
     report = {}
+    started = time.monotonic()
+
+    def mark(phase):
+        """the scenario's time line, in its report"""
+        report.setdefault("at_s", {})[phase] = round(time.monotonic() - started, 2)
     with Traffic(lab, [("a1", "b1"), ("a1", "c1"), ("b1", "c1")]) as traffic:
         time.sleep(0.3)
         print(faults.inject(lab, site, fault))
+        mark("injected")
         try:
             if observer is not None:
                 def named():
@@ -164,6 +170,7 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
                     return row and row["state"] != "fresh" and row
                 row = wait_for(named, 15.0, 0.1)
                 report["status"] = (row["state"], row.get("error"))
+                mark("named")
             # a repair of an owned entry is not held up by the fault
             t0 = delete_owned_entry(lab, c1.mac)
             report["repair_s"] = repaired_within(lab, c1.mac, c_transit, t0)
@@ -184,14 +191,18 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
                 report["new_vm_s"] = took
                 assert took is not None, f"f1 in site {home} not reachable from {src}"
                 build.remove_vm(lab, "f1")
+                mark("new-vm")
         finally:
             print(faults.clear(lab, site))
+            mark("cleared")
         if observer is not None:
             def recovered():
                 """the source is fresh again"""
                 row = source_row(lab, observer, site)
                 return row and row["state"] == "fresh"
             wait_for(recovered, 30.0, 0.2)
+            mark("recovered")
+    mark("traffic-stopped")
     print(f"{fault} {site}: {report}")
     for pair, stats in traffic.results.items():
         assert stats.expected > 1000, (pair, stats.to_dict())
@@ -215,6 +226,8 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
         fdb, ports = baseline(lab)
         return fdb == before_fdb and ports == before_ports
     wait_for(converged, 30.0, 0.5)
+    mark("converged")
+    print(f"{fault} {site}: converged at {report['at_s']['converged']} s")
     for site_name, counts in before_ports.items():
         assert all(n == 1 for n in counts.values()), f"duplicate remote port in {site_name}"
     vms = {(vm.site, vm.mac) for vm in lab.topology.vms}
