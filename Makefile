@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch
+APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch \
+	nftables python3-nftables
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
@@ -47,6 +48,10 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	@# libnftables' Python binding (the ingress filter) is Debian's, for the
+	@# system Python: one pure-Python package, linked into the venv.
+	ln -sfn /usr/lib/python3/dist-packages/nftables \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
 	touch $@
 
 sample-config: venv

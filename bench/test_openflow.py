@@ -81,7 +81,7 @@ def clear(be) -> None:
 
 
 def count_mac_flows(ovs) -> int:
-    return ovs.ofctl("gwa-ovs", "dump-flows", "table=2").count("dl_dst=")
+    return ovs.ofctl("gwa-ovs", "dump-flows", f"table={fl.UNICAST}").count("dl_dst=")
 
 
 @pytest.mark.parametrize("size", [10_000, 100_000], ids=["10k", "100k"])
@@ -105,9 +105,9 @@ def test_bulk_install_ours_vs_ofctl_bundle(benchmark, ovs_backend, figures, size
     path = tmp_path / "flows.txt"
     cookie = fl.cookie(fl.K_MAC, NET.transit_vni)
     path.write_text("".join(
-        f"cookie={cookie:#x},table=2,priority={fl.P_MAC},reg0={NET.transit_vni},"
+        f"cookie={cookie:#x},table={fl.UNICAST},priority={fl.P_MAC},reg0={NET.transit_vni},"
         f"dl_dst={e.mac},actions=set_field:1->reg2,set_field:{e.vtep}->tun_dst,"
-        f"goto_table:3\n" for e in desired.macs))
+        f"goto_table:{fl.EGRESS}\n" for e in desired.macs))
     times = []
     for _ in range(2):
         clear(be)
@@ -304,22 +304,25 @@ def test_mobility_evidence_tap_vs_packet_in(benchmark, mobility, figures):
 def _learn_flows(ovs, install: bool) -> None:
     """The learn variant, for the measurement only: per candidate a table
     MOBILITY flow that makes the switch write the MAC's place itself (as
-    Neutron's br-tun learn flows), in a table 4 that the MAC's UNICAST flow
-    resubmits to (a learned flow can carry actions but no goto)."""
+    Neutron's br-tun learn flows), in a table LEARNED that the MAC's UNICAST
+    flow resubmits to (a learned flow can carry actions but no goto)."""
     from mobility_world import MOBILE, P1, P2
-    value = fl.cookie(5, 0)
+    learned = fl.OFFENDERS + 1  # a table no flow of the agent's uses
+    value = fl.cookie(0x7F, 0)  # a kind of its own
     if not install:
         ovs.ofctl("gwa-ovs", "del-flows", f"cookie={value:#x}/{fl.COOKIE_MASK | 0xFF << 24:#x}")
         return
     for src in (P1, P2):
         ovs.ofctl("gwa-ovs", "add-flow",
-                  f"cookie={value:#x},table=1,priority=120,tun_id=5001,dl_src={MOBILE},"
-                  f"tun_src={src},actions=learn(table=4,priority=100,cookie={value:#x},"
-                  f"NXM_NX_REG0[],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
+                  f"cookie={value:#x},table={fl.MOBILITY},priority=120,tun_id=5001,"
+                  f"dl_src={MOBILE},tun_src={src},actions=learn(table={learned},priority=100,"
+                  f"cookie={value:#x},NXM_NX_REG0[],NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
                   f"load:NXM_NX_REG1[]->NXM_NX_REG2[],"
-                  f"load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[]),goto_table:2")
-    ovs.ofctl("gwa-ovs", "add-flow", f"cookie={value:#x},table=2,priority=150,reg0=5001,"
-                                     f"dl_dst={MOBILE},actions=resubmit(,4),goto_table:3")
+                  f"load:NXM_NX_TUN_IPV4_SRC[]->NXM_NX_TUN_IPV4_DST[]),"
+                  f"goto_table:{fl.UNICAST}")
+    ovs.ofctl("gwa-ovs", "add-flow", f"cookie={value:#x},table={fl.UNICAST},priority=150,"
+                                     f"reg0=5001,dl_dst={MOBILE},actions=resubmit(,{learned}),"
+                                     f"goto_table:{fl.EGRESS}")
 
 
 def test_mobility_move_tap_vs_packet_in_vs_learn(benchmark, mobility, figures):

@@ -139,7 +139,8 @@ def cmd_run(args) -> int:
                   resync_interval=a.resync_interval, poll_interval=a.poll_interval,
                   backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
                   mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time),
-                  read_deadline=a.source_deadline, pass_budget=a.pass_budget)
+                  read_deadline=a.source_deadline, pass_budget=a.pass_budget,
+                  ingress_filter=conf.gateway.ingress_filter)
     worker = MobilityWorker(agent) if m.enabled else None
 
     def on_term(signum, frame):
@@ -160,6 +161,7 @@ def cmd_run(args) -> int:
             n = new.agent
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
             agent.pass_budget = n.pass_budget
+            agent.ingress_filter = new.gateway.ingress_filter
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max
             mob = new.mobility
             with agent.lock:
@@ -265,6 +267,20 @@ def format_status(status: dict, pid: int | None) -> str:
             eps = "-" if src.get("endpoints") is None else src["endpoints"]
             lines.append(f"{src['name'][:16]:<16} {src['role']:<6} {src['state'].upper() if src['state'] != 'fresh' else 'fresh':<8} "
                          f"{good:>10} {eps:>9}  {detail}")
+    ingress = status.get("ingress") or {}
+    if ingress.get("enabled"):
+        lines.append("")
+        for side, where in (("site", "tunnel address"), ("transit", "transit address")):
+            offenders = ingress.get("offenders", {}).get(side) or {}
+            top = sorted(offenders.items(), key=lambda kv: -kv[1])[:5]
+            lines.append(
+                f"ingress filter, {where}: {len(ingress.get('admitted', {}).get(side, []))} "
+                f"admitted, {ingress.get('dropped', {}).get(side, 0)} packets dropped"
+                + (f"; offenders: {', '.join(f'{ip} ({n})' for ip, n in top)}"
+                   + (f" and {len(offenders) - 5} more" if len(offenders) > 5 else "")
+                   if offenders else ""))
+    elif ingress:
+        lines += ["", "ingress filter: off ([gateway] ingress_filter = false)"]
     reg = status.get("registry")
     if reg:
         text = reg.get("state", "?")

@@ -30,6 +30,13 @@ gateway_opts = [
                     "by the agent's embedded os-ken controller; see [openflow])."),
     cfg.StrOpt("state_dir", default="/run/gwagent",
                help="Where the agent writes status.json and its pid file."),
+    cfg.BoolOpt("ingress_filter", default=True,
+                help="Accept VXLAN at the gateway's tunnel address only from the site's "
+                     "known VTEPs (its endpoints' and, with Neutron, every L2 agent's "
+                     "tunneling_ip; an inventory's 'vteps'), and at its transit address only "
+                     "from the peer gateways; drop and count the rest, per side and offender "
+                     "(status, log). Linux: a table 'inet gwagent' in nftables (needs "
+                     "python3-nftables); openflow: table ADMIT of the bridge."),
 ]
 
 agent_opts = [

@@ -251,8 +251,14 @@ class SiteSnapshot:
     networks: tuple[Network, ...]
     endpoints: tuple[Endpoint, ...]
     rejected: tuple[Rejected, ...] = ()
+    #: the site's VTEPs its source knows besides its endpoints' (Neutron's
+    #: L2 agents' tunnel addresses; an inventory's ``vteps``): who may send
+    #: VXLAN to the gateway's tunnel address (state.admission)
+    vteps: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "vteps", tuple(sorted({
+            ip(v, f"site[{self.site.name}].vteps", version=4) for v in self.vteps})))
         validate_site(self)
 
 

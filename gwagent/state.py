@@ -241,3 +241,44 @@ def with_mobile(static: GatewayState, mobile: Mapping[tuple[str, str], MobileSpe
         if entry is not None and entry.network in names:
             extra.append(entry)
     return dataclasses.replace(static, macs=static.macs | frozenset(extra))
+
+
+# -- who may send to the gateway ------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """The gateway's ingress filter: VXLAN to its address on a side is
+    accepted only from that side's sources (the site's known VTEPs; the
+    peer gateways' transit addresses). Everything else sent to those
+    addresses is dropped and counted, per side and per offender."""
+
+    site_ip: str
+    site_sources: frozenset[str]
+    transit_ip: str
+    transit_sources: frozenset[str]
+
+    def sides(self) -> tuple[tuple[str, str, frozenset[str]], ...]:
+        """(side, local address, admitted sources) of both sides."""
+        return ((SITE, self.site_ip, self.site_sources),
+                (TRANSIT, self.transit_ip, self.transit_sources))
+
+
+def admission(desired: Desired, peer_transit_ips: frozenset[str] = frozenset()) -> Admission:
+    """Who may send to the gateway of ``desired``: on the site side, the
+    VTEPs its source knows (``vteps``: L2 agents' tunnel addresses, the
+    inventory's) and those of its endpoints; on the transit side, the
+    peer gateways it knows, and ``peer_transit_ips`` (configured peers
+    whose source has not answered yet)."""
+    gw = desired.local.site.gateway
+    site = set(desired.local.vteps) | {ep.vtep for ep in desired.local.endpoints}
+    transit = {peer.site.gateway.transit_ip for peer in desired.peers} | set(peer_transit_ips)
+    return Admission(gw.tunnel_ip, frozenset(site), gw.transit_ip, frozenset(transit))
+
+
+@dataclasses.dataclass
+class IngressCounters:
+    """What the ingress filter dropped: per side, packets in all and per
+    offender (outer source address; bounded, see the backends)."""
+
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    offenders: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)

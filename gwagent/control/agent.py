@@ -58,8 +58,8 @@ from gwagent.control import planner, registrar
 from gwagent.control.mobility import Decision, MobilityTable
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.control.views import Reader, SourceView
-from gwagent.model import Desired, ValidationError
-from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp,
+from gwagent.model import Desired, Site, ValidationError
+from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp, admission,
                            gateway_mobile, mobile_entry, static_dataplane, with_mobile)
 
 LOG = logging.getLogger(__name__)
@@ -115,9 +115,15 @@ class Agent:
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  mobility: MobilityTable | None = None,
                  read_deadline: float = 10.0, pass_budget: float = 1.0,
+                 ingress_filter: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
+        #: [gateway] ingress_filter: who may send VXLAN to the gateway
+        #: (state.admission), enforced by the backend's admit()
+        self.ingress_filter = ingress_filter
+        self.ingress: dict = {}
+        self._offenders_logged: set[tuple[str, str]] = set()
         self.mobility = mobility or MobilityTable()
         self.mobile: dict = {}
         self.static_dp: GatewayState | None = None
@@ -274,6 +280,7 @@ class Agent:
             if registry and self.registry is not None and (fresh or self._registry_changed()):
                 self._guarded(result, "registry", self._sync_registry, result, now)
             self._guarded(result, "dataplane", self._sync_dataplane, result, now)
+            self._guarded(result, "ingress", self._sync_ingress)
         result.source_error = self._source_errors()
         result.ok = not result.errors and result.source_error is None
         result.elapsed_ms = round((self.clock() - start) * 1000, 1)
@@ -375,6 +382,40 @@ class Agent:
         self.broken_networks = {op.network.name for op in not_done
                                 if isinstance(op, NetworkOp) and op.action == "ensure"}
 
+    def _sync_ingress(self) -> None:
+        """The ingress filter as the desired state says (or none, when it
+        is off); log each new offender once."""
+        admit = getattr(self.backend, "admit", None)
+        if admit is None:
+            return
+        adm = None
+        if self.ingress_filter:
+            with self.lock:
+                desired, unknown = self.desired, list(self.unknown)
+            # configured peers whose source has not answered yet
+            waiting = frozenset(site.gateway.transit_ip for site in
+                                (_configured_site(v.source) for v in unknown) if site)
+            adm = admission(desired, waiting)
+        counters = admit(adm)
+        if adm is None:
+            self.ingress = {"enabled": False}
+            return
+        words = {SITE: ("tunnel", "not a known VTEP of the site"),
+                 TRANSIT: ("transit", "not a peer gateway")}
+        for side, found in sorted(counters.offenders.items()):
+            for src, packets in sorted(found.items()):
+                if (side, src) not in self._offenders_logged:
+                    self._offenders_logged.add((side, src))
+                    LOG.warning("ingress filter: dropping VXLAN to the %s address from %s "
+                                "(%s): %d packets so far", words[side][0], src,
+                                words[side][1], packets)
+        self.ingress = {
+            "enabled": True,
+            "admitted": {side: sorted(sources) for side, _, sources in adm.sides()},
+            "dropped": {side: counters.dropped.get(side, 0) for side in (SITE, TRANSIT)},
+            "offenders": {side: dict(sorted(counters.offenders.get(side, {}).items()))
+                          for side in (SITE, TRANSIT)}}
+
     def _apply(self, ops: list, seqs: dict) -> list:
         """Apply a pass's operations; those about a mobile MAC under the
         lock, and only if no move happened since the plan was made."""
@@ -468,6 +509,7 @@ class Agent:
                                 "freeze_time": self.mobility.hold},
             "sources": [view.status() for view in self.views],
             "registry": dict(self.registry_state) if self.registry is not None else None,
+            "ingress": dict(self.ingress),
             "pass_budget_ms": self.pass_budget * 1000,
         }
 
@@ -622,6 +664,16 @@ class Agent:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _configured_site(source) -> Site | None:
+    """The site a source was configured with (a Neutron peer's, through
+    its throttle), or None (an inventory file says it when read)."""
+    for obj in (source, getattr(source, "source", None)):
+        site = getattr(obj, "site", None)
+        if isinstance(site, Site):
+            return site
+    return None
 
 
 class MobilityWorker(threading.Thread):

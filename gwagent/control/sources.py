@@ -149,7 +149,11 @@ def parse_site(data: object, origin: str = "<site>") -> SiteSnapshot:
             rejected.append(Rejected(site.name, str(raw.get("network", "")),
                                      str(raw.get("port_id", f"endpoints[{i}]")),
                                      str(raw.get("mac", "")), str(exc)))
-    return SiteSnapshot(site, tuple(networks), tuple(endpoints), tuple(rejected))
+    vteps = data.get("vteps") or []
+    if not isinstance(vteps, list):
+        raise ValidationError("vteps", vteps, "must be a list of the site's compute VTEPs")
+    return SiteSnapshot(site, tuple(networks), tuple(endpoints), tuple(rejected),
+                        vteps=tuple(vteps))
 
 
 def site_to_dict(snap: SiteSnapshot) -> dict:
@@ -159,6 +163,7 @@ def site_to_dict(snap: SiteSnapshot) -> dict:
         "gateway": {"host": gw.host, "tunnel_ip": gw.tunnel_ip, "transit_ip": gw.transit_ip},
         "networks": [dataclasses.asdict(n) for n in snap.networks],
         "endpoints": [endpoint_to_dict(ep) for ep in snap.endpoints],
+        **({"vteps": list(snap.vteps)} if snap.vteps else {}),
     }
 
 

@@ -78,12 +78,14 @@ import time
 from typing import Iterable, NamedTuple, Sequence
 
 from gwagent.dataplane.capture import MobilityTap
+from gwagent.dataplane.ingress import IngressError, NftIngress
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
 from gwagent.hotpath import gc_paused, without_gc
-from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
-                           NetworkOp, NetworkSpec, Op, OpError, Segment)
+from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
+                           IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
+                           Segment)
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +413,7 @@ class LinuxBackend:
         """``learning``: the VXLAN ports learn the MACs we do not place (a
         compute's; never a gateway's: module docstring)."""
         self.netns = netns
+        self._ingress: NftIngress | None = None
         self.clock = clock
         self.learning = bool(learning)
         self.nl = nl if nl is not None else Netlink(netns)  # a model of the kernel in unit tests
@@ -528,13 +531,34 @@ class LinuxBackend:
 
     def remove_all(self) -> int:
         """Delete every gwa-* link (their FDB entries go with them), ports
-        before bridges; nothing else. Returns how many were deleted."""
+        before bridges, and the ingress filter's table; nothing else.
+        Returns how many were deleted."""
         owned = [link for link in self.nl.links() if is_owned_name(link.name)]
         owned.sort(key=lambda link: link.kind == "bridge")
         for link in owned:
             self.nl.link_del(link.index)
         self._owned_ifindexes.clear()
-        return len(owned)
+        try:
+            removed = self._ingress_filter().remove()
+        except IngressError:
+            removed = False  # no libnftables here: no table of ours either
+        return len(owned) + int(removed)
+
+    # the ingress filter (gwagent.dataplane.ingress) ----------------------------
+    def _ingress_filter(self) -> NftIngress:
+        if self._ingress is None:
+            self._ingress = NftIngress(self.netns)
+        return self._ingress
+
+    def admit(self, adm: Admission | None) -> IngressCounters:
+        """Make the gateway's nftables table say ``adm`` (None: no table);
+        the drop counters."""
+        if adm is None and self._ingress is None:
+            try:
+                self._ingress_filter()
+            except IngressError:
+                return IngressCounters()  # no libnftables: no table to remove
+        return self._ingress_filter().sync(adm)
 
     # events ----------------------------------------------------------------
 
@@ -583,6 +607,8 @@ class LinuxBackend:
         return MobilityTap(self.netns, local_ips)
 
     def close(self) -> None:
+        if self._ingress is not None:
+            self._ingress.close()
         self._monitor.close()
         self.nl.close()
         if self._fast_nl is not None and self._fast_nl is not self.nl:

@@ -277,7 +277,8 @@ class NeutronSite:
                 rejected.append(ep)
             elif ep is not None:
                 endpoints.append(ep)
-        return SiteSnapshot(self.site, networks, tuple(endpoints), tuple(rejected))
+        return SiteSnapshot(self.site, networks, tuple(endpoints), tuple(rejected),
+                            vteps=tuple(vteps.values()))
 
     def _vteps(self) -> dict[str, str]:
         vteps: dict[str, str] = {}

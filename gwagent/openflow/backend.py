@@ -33,8 +33,9 @@ from gwagent.openflow import flows as fl
 from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
 from gwagent.openflow.switch import Switch, SwitchError
-from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
-                           NetworkOp, NetworkSpec, Op, OpError, Segment)
+from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
+                           IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
+                           Segment)
 
 LOG = logging.getLogger(__name__)
 BROKEN = Segment(0, "")
@@ -124,7 +125,8 @@ class OpenFlowBackend:
                 seg = classify.get((vni, side))
                 whole = (seg is not None and egress.get((vni, side)) == seg
                          and flood_to.get((vni, side)) == fl.group_id(vni, other)
-                         and fl.group_id(vni, other) in group_ids and pipeline == 3)
+                         and fl.group_id(vni, other) in group_ids
+                         and pipeline == len(fl.pipeline()))
                 segs.append(seg if whole else BROKEN)
             networks.append(NetworkSpec(vni, names.get(vni, ""), segs[0], segs[1]))
         self._vni = {net.name: net.transit_vni for net in networks if net.name}
@@ -230,6 +232,49 @@ class OpenFlowBackend:
         # own reason goes to its operations, the others say they rolled back.
         self._floods = {}  # re-read at the next observe
         return [OpError(op, f"{describe(op)}: {_reason(failed, owner, op)}") for op in ops]
+
+    # the ingress filter --------------------------------------------------------
+    def admit(self, adm: Admission | None) -> IngressCounters:
+        """Make table ADMIT say ``adm`` (None: no filter), adding and
+        deleting only what differs, in one bundle; the drop counters."""
+        port = self.port or self.bridge.ofport()
+        if port is None:
+            return IngressCounters()  # no bridge yet: the next pass makes it
+        mask = fl.COOKIE_MASK | 0xFF << 24
+        have_admit, have_drop, counters = set(), set(), IngressCounters()
+        for st in self.switch.dump_flows(fl.cookie(fl.K_ADMIT), mask):
+            side, m = fl.SIDE_OF[fl.vni_of(st.cookie) & 1], st.match
+            if st.table_id != fl.ADMIT or m.get("in_port") != port:
+                continue
+            if st.priority == fl.P_ADMIT:
+                have_admit.add((side, m.get("tun_ipv4_dst"), m.get("tun_ipv4_src")))
+            elif st.priority == fl.P_ADMIT_DROP:
+                have_drop.add((side, m.get("tun_ipv4_dst")))
+                counters.dropped[side] = st.packet_count
+        for st in self.switch.dump_flows(fl.cookie(fl.K_OFFENDER), mask):
+            side = fl.SIDE_OF[fl.vni_of(st.cookie) & 1]
+            src = st.match.get("tun_ipv4_src")
+            if src:
+                counters.offenders.setdefault(side, {})[src] = st.packet_count
+        if adm is None:
+            if have_admit or have_drop:
+                self.switch.bundle(fl.delete_filter())
+            return IngressCounters()
+        want_admit = {(side, local, src) for side, local, sources in adm.sides()
+                      for src in sources}
+        want_drop = {(side, local) for side, local, _ in adm.sides()}
+        msgs = ([fl.delete_admit_flow(side, local, src, port)
+                 for side, local, src in sorted(have_admit - want_admit)]
+                + [fl.delete_admit_flow(side, local, None, port)
+                   for side, local in sorted(have_drop - want_drop)]
+                + [fl.admit_flow(side, local, src, port)
+                   for side, local, src in sorted(want_admit - have_admit)]
+                + [fl.admit_drop_flow(side, local, port)
+                   for side, local in sorted(want_drop - have_drop)])
+        failed = self.switch.bundle(msgs) if msgs else {}
+        if failed:
+            raise SwitchError(f"ingress filter refused: {next(iter(failed.values()))}")
+        return counters
 
     def _encoder(self, vni: int) -> fl.MacFlowBytes:
         encoder = self._encoders.get(vni)

@@ -6,12 +6,22 @@ bundles. Names say what a flow does in the gateway's words, as Neutron's
 ``br_tun`` does. The pipeline, on one bridge with one flow-based VXLAN port
 (``remote_ip=flow local_ip=flow key=flow``) serving both sides:
 
-table 0, CLASSIFY
+table 0, ADMIT
+    the ingress filter (``[gateway] ingress_filter``, state.Admission):
+    ``in_port=vxlan, tun_dst=LOCAL_IP, tun_src=SOURCE`` goes on to
+    CLASSIFY for every admitted source of the side whose address LOCAL_IP
+    is (the site's known VTEPs; the peer gateways); any other source to
+    that address is counted by the side's drop flow, whose ``learn``
+    writes a flow per offender (outer source) into OFFENDERS, where its
+    counter counts what that offender sent (idle 300 s; the OFFENDERS
+    table holds at most 4096, evicting the oldest: ovsdb.py). Without a
+    filter, one flow passes everything on.
+table 1, CLASSIFY
     ``in_port=vxlan, tun_id=VNI, tun_dst=LOCAL_IP`` (one flow per network
     and side) loads the network (its transit VNI) into ``reg0`` and the
     ingress side into ``reg1``; anything else is dropped by the table miss
     (``fail_mode=secure``: nothing is forwarded that we did not say).
-table 1, MOBILITY
+table 2, MOBILITY
     the watch on mobile MACs. With ``[openflow] mobility_evidence =
     packet-in`` (gwagent.openflow.evidence) a watch ``(VNI, MAC,
     exclude)`` is a flow ``tun_id=VNI, eth_src=MAC`` that copies the
@@ -55,15 +65,17 @@ table 1, MOBILITY
     candidate, needs a resubmit table (a learned flow carries no goto),
     and writes a flow the planner owns, so the next pass would undo it
     unless the agent heard of the move anyway (a packet-in: "both").
-table 2, UNICAST
+table 3, UNICAST
     ``reg0=NET, eth_dst=MAC`` (one flow per MAC) loads the MAC's side into
     ``reg2`` and its VTEP into ``tun_dst``; the per-network default sends
     floods and unknown unicast to the other side's flood group.
-table 3, EGRESS
+table 4, EGRESS
     ``reg1 == reg2`` (ingress side is the MAC's side) drops, as a Linux
     bridge never sends a frame back out of the port it came in by; else
     the side's VNI (VNI translation) and local address are set and the
     frame leaves by the VXLAN port.
+table 5, OFFENDERS
+    the offenders' flows that ADMIT learns (drop, counted).
 groups
     one ``ALL`` group per network and side, a bucket per VTEP (head-end
     replication), each bucket setting the tunnel's key, source and
@@ -91,18 +103,21 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 from gwagent.dataplane.capture import Evidence
 from gwagent.state import SITE, TRANSIT, FloodEntry, MacEntry, NetworkSpec
 
-CLASSIFY, MOBILITY, UNICAST, EGRESS = 0, 1, 2, 3
-TABLES = (CLASSIFY, MOBILITY, UNICAST, EGRESS)
+ADMIT, CLASSIFY, MOBILITY, UNICAST, EGRESS, OFFENDERS = 0, 1, 2, 3, 4, 5
+TABLES = (ADMIT, CLASSIFY, MOBILITY, UNICAST, EGRESS, OFFENDERS)
 
 COOKIE_BASE = 0x67776100 << 32        # "gwa\0"
 COOKIE_MASK = 0xFFFFFFFF << 32
-K_PIPELINE, K_NETWORK, K_MAC, K_WATCH = 1, 2, 3, 4  # kind, bits 24-31
+K_PIPELINE, K_NETWORK, K_MAC, K_WATCH, K_ADMIT, K_OFFENDER = 1, 2, 3, 4, 5, 6  # bits 24-31
 
 SIDE_BIT = {SITE: 0, TRANSIT: 1}
 SIDE_OF = {0: SITE, 1: TRANSIT}
 
 P_DEFAULT, P_NET, P_MAC, P_HAIRPIN = 1, 10, 100, 200
 P_WATCH, P_WATCH_EXCLUDE = 100, 110
+P_ADMIT, P_ADMIT_DROP, P_OFFENDER = 100, 10, 10
+#: seconds an offender's flow in OFFENDERS lives after its last packet
+OFFENDER_IDLE = 300
 
 #: How much of an evidence frame the switch sends to the controller: the
 #: inner Ethernet header is all the evidence needs (the tunnel fields come
@@ -173,9 +188,11 @@ def _tunnel(vni: int, local_ip: str, port: int):
 # -- the fixed part of the pipeline ----------------------------------------
 
 def pipeline() -> list:
-    """Flows every gateway has: pass through MOBILITY, drop hairpins."""
+    """Flows every gateway has: pass through ADMIT (what the filter does
+    not drop) and MOBILITY, drop hairpins."""
     value = cookie(K_PIPELINE)
-    out = [_flow(MOBILITY, P_DEFAULT, parser.OFPMatch(), _apply(goto=UNICAST), value)]
+    out = [_flow(ADMIT, P_DEFAULT, parser.OFPMatch(), _apply(goto=CLASSIFY), value),
+           _flow(MOBILITY, P_DEFAULT, parser.OFPMatch(), _apply(goto=UNICAST), value)]
     for bit in (0, 1):
         out.append(_flow(EGRESS, P_HAIRPIN, parser.OFPMatch(reg1=bit, reg2=bit), [], value))
     return out
@@ -255,6 +272,50 @@ def delete_all() -> list:
                               match=parser.OFPMatch()),
             parser.OFPGroupMod(DP, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_ALL,
                                group_id=ofp.OFPG_ALL, buckets=[])]
+
+
+# -- the ingress filter --------------------------------------------------------
+
+def admit_flow(side: str, local_ip: str, source: str, port: int):
+    """VXLAN from ``source`` to the gateway's ``local_ip`` goes on."""
+    return _flow(ADMIT, P_ADMIT, parser.OFPMatch(in_port=port, tun_ipv4_dst=local_ip,
+                                                 tun_ipv4_src=source),
+                 _apply(goto=CLASSIFY), cookie(K_ADMIT, SIDE_BIT[side]), removal=False)
+
+
+def admit_drop_flow(side: str, local_ip: str, port: int):
+    """Anything else to ``local_ip``: counted here, and per offender by
+    the flow this one's ``learn`` writes into OFFENDERS (which drops)."""
+    learn = parser.NXActionLearn(
+        table_id=OFFENDERS, priority=P_OFFENDER, idle_timeout=OFFENDER_IDLE,
+        cookie=cookie(K_OFFENDER, SIDE_BIT[side]),
+        specs=[parser.NXFlowSpecMatch(src=("tun_ipv4_dst", 0), dst=("tun_ipv4_dst", 0),
+                                      n_bits=32),
+               parser.NXFlowSpecMatch(src=("tun_ipv4_src", 0), dst=("tun_ipv4_src", 0),
+                                      n_bits=32)])
+    return _flow(ADMIT, P_ADMIT_DROP, parser.OFPMatch(in_port=port, tun_ipv4_dst=local_ip),
+                 _apply(learn, goto=OFFENDERS), cookie(K_ADMIT, SIDE_BIT[side]),
+                 removal=False)
+
+
+def delete_admit_flow(side: str, local_ip: str, source: str | None, port: int):
+    """One admit flow (``source``), or the side's drop flow (None)."""
+    match = (parser.OFPMatch(in_port=port, tun_ipv4_dst=local_ip, tun_ipv4_src=source)
+             if source else parser.OFPMatch(in_port=port, tun_ipv4_dst=local_ip))
+    return parser.OFPFlowMod(
+        DP, cookie=cookie(K_ADMIT, SIDE_BIT[side]), cookie_mask=COOKIE_MASK | 0xFFFFFFFF,
+        table_id=ADMIT, command=ofp.OFPFC_DELETE_STRICT,
+        priority=P_ADMIT if source else P_ADMIT_DROP, out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY, match=match)
+
+
+def delete_filter() -> list:
+    """Every flow of the filter: the admits, the drops, the offenders'."""
+    return [parser.OFPFlowMod(DP, cookie=cookie(kind), cookie_mask=COOKIE_MASK | 0xFF << 24,
+                              table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
+                              out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                              match=parser.OFPMatch())
+            for kind in (K_ADMIT, K_OFFENDER)]
 
 
 # -- mobility evidence (packet-in) ------------------------------------------

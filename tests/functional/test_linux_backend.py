@@ -6,8 +6,10 @@ at which calls were made. Needs root (namespaces, links, FDB).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import subprocess
 
 import pytest
 from pyroute2 import IPRoute
@@ -19,8 +21,8 @@ from gwagent.dataplane.linux import (FLOOD_MAC, FdbEntry, LinuxBackend, NetworkD
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NUD_NOARP,
                                        NUD_PERMANENT, FdbRecord, FdbRequest, Link, Netlink)
 from gwagent.model import Desired, Endpoint, Gateway, Network, Site, SiteSnapshot
-from gwagent.state import (SITE, TRANSIT, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp,
-                           NetworkSpec, Segment, desired_dataplane)
+from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
+                           MacEntry, MacOp, NetworkSpec, Segment, desired_dataplane)
 
 from netns import run, throwaway_netns
 
@@ -524,3 +526,39 @@ def test_decode_of_crafted_dump_bytes():
     assert out == [FdbRecord(12, 0xc0, NTF_SELF | NTF_EXT_LEARNED, "02:00:00:00:00:01",
                              "198.18.200.2", 0, 0, 42, None),
                    FdbRecord(11, 2, NTF_EXT_LEARNED, "02:00:00:00:00:01", None, 1, 10, None, None)]
+
+
+def test_the_ingress_filter_is_a_table_of_its_own_and_touches_no_other(ns, backend):
+    """Its table follows the admission (sets replaced in place, the drop
+    counters kept), comes back after a delete by hand, goes when the
+    filter is off; a table of someone else's in the same namespace is
+    never read or changed."""
+    theirs = ("add table inet theirs\n"
+              "add chain inet theirs c { type filter hook prerouting priority -300; }\n"
+              "add rule inet theirs c udp dport 4789 counter\n")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=theirs, text=True,
+                   check=True)
+    before = run(ns, "nft", "list", "table", "inet", "theirs").stdout
+
+    def ours():
+        out = run(ns, "nft", "-j", "list", "table", "inet", "gwagent", check=False)
+        if out.returncode:
+            return None
+        items = json.loads(out.stdout)["nftables"]
+        return {i["set"]["name"]: sorted(i["set"].get("elem", [])) for i in items
+                if "set" in i and i["set"]["name"].endswith("_admit")}
+    adm = Admission("198.18.1.1", frozenset({"198.18.1.11", "198.18.1.12"}), "198.18.200.1",
+                    frozenset({"198.18.200.2"}))
+    backend.admit(adm)
+    assert ours() == {"site_admit": ["198.18.1.11", "198.18.1.12"],
+                      "transit_admit": ["198.18.200.2"]}
+    moved = dataclasses.replace(adm, site_sources=frozenset({"198.18.1.13"}))
+    backend.admit(moved)
+    assert ours()["site_admit"] == ["198.18.1.13"]
+    run(ns, "nft", "delete", "table", "inet", "gwagent")
+    backend.admit(moved)
+    assert ours()["site_admit"] == ["198.18.1.13"]
+    backend.admit(None)
+    assert ours() is None
+    assert backend.remove_all() == 0
+    assert run(ns, "nft", "list", "table", "inet", "theirs").stdout == before

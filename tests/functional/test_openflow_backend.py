@@ -7,6 +7,7 @@ ownership, by ``ovs-ofctl``) or that packets cross; none looks at calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import shutil
 import subprocess
@@ -21,8 +22,8 @@ from gwagent.lab import probe
 from gwagent.lab.ovs import Ovs, missing
 from gwagent.openflow import flows as fl
 from gwagent.openflow.backend import OpenFlowBackend
-from gwagent.state import (SITE, TRANSIT, FloodEntry, GatewayState, MacEntry, NetworkOp,
-                           NetworkSpec, Segment)
+from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, GatewayState, MacEntry,
+                           NetworkOp, NetworkSpec, Segment)
 
 from labs import wait_for
 
@@ -111,6 +112,36 @@ def test_converges_and_traffic_crosses_with_vni_translation(world, backend):
     assert backend.observe() == world["desired"]
     assert plan(world["desired"], backend.observe()) == []
     wait_for(lambda: crosses(world), 10)
+
+
+def test_the_ingress_filter_drops_what_is_not_admitted_and_counts_it_per_offender(world,
+                                                                                 backend):
+    """Real OVS: with the compute not admitted, its traffic stops and its
+    drops are counted (the side's flow, the offender's learned flow);
+    admitted again, it crosses; the filter off leaves no flow of it."""
+    reconcile(backend, world["desired"])
+    wait_for(lambda: crosses(world), 10)
+    only_peer = Admission(GW_SITE, frozenset({"198.18.1.12"}), GW_TRANSIT, frozenset({PEER}))
+    backend.admit(only_peer)
+    wait_for(lambda: not crosses(world), 10)   # once OVS revalidated its cached flows
+    for _ in range(5):
+        crosses(world)
+
+    def counted():
+        """the compute's drops are counted by side and by offender"""
+        c = backend.admit(only_peer)
+        return c.dropped.get(SITE, 0) >= 5 and c.offenders.get(SITE, {}).get(COMPUTE) and c
+    counters = wait_for(counted, 10, 0.2)
+    assert counters.dropped.get(TRANSIT, 0) == 0
+    backend.admit(dataclasses.replace(only_peer, site_sources=frozenset({COMPUTE})))
+    wait_for(lambda: crosses(world), 10)
+    backend.admit(None)
+    mask = fl.COOKIE_MASK | 0xFF << 24
+    for kind in (fl.K_ADMIT, fl.K_OFFENDER):
+        flows = world["ovs"].ofctl("gwa-ovs", "dump-flows",
+                                   f"cookie={fl.cookie(kind):#x}/{mask:#x}")
+        assert "priority" not in flows, flows
+    assert crosses(world)
 
 
 def test_a_mac_moves_in_one_flow_and_a_network_goes_whole(world, backend):

@@ -4,6 +4,7 @@ import yaml
 
 from gwagent.control.agent import Agent, Backoff
 from gwagent.control.sources import FileInventory, site_to_dict
+from gwagent.state import SITE, TRANSIT, IngressCounters
 
 from builders import endpoint, site
 from fakes import FakeDataplane
@@ -146,3 +147,60 @@ def test_an_exception_in_the_backend_or_the_status_write_is_survived(tmp_path):
     clock.now += 1
     second = agent.run_pass("resync")        # and the next pass does the work
     assert second.ok and dp.observe().macs
+
+
+class FilteredDataplane(FakeDataplane):
+    """A fake dataplane with a model of the ingress filter: ``sent`` frames
+    ((side, outer source)) are dropped and counted unless their source is
+    admitted on that side."""
+
+    def __init__(self):
+        super().__init__()
+        self.admission, self.sent = "never asked", []
+
+    def admit(self, adm):
+        self.admission = adm
+        counters = IngressCounters()
+        if adm is None:
+            return counters
+        admitted = {side: sources for side, _, sources in adm.sides()}
+        for side, src in self.sent:
+            if src not in admitted[side]:
+                counters.dropped[side] = counters.dropped.get(side, 0) + 1
+                found = counters.offenders.setdefault(side, {})
+                found[src] = found.get(src, 0) + 1
+        return counters
+
+
+def test_the_filter_admits_the_sites_vteps_and_its_peers_and_names_each_offender_once(
+        tmp_path, caplog):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    snap = site("a", [endpoint("a", "red", 1)])
+    a.write_text(yaml.safe_dump({**site_to_dict(snap), "vteps": ["198.18.1.30"]}))
+    write(b, site("b", [endpoint("b", "red", 2)]))
+    dp, local = FilteredDataplane(), FileInventory(a)
+    agent = Agent(local, [FileInventory(b)], local, dp, status_path=tmp_path / "status.json",
+                  ingress_filter=True)
+    assert agent.run_pass("start").ok
+    adm = dp.admission
+    # the endpoint's VTEP and the inventory's compute; the peer gateway
+    assert adm.site_sources == {"198.18.1.11", "198.18.1.30"}
+    assert adm.transit_sources == {"198.18.200.2"}
+    assert (adm.site_ip, adm.transit_ip) == ("198.18.1.1", "198.18.200.1")
+    dp.sent = [(TRANSIT, "198.18.200.99")] * 3 + [(SITE, "198.18.1.99"), (SITE, "198.18.1.30")]
+    caplog.set_level("WARNING")
+    for _ in range(2):
+        assert agent.run_pass().ok
+    status = json.loads((tmp_path / "status.json").read_text())["ingress"]
+    assert status["dropped"] == {SITE: 1, TRANSIT: 3}
+    assert status["offenders"] == {SITE: {"198.18.1.99": 1}, TRANSIT: {"198.18.200.99": 3}}
+    lines = [r.getMessage() for r in caplog.records if "ingress filter" in r.getMessage()]
+    assert lines == [
+        "ingress filter: dropping VXLAN to the tunnel address from 198.18.1.99 "
+        "(not a known VTEP of the site): 1 packets so far",
+        "ingress filter: dropping VXLAN to the transit address from 198.18.200.99 "
+        "(not a peer gateway): 3 packets so far"]
+    # off: the backend is told to remove it, status says so
+    agent.ingress_filter = False
+    assert agent.run_pass().ok and dp.admission is None
+    assert json.loads((tmp_path / "status.json").read_text())["ingress"] == {"enabled": False}

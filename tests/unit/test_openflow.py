@@ -11,6 +11,7 @@ the right VTEP with the right VNI.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from os_ken.ofproto import ofproto_parser
@@ -21,7 +22,7 @@ from gwagent.control.planner import plan
 from gwagent.model import Desired
 from gwagent.openflow import flows as fl
 from gwagent.openflow.backend import OpenFlowBackend
-from gwagent.state import SITE, TRANSIT, MacEntry, MacOp, desired_dataplane
+from gwagent.state import SITE, TRANSIT, MacEntry, MacOp, admission, desired_dataplane
 
 from builders import endpoint, site
 
@@ -32,6 +33,7 @@ class Stat:
     def __init__(self, table_id, priority, cookie, match, instructions, flags=0):
         self.table_id, self.priority, self.cookie = table_id, priority, cookie
         self.match, self.instructions, self.flags = match, instructions, flags
+        self.packet_count = 0
 
 
 class Group:
@@ -184,6 +186,7 @@ class FakeSwitch:
                             key=lambda s: -s.priority)
         for stat in candidates:
             if all(fields.get(k) == v for k, v in stat.match.iteritems()):
+                stat.packet_count += 1
                 return self._run(stat, dict(fields))
         return set()  # table miss: dropped (fail_mode=secure)
 
@@ -198,6 +201,17 @@ class FakeSwitch:
             elif isinstance(action, parser.OFPActionOutput):
                 assert action.port == ofp.OFPP_IN_PORT
                 out.add((fields["tunnel_id"], fields["tun_ipv4_src"], fields["tun_ipv4_dst"]))
+            elif isinstance(action, parser.NXActionLearn):
+                # a flow matching the learned fields' values of this frame,
+                # no actions (drop), written before the frame goes on
+                match = parser.OFPMatch(**{spec.dst[0]: fields[spec.src[0]]
+                                           for spec in action.specs})
+                learned = parser.OFPFlowMod(fl.DP, cookie=action.cookie,
+                                            table_id=action.table_id,
+                                            priority=action.priority, match=match,
+                                            instructions=[])
+                if self._key(learned) not in self.flows:
+                    self.add(learned)
             elif isinstance(action, parser.OFPActionGroup):
                 for bucket in self.groups[action.group_id].buckets:
                     out |= self._actions(bucket.actions, dict(fields))
@@ -487,3 +501,49 @@ def test_a_packet_in_of_another_flow_is_no_evidence():
     assert fl.evidence_of(msg, 0.0) is None
     msg.cookie = fl.cookie(fl.K_WATCH)
     assert fl.evidence_of(msg, 2.5).at == 2.5
+
+
+def test_the_ingress_filter_passes_admitted_sources_only_and_counts_the_rest():
+    a1, a2 = endpoint("a", "red", 1), endpoint("a", "red", 2, compute=2)
+    b1 = endpoint("b", "red", 21)
+    desired = Desired(site("a", [a1, a2]), (site("b", [b1]),))
+    be, sw = backend()
+    assert be.apply(plan(desired_dataplane(desired), be.observe())) == []
+    # without a filter, anyone's frame goes through
+    assert sw.forward(5001, GW_TRANSIT, a1.mac, tun_src="198.18.200.99") == {
+        (1001, GW_SITE, a1.vtep)}
+    adm = admission(desired)
+    assert adm.site_sources == {a1.vtep, a2.vtep} and adm.transit_sources == {"198.18.200.2"}
+    be.admit(adm)
+    assert sw.forward(5001, GW_TRANSIT, a1.mac, tun_src="198.18.200.2") == {
+        (1001, GW_SITE, a1.vtep)}
+    assert sw.forward(1001, GW_SITE, b1.mac, tun_src=a2.vtep) == {
+        (5001, GW_TRANSIT, "198.18.200.2")}
+    for _ in range(3):
+        assert sw.forward(5001, GW_TRANSIT, a1.mac, tun_src="198.18.200.99") == set()
+    assert sw.forward(1001, GW_SITE, b1.mac, tun_src="198.18.1.99") == set()
+    counters = be.admit(adm)   # nothing to change: the counters
+    assert counters.dropped == {TRANSIT: 3, SITE: 1}
+    # per offender, by the flows the side's drop learned (this model writes
+    # a learned flow before the frame goes on, so it counts the first too)
+    assert counters.offenders == {TRANSIT: {"198.18.200.99": 3}, SITE: {"198.18.1.99": 1}}
+    # a new compute is admitted, a gone one is not; the drops' flows stay
+    a3 = endpoint("a", "red", 3, compute=3)
+    moved = Desired(site("a", [a1, a3]), (site("b", [b1]),))
+    before = len(sw.flows)
+    be.admit(admission(moved))
+    assert len(sw.flows) == before
+    assert sw.forward(1001, GW_SITE, b1.mac, tun_src=a3.vtep) != set()
+    assert sw.forward(1001, GW_SITE, b1.mac, tun_src=a2.vtep) == set()
+    assert be.admit(admission(moved)).dropped[SITE] == 2
+    # off: every flow of the filter goes, learned ones too; anyone passes again
+    be.admit(None)
+    assert not [st for st in sw.flows.values()
+                if fl.kind_of(st.cookie) in (fl.K_ADMIT, fl.K_OFFENDER)]
+    assert sw.forward(5001, GW_TRANSIT, a1.mac, tun_src="198.18.200.99") != set()
+    # the known VTEPs of a site's source are admitted with no endpoint on them
+    known = Desired(dataclasses.replace(site("a", [a1]), vteps=("198.18.1.30",)),
+                    (site("b", [b1]),))
+    assert admission(known).site_sources == {a1.vtep, "198.18.1.30"}
+    assert admission(known, frozenset({"198.18.200.7"})).transit_sources == {
+        "198.18.200.2", "198.18.200.7"}

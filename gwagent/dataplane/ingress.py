@@ -1,0 +1,236 @@
+"""The Linux backend's ingress filter: a table of the gateway's own in nftables.
+
+VXLAN (UDP 4789) to the gateway's tunnel address is accepted only from the
+site's known VTEPs, and to its transit address only from the peer gateways
+(:class:`gwagent.state.Admission`); the rest is dropped before the VXLAN
+driver sees it, and counted: per side by the drop rule's counter, per
+offender (outer source address) in a set of the offenders with a counter
+on every element. Written through libnftables' JSON interface (Debian's
+``python3-nftables``, the binding nftables ships), never by running ``nft``.
+
+::
+
+    table inet gwagent {                       # ours alone; nothing else is touched
+      set site_admit { type ipv4_addr; }       # the site's known VTEPs
+      set transit_admit { type ipv4_addr; }    # the peer gateways
+      set site_offenders { type ipv4_addr; size 4096; flags dynamic; counter; }
+      set transit_offenders { ... }
+      chain ingress {
+        type filter hook prerouting priority raw; policy accept;
+        udp dport 4789 ip daddr TUNNEL ip saddr != @site_admit add @site_offenders { ip saddr }
+        udp dport 4789 ip daddr TUNNEL ip saddr != @site_admit counter drop
+        ... the same for TRANSIT ...
+      }
+    }
+
+``prerouting`` at the raw priority drops before connection tracking, so a
+flood of rogue frames costs no conntrack entries. The offenders' set holds
+at most :data:`OFFENDERS_MAX` addresses (a flood of spoofed sources fills
+it; its drops are still counted by side, and dropped all the same: the
+drop is a rule of its own). A change of who is admitted replaces the
+admitted sets' elements in one transaction; the rules and the offenders'
+counters stay. A table deleted or changed behind the agent's back is put
+back at the next pass (``sync``), as the FDB is.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gwagent.state import Admission, IngressCounters
+
+LOG = logging.getLogger(__name__)
+
+TABLE = "gwagent"
+FAMILY = "inet"
+CHAIN = "ingress"
+VXLAN_PORT = 4789
+OFFENDERS_MAX = 4096
+_DEBIAN_BINDING = "/usr/lib/python3/dist-packages"
+
+
+class IngressError(Exception):
+    pass
+
+
+def _load_binding():
+    """libnftables' Python binding: Debian installs it for the system
+    Python only (``python3-nftables``), one pure-Python package over ctypes.
+    The project's venv links to it (Makefile); an agent in another venv
+    loads that one package from Debian's directory, nothing else of it."""
+    try:
+        import nftables
+        return nftables
+    except ImportError:
+        pass
+    path = Path(_DEBIAN_BINDING) / "nftables" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("nftables", path)
+    if not path.exists() or spec is None:
+        raise IngressError("the ingress filter needs libnftables' Python binding "
+                           "(Debian: apt-get install python3-nftables), or set "
+                           "[gateway] ingress_filter = false")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nftables"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _match(proto: str, field: str, op: str, right) -> dict:
+    return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}},
+                      "right": right}}
+
+
+def ruleset(adm: Admission) -> list[dict]:
+    """Pure: the commands that create the whole table for ``adm`` (the
+    caller deletes an old one first, in the same transaction)."""
+    t = {"family": FAMILY, "table": TABLE}
+    out = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    for side, _, sources in adm.sides():
+        out.append({"add": {"set": {**t, "name": f"{side}_admit", "type": "ipv4_addr"}}})
+        out.append({"add": {"set": {**t, "name": f"{side}_offenders", "type": "ipv4_addr",
+                                    "size": OFFENDERS_MAX,  # dynamic: nft sees the add
+                                    "stmt": [{"counter": None}]}}})
+        if sources:
+            out.append({"add": {"element": {**t, "name": f"{side}_admit",
+                                            "elem": sorted(sources)}}})
+    out.append({"add": {"chain": {**t, "name": CHAIN, "type": "filter", "hook": "prerouting",
+                                  "prio": -300, "policy": "accept"}}})
+    for side, local, _ in adm.sides():
+        head = [_match("udp", "dport", "==", VXLAN_PORT), _match("ip", "daddr", "==", local),
+                _match("ip", "saddr", "!=", f"@{side}_admit")]
+        out.append({"add": {"rule": {**t, "chain": CHAIN, "comment": f"{side} offenders",
+                                     "expr": head + [{"set": {
+                                         "op": "add", "set": f"@{side}_offenders",
+                                         "elem": {"payload": {"protocol": "ip",
+                                                              "field": "saddr"}}}}]}}})
+        out.append({"add": {"rule": {**t, "chain": CHAIN, "comment": f"{side} drop",
+                                     "expr": head + [{"counter": None}, {"drop": None}]}}})
+    return out
+
+
+def read(listing: list[dict]) -> tuple[dict, IngressCounters]:
+    """Pure: from ``list table`` output, (what is there: {"rules": [(comment,
+    local address)], "sets": {name: sorted elements}}, the counters)."""
+    there: dict = {"rules": [], "sets": {}}
+    counters = IngressCounters()
+    for item in listing:
+        if "set" in item:
+            s = item["set"]
+            elems = s.get("elem") or []
+            if s["name"].endswith("_offenders"):
+                side = s["name"][:-len("_offenders")]
+                counters.offenders[side] = {
+                    e["elem"]["val"]: e["elem"].get("counter", {}).get("packets", 0)
+                    for e in elems if isinstance(e, dict) and "elem" in e}
+            else:
+                there["sets"][s["name"]] = sorted(e if isinstance(e, str) else str(e)
+                                                  for e in elems)
+        elif "rule" in item:
+            r = item["rule"]
+            local = next((e["match"]["right"] for e in r.get("expr", ())
+                          if "match" in e and e["match"]["left"].get("payload", {}).get(
+                              "field") == "daddr"), None)
+            there["rules"].append((r.get("comment"), local))
+            for e in r.get("expr", ()):
+                if "counter" in e and r.get("comment", "").endswith(" drop"):
+                    side = r["comment"].split()[0]
+                    counters.dropped[side] = e["counter"].get("packets", 0)
+    return there, counters
+
+
+def expected(adm: Admission) -> dict:
+    """Pure: what :func:`read` finds in a table made by :func:`ruleset`."""
+    return {"rules": [(f"{side} {what}", local) for side, local, _ in adm.sides()
+                      for what in ("offenders", "drop")],
+            "sets": {f"{side}_admit": sorted(sources) for side, _, sources in adm.sides()}}
+
+
+class NftIngress:
+    """The table in one network namespace (None: this one).
+
+    Every libnftables call runs on one thread of its own that entered the
+    namespace first and never leaves it (setns moves only the calling
+    thread): the binding's netlink socket, and any it might open again,
+    belong to the gateway's namespace, never the host's."""
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+        nftables = _load_binding()
+
+        def enter():
+            if netns:
+                from pyroute2 import netns as pyroute2_netns
+                pyroute2_netns.pushns(netns)
+
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="nft", initializer=enter)
+
+        def make():
+            nft = nftables.Nftables()
+            nft.set_json_output(True)
+            nft.set_handle_output(False)
+            return nft
+        try:
+            self._nft = self._worker.submit(make).result()
+        except Exception as exc:  # noqa: BLE001 - the namespace or the library
+            self._worker.shutdown(wait=False)
+            raise IngressError(f"nftables in {netns or 'this namespace'}: {exc}") from None
+
+    def _run(self, commands: list[dict]) -> list[dict]:
+        rc, out, err = self._worker.submit(self._nft.json_cmd, {"nftables": commands}).result()
+        if rc != 0:
+            raise IngressError(f"nftables refused: {str(err).strip()[:500]}")
+        if isinstance(out, str):
+            out = json.loads(out) if out.strip() else {}
+        return [item for item in (out or {}).get("nftables", ()) if "metainfo" not in item]
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    def _listing(self) -> list[dict] | None:
+        try:
+            return self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
+        except IngressError as exc:
+            if "No such file" in str(exc) or "does not exist" in str(exc):
+                return None
+            raise
+
+    def sync(self, adm: Admission | None) -> IngressCounters:
+        """Make the table say ``adm`` (None: no table); the counters."""
+        listing = self._listing()
+        if adm is None:
+            if listing is not None:
+                self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+            return IngressCounters()
+        if listing is None:
+            self._run(ruleset(adm))
+            return IngressCounters()
+        there, counters = read(listing)
+        want = expected(adm)
+        if there == want:
+            return counters
+        if sorted(there["rules"]) == sorted(want["rules"]):
+            # Only who is admitted changed: the sets' elements, in one
+            # transaction; the offenders' counters stay.
+            t = {"family": FAMILY, "table": TABLE}
+            commands = []
+            for name, elems in want["sets"].items():
+                commands.append({"flush": {"set": {**t, "name": name}}})
+                if elems:
+                    commands.append({"add": {"element": {**t, "name": name, "elem": elems}}})
+            self._run(commands)
+            return counters
+        LOG.warning("ingress filter: table %s %s is not as the agent made it; made again",
+                    FAMILY, TABLE)
+        self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}] + ruleset(adm))
+        return counters
+
+    def remove(self) -> bool:
+        if self._listing() is None:
+            return False
+        self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        return True
