@@ -272,6 +272,8 @@ def admission(desired: Desired, peer_transit_ips: frozenset[str] = frozenset()) 
     gw = desired.local.site.gateway
     site = set(desired.local.vteps) | {ep.vtep for ep in desired.local.endpoints}
     transit = {peer.site.gateway.transit_ip for peer in desired.peers} | set(peer_transit_ips)
+    if gw.tunnel_ip == gw.transit_ip:  # one address for both sides: either side's sources
+        site = transit = site | transit
     return Admission(gw.tunnel_ip, frozenset(site), gw.transit_ip, frozenset(transit))
 
 

@@ -241,15 +241,16 @@ class OpenFlowBackend:
         if port is None:
             return IngressCounters()  # no bridge yet: the next pass makes it
         mask = fl.COOKIE_MASK | 0xFF << 24
-        have_admit, have_drop, counters = set(), set(), IngressCounters()
+        # keyed by address, not side: a gateway may use one address for both
+        have_admit, have_drop, counters = {}, {}, IngressCounters()
         for st in self.switch.dump_flows(fl.cookie(fl.K_ADMIT), mask):
             side, m = fl.SIDE_OF[fl.vni_of(st.cookie) & 1], st.match
             if st.table_id != fl.ADMIT or m.get("in_port") != port:
                 continue
             if st.priority == fl.P_ADMIT:
-                have_admit.add((side, m.get("tun_ipv4_dst"), m.get("tun_ipv4_src")))
+                have_admit[(m.get("tun_ipv4_dst"), m.get("tun_ipv4_src"))] = side
             elif st.priority == fl.P_ADMIT_DROP:
-                have_drop.add((side, m.get("tun_ipv4_dst")))
+                have_drop[m.get("tun_ipv4_dst")] = side
                 counters.dropped[side] = st.packet_count
         for st in self.switch.dump_flows(fl.cookie(fl.K_OFFENDER), mask):
             side = fl.SIDE_OF[fl.vni_of(st.cookie) & 1]
@@ -260,17 +261,21 @@ class OpenFlowBackend:
             if have_admit or have_drop:
                 self.switch.bundle(fl.delete_filter())
             return IngressCounters()
-        want_admit = {(side, local, src) for side, local, sources in adm.sides()
-                      for src in sources}
-        want_drop = {(side, local) for side, local, _ in adm.sides()}
+        want_admit, want_drop = {}, {}
+        for side, local, sources in adm.sides():
+            want_drop.setdefault(local, side)
+            for src in sources:
+                want_admit.setdefault((local, src), side)
         msgs = ([fl.delete_admit_flow(side, local, src, port)
-                 for side, local, src in sorted(have_admit - want_admit)]
+                 for (local, src), side in sorted(have_admit.items())
+                 if (local, src) not in want_admit]
                 + [fl.delete_admit_flow(side, local, None, port)
-                   for side, local in sorted(have_drop - want_drop)]
+                   for local, side in sorted(have_drop.items()) if local not in want_drop]
                 + [fl.admit_flow(side, local, src, port)
-                   for side, local, src in sorted(want_admit - have_admit)]
+                   for (local, src), side in sorted(want_admit.items())
+                   if (local, src) not in have_admit]
                 + [fl.admit_drop_flow(side, local, port)
-                   for side, local in sorted(want_drop - have_drop)])
+                   for local, side in sorted(want_drop.items()) if local not in have_drop])
         failed = self.switch.bundle(msgs) if msgs else {}
         if failed:
             raise SwitchError(f"ingress filter refused: {next(iter(failed.values()))}")

@@ -19,7 +19,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from gwagent.control.planner import plan
-from gwagent.model import Desired
+from gwagent.model import Desired, Gateway, Site
 from gwagent.openflow import flows as fl
 from gwagent.openflow.backend import OpenFlowBackend
 from gwagent.state import SITE, TRANSIT, MacEntry, MacOp, admission, desired_dataplane
@@ -547,3 +547,16 @@ def test_the_ingress_filter_passes_admitted_sources_only_and_counts_the_rest():
     assert admission(known).site_sources == {a1.vtep, "198.18.1.30"}
     assert admission(known, frozenset({"198.18.200.7"})).transit_sources == {
         "198.18.200.2", "198.18.200.7"}
+
+
+def test_one_address_for_both_sides_admits_either_sides_sources_without_churn():
+    a1, b1 = endpoint("a", "red", 1), endpoint("b", "red", 21)
+    one = Site("a", Gateway("gw-a", "198.18.1.1", "198.18.1.1"))
+    desired = Desired(dataclasses.replace(site("a", [a1]), site=one), (site("b", [b1]),))
+    adm = admission(desired)
+    assert adm.site_sources == adm.transit_sources == {a1.vtep, "198.18.200.2"}
+    be, sw = backend()
+    be.admit(adm)
+    before = dict(sw.flows)
+    be.admit(adm)   # nothing to change: no flow replaced (its counters stay)
+    assert sw.flows.keys() == before.keys() and all(sw.flows[k] is v for k, v in before.items())
