@@ -17,12 +17,19 @@ each is compared: the figure is the ratio gateway/direct (target >= 0.8,
 aim 0.9; DESIGN.md measured about 0.8 here). Figures go to the benchmark's
 ``extra_info`` and to the shared report's ``figures`` under
 ``throughput/*``.
+
+The ingress filter (``[gateway] ingress_filter``) is measured on the path
+through the gateways, on and off alternately by SIGHUP, on both backends:
+``-k ingress``.
 """
 from __future__ import annotations
 
+import configparser
 import contextlib
 import json
+import os
 import secrets
+import signal
 import subprocess
 import time
 
@@ -94,3 +101,60 @@ def test_throughput_through_gateways_vs_direct_vxlan(benchmark, lab, figures):
           f"{info['gateway_gbit_s']} Gbit/s, ratio {ratio:.2f} (target >= {TARGET}, aim {AIM}); "
           f"runs {info['runs']}")
     assert gateway_bps > 0 and direct_bps > 0
+
+
+FILTER_TARGET = 0.98
+
+
+@pytest.fixture(scope="module", params=("linux", "openflow"))
+def filter_lab(request):
+    prefix = f"gwp-{secrets.token_hex(3)}-"
+    try:
+        yield build.up(topo_mod.load(), prefix, backend=request.param)
+    finally:
+        build.down(prefix)
+
+
+def set_filter(lab: build.Lab, on: bool, timeout: float = 15.0) -> None:
+    """[gateway] ingress_filter of both gateways, by SIGHUP; waits until
+    both agents report it."""
+    for site in lab.topology.sites:
+        conf = configparser.ConfigParser()
+        conf.read(lab.agent_conf(site.name))
+        conf["gateway"]["ingress_filter"] = str(on).lower()
+        with open(lab.agent_conf(site.name), "w") as handle:
+            conf.write(handle)
+        os.kill(lab.processes[f"{site.name}-gw"]["pid"], signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while not all(((build.agent_status(lab, s.name) or {}).get("ingress") or {}).get("enabled")
+                  is on for s in lab.topology.sites):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the agents did not report ingress_filter = {on}")
+        time.sleep(0.1)
+
+
+def test_throughput_with_the_ingress_filter_on_vs_off(benchmark, filter_lab, figures):
+    """TCP a1-red -> b1-red through both gateways with the filter on and
+    off, alternately, twice each (target: on >= 0.98 of off)."""
+    lab, runs = filter_lab, {True: [], False: []}
+
+    def measure():
+        for _ in range(RUNS_PER_PATH):
+            for on in (True, False):
+                set_filter(lab, on)
+                runs[on].append(iperf(lab, "a1-red", "b1-red"))
+        set_filter(lab, True)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    on_bps, off_bps = (sum(runs[k]) / len(runs[k]) for k in (True, False))
+    info = {"on_gbit_s": round(on_bps / 1e9, 3), "off_gbit_s": round(off_bps / 1e9, 3),
+            "ratio": round(on_bps / off_bps, 3), "target": FILTER_TARGET,
+            "runs": {k: [round(b / 1e9, 3) for b in v] for k, v in
+                     (("on", runs[True]), ("off", runs[False]))},
+            "iperf3": f"TCP, 1 stream, -t {SECONDS}, {RUNS_PER_PATH} runs each"}
+    benchmark.extra_info.update(info)
+    figures[f"throughput/ingress-filter/{lab.backend}"] = info
+    print(f"\ningress filter ({lab.backend}): on {info['on_gbit_s']} Gbit/s, off "
+          f"{info['off_gbit_s']} Gbit/s, ratio {info['ratio']} (target >= {FILTER_TARGET}); "
+          f"runs {info['runs']}")
+    assert on_bps > 0 and off_bps > 0
