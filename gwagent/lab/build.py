@@ -238,6 +238,7 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
     time) and every site's registry holds the peers' VMs."""
     deadline = time.monotonic() + timeout
     pending = [s.name for s in lab.topology.sites]
+    why: dict[str, str] = {}
     while pending:
         for site in list(pending):
             record = lab.processes.get(f"{site}-gw")
@@ -247,18 +248,27 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
             status = agent_status(lab, site)
             last = (status or {}).get("last_pass") or {}
             if not (last.get("ok") and last.get("at", 0) >= since):
+                why[site] = (f"last pass {'ok' if last.get('ok') else 'FAILED'}: "
+                             f"{(status or {}).get('last_error') or last.get('errors') or '-'}")
                 continue
             want = sum(1 for vm in lab.topology.vms if vm.site != site)
             try:
                 have = len(lab.truth.remote_ports(site))
-            except Exception:  # noqa: BLE001 - a registry being rewritten: look again
+            except Exception as exc:  # noqa: BLE001 - a registry being rewritten: look again
+                why[site] = f"its registry unreadable: {exc}"
                 continue
             if have == want:
                 pending.remove(site)
+            else:
+                why[site] = (f"{have} of {want} remote ports registered; registry "
+                             f"{(status or {}).get('registry')}")
         if pending and time.monotonic() > deadline:
             raise LabError(f"agents not ready after {timeout:.0f}s: {', '.join(pending)} "
                            f"(see {lab.lab_dir}/<site>-gw.log and "
-                           f"gwagent status --config-file {lab.agent_conf(pending[0])})")
+                           f"gwagent status --config-file {lab.agent_conf(pending[0])}); "
+                           + "; ".join(f"{s}: {why.get(s, '?')}" for s in pending)
+                           + f"\nthe log of {pending[0]}-gw ends:\n"
+                           + log_tail(lab.processes[f"{pending[0]}-gw"]["log"], 25))
         time.sleep(0.05)
     # Program the computes from the sites' view now (idempotent with the
     # emulator's own pass), rather than guessing how long it takes.
