@@ -388,7 +388,7 @@ class Agent:
         admit = getattr(self.backend, "admit", None)
         if admit is None:
             return
-        adm = None
+        adm, unknown = None, []
         if self.ingress_filter:
             with self.lock:
                 desired, unknown = self.desired, list(self.unknown)
@@ -396,7 +396,9 @@ class Agent:
             waiting = frozenset(site.gateway.transit_ip for site in
                                 (_configured_site(v.source) for v in unknown) if site)
             adm = admission(desired, waiting)
-        counters = admit(adm)
+        # While a peer has not answered, whom it would admit is unknown: what
+        # is admitted stays (a restarted agent must not drop its peers).
+        counters = admit(adm, keep=bool(unknown))
         if adm is None:
             self.ingress = {"enabled": False}
             return

@@ -42,6 +42,7 @@ back at the next pass (``sync``), as the FDB is.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -227,8 +228,11 @@ class NftIngress:
                 return None
             raise
 
-    def sync(self, adm: Admission | None) -> IngressCounters:
-        """Make the table say ``adm`` (None: no table); the counters."""
+    def sync(self, adm: Admission | None, keep: bool = False) -> IngressCounters:
+        """Make the table say ``adm`` (None: no table); the counters.
+        ``keep``: admit at least who is admitted now (a source has not
+        answered yet, so whom it would admit is not known: an agent
+        restarted must not drop its peers until it has read them)."""
         listing = self._listing()
         if adm is None:
             if listing is not None:
@@ -238,6 +242,11 @@ class NftIngress:
             self._run(ruleset(adm))
             return IngressCounters()
         there, counters = read(listing)
+        if keep:
+            adm = dataclasses.replace(
+                adm, site_sources=adm.site_sources | set(there["sets"].get("site_admit", ())),
+                transit_sources=adm.transit_sources
+                | set(there["sets"].get("transit_admit", ())))
         want = expected(adm)
         if there == want:
             return counters

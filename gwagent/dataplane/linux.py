@@ -550,15 +550,15 @@ class LinuxBackend:
             self._ingress = NftIngress(self.netns)
         return self._ingress
 
-    def admit(self, adm: Admission | None) -> IngressCounters:
-        """Make the gateway's nftables table say ``adm`` (None: no table);
-        the drop counters."""
+    def admit(self, adm: Admission | None, keep: bool = False) -> IngressCounters:
+        """Make the gateway's nftables table say ``adm`` (None: no table;
+        ``keep``: removing no source admitted now); the drop counters."""
         if adm is None and self._ingress is None:
             try:
                 self._ingress_filter()
             except IngressError:
                 return IngressCounters()  # no libnftables: no table to remove
-        return self._ingress_filter().sync(adm)
+        return self._ingress_filter().sync(adm, keep)
 
     # events ----------------------------------------------------------------
 

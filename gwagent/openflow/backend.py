@@ -234,9 +234,10 @@ class OpenFlowBackend:
         return [OpError(op, f"{describe(op)}: {_reason(failed, owner, op)}") for op in ops]
 
     # the ingress filter --------------------------------------------------------
-    def admit(self, adm: Admission | None) -> IngressCounters:
+    def admit(self, adm: Admission | None, keep: bool = False) -> IngressCounters:
         """Make table ADMIT say ``adm`` (None: no filter), adding and
-        deleting only what differs, in one bundle; the drop counters."""
+        deleting only what differs, in one bundle (``keep``: deleting no
+        admitted source); the drop counters."""
         port = self.port or self.bridge.ofport()
         if port is None:
             return IngressCounters()  # no bridge yet: the next pass makes it
@@ -268,7 +269,7 @@ class OpenFlowBackend:
                 want_admit.setdefault((local, src), side)
         msgs = ([fl.delete_admit_flow(side, local, src, port)
                  for (local, src), side in sorted(have_admit.items())
-                 if (local, src) not in want_admit]
+                 if (local, src) not in want_admit and not keep]
                 + [fl.delete_admit_flow(side, local, None, port)
                    for local, side in sorted(have_drop.items()) if local not in want_drop]
                 + [fl.admit_flow(side, local, src, port)

@@ -158,8 +158,8 @@ class FilteredDataplane(FakeDataplane):
         super().__init__()
         self.admission, self.sent = "never asked", []
 
-    def admit(self, adm):
-        self.admission = adm
+    def admit(self, adm, keep=False):
+        self.admission, self.kept = adm, keep
         counters = IngressCounters()
         if adm is None:
             return counters
