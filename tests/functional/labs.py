@@ -44,14 +44,17 @@ def lab_up(topology: topo_mod.Topology | None = None, agents: bool = True,
         build.down(prefix)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02):
+def wait_for(predicate, timeout: float, interval: float = 0.02, seen=None):
     """The first true value of ``predicate()``; fails the test after ``timeout``
-    (a deadline, never a fixed sleep)."""
+    (a deadline, never a fixed sleep), saying what ``seen()`` (if given) shows
+    of the state at that moment."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
+            what = f"; last seen: {seen()}" if seen is not None else ""
+            pytest.fail(f"condition not met within {timeout}s: "
+                        f"{predicate.__doc__ or predicate}{what}")
         time.sleep(interval)

@@ -232,14 +232,20 @@ def test_a_rogue_on_either_underlay_reaches_no_tenant(drill_lab):
             finally:
                 sock.close()
 
+            # nftables counts each offender's every frame; on OpenFlow its
+            # learned flow counts what came after the switch learned it (39
+            # of 40 on a quiet machine, fewer on a busy one: README)
+            least = 40 if lab.backend == "linux" else 1
+
             def counted():
-                """gateway a counts 40 drops per side, by offender"""
+                """gateway a counts 40 drops per side and names each offender"""
                 ingress = gateway_status(lab, "a").get("ingress") or {}
                 offenders = ingress.get("offenders") or {}
-                return (offenders.get("transit", {}).get(ROGUE_TRANSIT, 0) >= 39
-                        and offenders.get("site", {}).get(ROGUE_SITE, 0) >= 39
+                return (offenders.get("transit", {}).get(ROGUE_TRANSIT, 0) >= least
+                        and offenders.get("site", {}).get(ROGUE_SITE, 0) >= least
                         and min(ingress["dropped"].values()) >= 40 and ingress)
-            ingress = wait_for(counted, 15.0, 0.2)
+            ingress = wait_for(counted, 15.0, 0.2,
+                               seen=lambda: gateway_status(lab, "a").get("ingress"))
             print(f"gateway a's ingress filter: {ingress}")
         # The sniffers capture: a probe from the other VM reaches each.
         for src, dst in ((b1, a1), (a1, b1)):
