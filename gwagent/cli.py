@@ -284,6 +284,8 @@ def format_status(status: dict, pid: int | None) -> str:
     reg = status.get("registry")
     if reg:
         text = reg.get("state", "?")
+        if reg.get("at") and reg.get("since"):
+            text += f" (last sync took {reg['at'] - reg['since']:.1f}s)"
         if reg.get("error"):
             text += f": {reg['error']}"
         lines.append(f"registry: {text}")

@@ -305,12 +305,14 @@ class Agent:
     def _sync_registry(self, result: PassResult, now: float) -> None:
         with self.lock:
             desired, unknown = self.desired, list(self.unknown)
-        self.registry_state = {"state": "syncing", "since": self.wall()}
+        since = self.wall()
+        self.registry_state = {"state": "syncing", "since": since}
         try:
             registered = self.registry.remote_ports()
         except Exception as exc:  # noqa: BLE001 - a registry is a source too
             result.errors.append(f"registry: {exc}")
-            self.registry_state = {"state": "failing", "error": str(exc), "at": self.wall()}
+            self.registry_state = {"state": "failing", "error": str(exc), "since": since,
+                                   "at": self.wall()}
             return
         register, unregister = registrar.diff(desired.remote_ports(), registered)
         if unknown:
@@ -345,8 +347,8 @@ class Agent:
         self.registered_count = len(registered) + result.registered - result.unregistered
         self._registry_version = self._read_registry_version()
         errors = [e for e in result.errors if e.startswith(("register", "unregister"))]
-        self.registry_state = {"state": "failing" if errors else "ok", "at": self.wall(),
-                               "error": errors[0] if errors else None,
+        self.registry_state = {"state": "failing" if errors else "ok", "since": since,
+                               "at": self.wall(), "error": errors[0] if errors else None,
                                "retrying": len(self.port_items)}
 
     def _sync_dataplane(self, result: PassResult, now: float) -> None:
