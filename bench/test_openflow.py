@@ -307,7 +307,7 @@ def _learn_flows(ovs, install: bool) -> None:
     Neutron's br-tun learn flows), in a table LEARNED that the MAC's UNICAST
     flow resubmits to (a learned flow can carry actions but no goto)."""
     from mobility_world import MOBILE, P1, P2
-    learned = fl.OFFENDERS + 1  # a table no flow of the agent's uses
+    learned = max(fl.TABLES) + 1  # a table no flow of the agent's uses
     value = fl.cookie(0x7F, 0)  # a kind of its own
     if not install:
         ovs.ofctl("gwa-ovs", "del-flows", f"cookie={value:#x}/{fl.COOKIE_MASK | 0xFF << 24:#x}")

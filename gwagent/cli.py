@@ -140,7 +140,8 @@ def cmd_run(args) -> int:
                   backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
                   mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time),
                   read_deadline=a.source_deadline, pass_budget=a.pass_budget,
-                  ingress_filter=conf.gateway.ingress_filter)
+                  ingress_filter=conf.gateway.ingress_filter,
+                  mac_guard=conf.gateway.mac_guard)
     worker = MobilityWorker(agent) if m.enabled else None
 
     def on_term(signum, frame):
@@ -162,6 +163,7 @@ def cmd_run(args) -> int:
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
             agent.pass_budget = n.pass_budget
             agent.ingress_filter = new.gateway.ingress_filter
+            agent.mac_guard = new.gateway.mac_guard
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max
             mob = new.mobility
             with agent.lock:
@@ -281,6 +283,18 @@ def format_status(status: dict, pid: int | None) -> str:
                    if offenders else ""))
     elif ingress:
         lines += ["", "ingress filter: off ([gateway] ingress_filter = false)"]
+    guard = status.get("mac_guard") or {}
+    if guard.get("enabled"):
+        for side, where in (("transit", "from peer gateways"), ("site", "from computes")):
+            claimed = guard.get("claims", {}).get(side) or {}
+            top = sorted(claimed.items(), key=lambda kv: -kv[1])[:5]
+            lines.append(
+                f"MAC guard, {where}: {guard.get('dropped', {}).get(side, 0)} frames dropped"
+                + (f"; MACs claimed: {', '.join(f'{m} ({n})' for m, n in top)}"
+                   + (f" and {len(claimed) - 5} more" if len(claimed) > 5 else "")
+                   if claimed else ""))
+    elif guard:
+        lines.append("MAC guard: off ([gateway] mac_guard = false)")
     reg = status.get("registry")
     if reg:
         text = reg.get("state", "?")

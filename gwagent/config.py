@@ -37,6 +37,13 @@ gateway_opts = [
                      "from the peer gateways; drop and count the rest, per side and offender "
                      "(status, log). Linux: a table 'inet gwagent' in nftables (needs "
                      "python3-nftables); openflow: table ADMIT of the bridge."),
+    cfg.BoolOpt("mac_guard", default=True,
+                help="No MAC hijack across clouds: drop and count a frame whose inner source "
+                     "MAC lives on the other side of the gateway (an endpoint of this site "
+                     "arriving from a peer gateway, a remote endpoint arriving from a compute); "
+                     "a mobile MAC may come from where its candidates are. Linux: a table "
+                     "'bridge gwagent' in nftables (any source on a candidate's side); "
+                     "openflow: table GUARD of the bridge (the candidates' VTEPs only)."),
 ]
 
 agent_opts = [

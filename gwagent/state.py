@@ -284,3 +284,52 @@ class IngressCounters:
 
     dropped: dict[str, int] = dataclasses.field(default_factory=dict)
     offenders: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+
+# -- whose MACs may come from where ------------------------------------------------
+
+class Guard(NamedTuple):
+    """No MAC hijack across clouds: a frame of ``network`` whose inner
+    source is ``mac`` and that arrives on ``side`` is dropped and counted,
+    unless its outer source is one of ``sources``."""
+
+    network: str
+    mac: str
+    side: str
+    sources: tuple[str, ...] = ()
+
+
+def _other(side: str) -> str:
+    return TRANSIT if side == SITE else SITE
+
+
+def guards(static: GatewayState, mobile: Mapping[tuple[str, str], MobileSpec],
+           by_source: bool = True) -> frozenset[Guard]:
+    """The guards of a gateway whose static dataplane is ``static``: a MAC
+    placed on one side never comes from the other (an endpoint of this site
+    from a peer gateway; a remote endpoint from a compute of the site); a
+    mobile MAC comes from a side only if a candidate of it is there, and
+    with ``by_source`` (a backend that sees the outer source behind the
+    tunnel: OpenFlow) only from the candidates' VTEPs. The guards do not
+    change when a mobile MAC moves."""
+    names = {net.name for net in static.networks if net.transit is not None}
+    out = {Guard(m.network, m.mac, _other(m.side)) for m in static.macs if m.network in names}
+    for spec in mobile.values():
+        if spec.network not in names:
+            continue
+        for side in SIDES:
+            sources = tuple(sorted({c.vtep for c in spec.candidates if c.side == side}))
+            if not sources:
+                out.add(Guard(spec.network, spec.mac, side))
+            elif by_source:
+                out.add(Guard(spec.network, spec.mac, side, sources))
+    return frozenset(out)
+
+
+@dataclasses.dataclass
+class GuardCounters:
+    """What the MAC guard dropped: per side, frames in all and per
+    (network, MAC) claimed (bounded, see the backends)."""
+
+    dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+    macs: dict[str, dict[tuple[str, str], int]] = dataclasses.field(default_factory=dict)

@@ -60,7 +60,7 @@ from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_wr
 from gwagent.control.views import Reader, SourceView
 from gwagent.model import Desired, Site, ValidationError
 from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp, admission,
-                           gateway_mobile, mobile_entry, static_dataplane, with_mobile)
+                           gateway_mobile, guards, mobile_entry, static_dataplane, with_mobile)
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Agent:
                  backoff_initial: float = 0.5, backoff_max: float = 30.0,
                  mobility: MobilityTable | None = None,
                  read_deadline: float = 10.0, pass_budget: float = 1.0,
-                 ingress_filter: bool = False,
+                 ingress_filter: bool = False, mac_guard: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
@@ -124,6 +124,12 @@ class Agent:
         self.ingress_filter = ingress_filter
         self.ingress: dict = {}
         self._offenders_logged: set[tuple[str, str]] = set()
+        #: [gateway] mac_guard: no MAC hijack across clouds (state.guards),
+        #: enforced by the backend's guard()
+        self.mac_guard = mac_guard
+        self.guard_status: dict = {}
+        self._guards: tuple = (None, None)  # (the static state they are of, the guards)
+        self._claims_logged: set[tuple[str, str, str]] = set()
         self.mobility = mobility or MobilityTable()
         self.mobile: dict = {}
         self.static_dp: GatewayState | None = None
@@ -281,6 +287,7 @@ class Agent:
                 self._guarded(result, "registry", self._sync_registry, result, now)
             self._guarded(result, "dataplane", self._sync_dataplane, result, now)
             self._guarded(result, "ingress", self._sync_ingress)
+            self._guarded(result, "guard", self._sync_guard)
         result.source_error = self._source_errors()
         result.ok = not result.errors and result.source_error is None
         result.elapsed_ms = round((self.clock() - start) * 1000, 1)
@@ -420,6 +427,42 @@ class Agent:
             "offenders": {side: dict(sorted(counters.offenders.get(side, {}).items()))
                           for side in (SITE, TRANSIT)}}
 
+    def _sync_guard(self) -> None:
+        """The MAC guard as the desired state says (or none, when it is
+        off); log each newly claimed MAC once."""
+        guard = getattr(self.backend, "guard", None)
+        if guard is None:
+            return
+        want = None
+        if self.mac_guard:
+            with self.lock:
+                static, mobile = self.static_dp, self.mobile
+            if self._guards[0] is not static:  # the guards change with the static state only
+                self._guards = (static, guards(static, mobile, getattr(
+                    self.backend, "guard_by_source", True)))
+            want = self._guards[1]
+        counters = guard(want)
+        if want is None:
+            self.guard_status = {"enabled": False}
+            return
+        words = {TRANSIT: ("a peer gateway", "an endpoint of this site or one mobile "
+                           "without a candidate there"),
+                 SITE: ("a compute of the site", "a remote endpoint or one mobile without "
+                        "a candidate there")}
+        for side, found in sorted(counters.macs.items()):
+            for (network, mac), frames in sorted(found.items()):
+                if (side, network, mac) not in self._claims_logged:
+                    self._claims_logged.add((side, network, mac))
+                    LOG.warning("MAC guard: dropping frames from %s with source MAC %s of "
+                                "network %s (%s): %d frames so far", words[side][0], mac,
+                                network, words[side][1], frames)
+        self.guard_status = {
+            "enabled": True, "guards": len(want),
+            "dropped": {side: counters.dropped.get(side, 0) for side in (SITE, TRANSIT)},
+            "claims": {side: {f"{net} {mac}": n for (net, mac), n in
+                              sorted(counters.macs.get(side, {}).items())}
+                       for side in (SITE, TRANSIT)}}
+
     def _apply(self, ops: list, seqs: dict) -> list:
         """Apply a pass's operations; those about a mobile MAC under the
         lock, and only if no move happened since the plan was made."""
@@ -514,6 +557,7 @@ class Agent:
             "sources": [view.status() for view in self.views],
             "registry": dict(self.registry_state) if self.registry is not None else None,
             "ingress": dict(self.ingress),
+            "mac_guard": dict(self.guard_status),
             "pass_budget_ms": self.pass_budget * 1000,
         }
 

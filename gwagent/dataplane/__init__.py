@@ -12,9 +12,13 @@ application).
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import logging
+import time
+from typing import Callable, Collection, Protocol, Sequence
 
 from gwagent.state import GatewayState, MacOp, Op, OpError
+
+LOG = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -40,3 +44,38 @@ class Backend(Protocol):
         """Read pending change reports; True if any concerned owned objects."""
 
     def close(self) -> None: ...
+
+
+class AuditedSet:
+    """A large set of objects a backend owns and writes itself (the MAC
+    guards: one per MAC of the world), read in full only by an audit, every
+    ``interval`` seconds: in between it holds what was last written, so a
+    pass with nothing to change costs a set difference, not a dump. An
+    audit that finds other than what was written logs the drift and counts
+    it (:attr:`drift`); the caller's next write repairs it."""
+
+    def __init__(self, what: str, interval: float = 60.0, clock=time.monotonic):
+        self.what, self.interval, self.clock = what, interval, clock
+        self._have: frozenset | None = None
+        self._next = 0.0
+        self.drift = 0
+
+    def have(self, read: Callable[[], Collection]) -> frozenset:
+        """What is there: as written, or read (``read()``) if the audit is due."""
+        now = self.clock()
+        if self._have is None or now >= self._next:
+            there = frozenset(read())
+            if self._have is not None and there != self._have:
+                missing, foreign = len(self._have - there), len(there - self._have)
+                self.drift += missing + foreign
+                LOG.warning("%s changed behind the agent's back: %d missing, %d not ours "
+                            "to have; repairing", self.what, missing, foreign)
+            self._have, self._next = there, now + self.interval
+        return self._have
+
+    def wrote(self, value: Collection) -> None:
+        self._have = frozenset(value)
+
+    def forget(self) -> None:
+        """Unknown (a write failed, the container was made again): read next."""
+        self._have = None

@@ -209,7 +209,7 @@ class NftIngress:
             self._worker.shutdown(wait=False)
             raise IngressError(f"nftables in {netns or 'this namespace'}: {exc}") from None
 
-    def _run(self, commands: list[dict]) -> list[dict]:
+    def run(self, commands: list[dict]) -> list[dict]:
         rc, out, err = self._worker.submit(self._nft.json_cmd, {"nftables": commands}).result()
         if rc != 0:
             raise IngressError(f"nftables refused: {str(err).strip()[:500]}")
@@ -222,7 +222,7 @@ class NftIngress:
 
     def _listing(self) -> list[dict] | None:
         try:
-            return self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
+            return self.run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
         except IngressError as exc:
             if "No such file" in str(exc) or "does not exist" in str(exc):
                 return None
@@ -236,10 +236,10 @@ class NftIngress:
         listing = self._listing()
         if adm is None:
             if listing is not None:
-                self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+                self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
             return IngressCounters()
         if listing is None:
-            self._run(ruleset(adm))
+            self.run(ruleset(adm))
             return IngressCounters()
         there, counters = read(listing)
         if keep:
@@ -259,15 +259,15 @@ class NftIngress:
                 commands.append({"flush": {"set": {**t, "name": name}}})
                 if elems:
                     commands.append({"add": {"element": {**t, "name": name, "elem": elems}}})
-            self._run(commands)
+            self.run(commands)
             return counters
         LOG.warning("ingress filter: table %s %s is not as the agent made it; made again",
                     FAMILY, TABLE)
-        self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}] + ruleset(adm))
+        self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}] + ruleset(adm))
         return counters
 
     def remove(self) -> bool:
         if self._listing() is None:
             return False
-        self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
         return True

@@ -77,14 +77,16 @@ import threading
 import time
 from typing import Iterable, NamedTuple, Sequence
 
+from gwagent.dataplane import AuditedSet
 from gwagent.dataplane.capture import MobilityTap
+from gwagent.dataplane.guard import NftGuard
 from gwagent.dataplane.ingress import IngressError, NftIngress
 from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
 from gwagent.hotpath import gc_paused, without_gc
 from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
-                           IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
+                           GuardCounters, IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
                            Segment)
 
 log = logging.getLogger(__name__)
@@ -403,6 +405,8 @@ class LinuxBackend:
     """The Backend protocol (gwagent.dataplane) on a Linux namespace."""
 
     name = "linux"
+    #: The MAC guard sees the inner frame only (gwagent.dataplane.guard).
+    guard_by_source = False
 
     #: How long after we changed an entry its notification counts as our
     #: own echo (they are queued during the request; this is slack).
@@ -414,6 +418,9 @@ class LinuxBackend:
         compute's; never a gateway's: module docstring)."""
         self.netns = netns
         self._ingress: NftIngress | None = None
+        self._guard: NftGuard | None = None
+        self._guard_audit = AuditedSet("MAC guard (nftables set bridge gwagent guard)",
+                                       clock=clock)
         self.clock = clock
         self.learning = bool(learning)
         self.nl = nl if nl is not None else Netlink(netns)  # a model of the kernel in unit tests
@@ -540,6 +547,7 @@ class LinuxBackend:
         self._owned_ifindexes.clear()
         try:
             self._ingress_filter().remove()
+            self._mac_guard().remove()
         except IngressError:
             pass  # no libnftables here: no table of ours either
         return len(owned)
@@ -559,6 +567,24 @@ class LinuxBackend:
             except IngressError:
                 return IngressCounters()  # no libnftables: no table to remove
         return self._ingress_filter().sync(adm, keep)
+
+    def _mac_guard(self) -> NftGuard:
+        if self._guard is None:
+            self._guard = NftGuard(self._ingress_filter().run, self._guard_audit)
+        return self._guard
+
+    def guard(self, guards) -> GuardCounters:
+        """Make the gateway's bridge-family table drop what ``guards`` say
+        (None: no table); the drop counters. Networks as last observed."""
+        if guards is None and self._guard is None:
+            try:
+                self._mac_guard()
+            except IngressError:
+                return GuardCounters()  # no libnftables: no table to remove
+        devices = {(devs.network, side): devs.device(side)
+                   for devs in self._devices.values() for side in (SITE, TRANSIT)
+                   if devs.device(side)}
+        return self._mac_guard().sync(guards, devices, f"{PREFIX}vl-")
 
     # events ----------------------------------------------------------------
 

@@ -119,7 +119,7 @@ def add_foreign(lab, site: str) -> dict:
             ipr.fdb("append", ifindex=owned, lladdr=FOREIGN_MAC, dst=FOREIGN_DST)
     if lab.backend == "openflow":
         ovs = ovs_of(lab, site)
-        ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=7,priority=5,actions=drop")
+        ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=20,priority=5,actions=drop")
         ovs.vsctl("add-br", "fbr0", "--", "set", "bridge", "fbr0", "datapath_type=netdev")
         ovs.ofctl("fbr0", "add-flow", "cookie=0x99,priority=3,actions=drop")
     return {"vni": vni}

@@ -27,6 +27,7 @@ from typing import Sequence
 
 from os_ken.ofproto import ofproto_v1_4 as ofp
 
+from gwagent.dataplane import AuditedSet
 from gwagent.dataplane.capture import MobilityTap
 from gwagent.hotpath import without_gc
 from gwagent.openflow import flows as fl
@@ -34,7 +35,7 @@ from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
 from gwagent.openflow.switch import Switch, SwitchError
 from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
-                           IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
+                           Guard, GuardCounters, IngressCounters, MacEntry, MacOp, NetworkOp, NetworkSpec, Op, OpError,
                            Segment)
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ EVIDENCE = ("tap", "packet-in")
 
 class OpenFlowBackend:
     name = "openflow"
+    #: The MAC guard matches the outer source too (flows.py, GUARD).
+    guard_by_source = True
 
     #: How long after we deleted a flow its removal counts as our own echo.
     ECHO_SECONDS = 2.0
@@ -74,11 +77,15 @@ class OpenFlowBackend:
         self.clock = clock
         self._expected: dict[tuple[int, str | None], float] = {}  # (vni, MAC|None) -> until
         self._seen_changes = self.switch.changes
+        self._guard_audit = AuditedSet("MAC guard (table GUARD)", clock=clock)
 
     # observe ---------------------------------------------------------------
     @without_gc
     def observe(self) -> GatewayState:
-        self.port = self.bridge.ofport() or self.bridge.ensure()
+        port = self.bridge.ofport()
+        if port is None:  # made again: none of its flows are there
+            self._guard_audit.forget()
+        self.port = port or self.bridge.ensure()
         names = self.bridge.network_names()
         stats = self.switch.dump_flows(fl.COOKIE_BASE, fl.COOKIE_MASK)
         groups = self.switch.dump_groups()
@@ -97,7 +104,7 @@ class OpenFlowBackend:
                 a, m = fl.actions_of(st), st.match
                 if st.table_id == fl.CLASSIFY and m.get("in_port") == self.port:
                     side = fl.SIDE_OF.get(a.get("reg1"))
-                    if a.get("reg0") == vni and side and a.get("goto") == fl.MOBILITY:
+                    if a.get("reg0") == vni and side and a.get("goto") == fl.GUARD:
                         classify[(vni, side)] = Segment(m.get("tunnel_id"),
                                                         m.get("tun_ipv4_dst"))
                 elif st.table_id == fl.UNICAST:
@@ -105,7 +112,7 @@ class OpenFlowBackend:
                 elif st.table_id == fl.EGRESS and a.get("output") == ofp.OFPP_IN_PORT:
                     egress[(vni, fl.SIDE_OF.get(m.get("reg2")))] = Segment(
                         a.get("tunnel_id"), a.get("tun_ipv4_src"))
-            elif kind == fl.K_PIPELINE:
+            elif kind in (fl.K_PIPELINE, fl.K_HIJACK):
                 pipeline += 1
         group_ids = {g.group_id: g for g in groups}
         floods: set[FloodEntry] = set()
@@ -281,6 +288,61 @@ class OpenFlowBackend:
         if failed:
             raise SwitchError(f"ingress filter refused: {next(iter(failed.values()))}")
         return counters
+
+    # the MAC guard -----------------------------------------------------------
+    def _guards_there(self) -> set[Guard]:
+        """Read table GUARD (the audit: one flow per MAC of the world)."""
+        names = {vni: net.name for vni, net in self._nets.items()}
+        found: dict[tuple, list] = {}
+        for st in self.switch.dump_flows(fl.GUARD_BASE, fl.COOKIE_MASK):
+            m = st.match
+            key = (names.get(fl.vni_of(st.cookie)), m.get("eth_src"),
+                   fl.SIDE_OF.get(m.get("reg1")))
+            if st.table_id != fl.GUARD or None in key:
+                continue
+            sources = found.setdefault(key, [])
+            if st.priority == fl.P_GUARD_SOURCE and m.get("tun_ipv4_src"):
+                sources.append(m["tun_ipv4_src"])
+            elif st.priority != fl.P_GUARD:
+                continue
+            else:
+                sources.append(None)  # the guard's own flow
+        return {Guard(net, mac, side, tuple(sorted(s for s in srcs if s)))
+                for (net, mac, side), srcs in found.items() if None in srcs}
+
+    def guard(self, guards) -> GuardCounters:
+        """Make table GUARD say ``guards`` (None: none), in one bundle per
+        change; the drop counters of table HIJACKS."""
+        counters = GuardCounters()
+        names = {vni: net.name for vni, net in self._nets.items()}
+        for st in self.switch.dump_flows(fl.cookie(fl.K_HIJACK), fl.COOKIE_MASK | 0xFF << 24):
+            if st.table_id == fl.HIJACKS and st.priority == fl.P_HIJACK:
+                counters.dropped[fl.SIDE_OF[fl.vni_of(st.cookie) & 1]] = st.packet_count
+        for st in self.switch.dump_flows(fl.cookie(fl.K_HIJACKER),
+                                         fl.COOKIE_MASK | 0xFF << 24):
+            m = st.match
+            net, side = names.get(m.get("reg0")), fl.SIDE_OF.get(m.get("reg1"))
+            if net and side and m.get("eth_src"):
+                counters.macs.setdefault(side, {})[(net, m["eth_src"])] = st.packet_count
+        want = frozenset(g for g in guards or () if g.network in self._vni)
+        have = self._guard_audit.have(self._guards_there)
+        gone, add = have - want, want - have
+        if not (gone or add):
+            return counters if guards is not None else GuardCounters()
+        msgs = ([fl.delete_guard(self._vni[g.network], g.side, g.mac) for g in sorted(gone)
+                 if g.network in self._vni]
+                + [msg for g in sorted(add)
+                   for msg in fl.guard_flows(self._vni[g.network], g.side, g.mac, g.sources)])
+        try:
+            failed = self.switch.bundle(msgs) if msgs else {}
+        except SwitchError:
+            self._guard_audit.forget()
+            raise
+        if failed:
+            self._guard_audit.forget()
+            raise SwitchError(f"MAC guard refused: {next(iter(failed.values()))}")
+        self._guard_audit.wrote(want)
+        return counters if guards is not None else GuardCounters()
 
     def _encoder(self, vni: int) -> fl.MacFlowBytes:
         encoder = self._encoders.get(vni)

@@ -21,7 +21,14 @@ table 1, CLASSIFY
     and side) loads the network (its transit VNI) into ``reg0`` and the
     ingress side into ``reg1``; anything else is dropped by the table miss
     (``fail_mode=secure``: nothing is forwarded that we did not say).
-table 2, MOBILITY
+table 2, GUARD
+    no MAC hijack across clouds (``[gateway] mac_guard``, state.guards):
+    ``reg0=NET, reg1=SIDE, eth_src=MAC`` (a flow per guard, under cookie
+    :data:`GUARD_BASE`) sends a frame whose source MAC may not come from
+    that side to HIJACKS; for a mobile MAC, flows of higher priority that
+    also match ``tun_src`` let its candidates' VTEPs on that side go on.
+    Everything else goes on to MOBILITY.
+table 3, MOBILITY
     the watch on mobile MACs. With ``[openflow] mobility_evidence =
     packet-in`` (gwagent.openflow.evidence) a watch ``(VNI, MAC,
     exclude)`` is a flow ``tun_id=VNI, eth_src=MAC`` that copies the
@@ -65,17 +72,23 @@ table 2, MOBILITY
     candidate, needs a resubmit table (a learned flow carries no goto),
     and writes a flow the planner owns, so the next pass would undo it
     unless the agent heard of the move anyway (a packet-in: "both").
-table 3, UNICAST
+table 4, UNICAST
     ``reg0=NET, eth_dst=MAC`` (one flow per MAC) loads the MAC's side into
     ``reg2`` and its VTEP into ``tun_dst``; the per-network default sends
     floods and unknown unicast to the other side's flood group.
-table 4, EGRESS
+table 5, EGRESS
     ``reg1 == reg2`` (ingress side is the MAC's side) drops, as a Linux
     bridge never sends a frame back out of the port it came in by; else
     the side's VNI (VNI translation) and local address are set and the
     frame leaves by the VXLAN port.
-table 5, OFFENDERS
+table 6, OFFENDERS
     the offenders' flows that ADMIT learns (drop, counted).
+table 7, HIJACKS
+    a flow per side counts what GUARD sends here, and its ``learn`` writes
+    a flow per (network, side, MAC) claimed into HIJACKERS.
+table 8, HIJACKERS
+    the learned flows (drop), whose counters count what each MAC's claims
+    sent after the switch learned it (idle 300 s, at most 4096: ovsdb.py).
 groups
     one ``ALL`` group per network and side, a bucket per VTEP (head-end
     replication), each bucket setting the tunnel's key, source and
@@ -103,12 +116,18 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 from gwagent.dataplane.capture import Evidence
 from gwagent.state import SITE, TRANSIT, FloodEntry, MacEntry, NetworkSpec
 
-ADMIT, CLASSIFY, MOBILITY, UNICAST, EGRESS, OFFENDERS = 0, 1, 2, 3, 4, 5
-TABLES = (ADMIT, CLASSIFY, MOBILITY, UNICAST, EGRESS, OFFENDERS)
+ADMIT, CLASSIFY, GUARD, MOBILITY, UNICAST, EGRESS, OFFENDERS, HIJACKS, HIJACKERS = range(9)
+TABLES = (ADMIT, CLASSIFY, GUARD, MOBILITY, UNICAST, EGRESS, OFFENDERS, HIJACKS, HIJACKERS)
 
 COOKIE_BASE = 0x67776100 << 32        # "gwa\0"
 COOKIE_MASK = 0xFFFFFFFF << 32
+#: The guards' flows (one per MAC of the world) are ours under a base of
+#: their own, so that a pass's dump of COOKIE_BASE leaves them out: they
+#: are read by an audit (gwagent.dataplane.AuditedSet).
+GUARD_BASE = 0x67776147 << 32         # "gwaG"
+OWNED_MASK = 0xFFFFFF00 << 32         # "gwa" and any fourth byte: everything of ours
 K_PIPELINE, K_NETWORK, K_MAC, K_WATCH, K_ADMIT, K_OFFENDER = 1, 2, 3, 4, 5, 6  # bits 24-31
+K_HIJACK, K_HIJACKER = 7, 8
 
 SIDE_BIT = {SITE: 0, TRANSIT: 1}
 SIDE_OF = {0: SITE, 1: TRANSIT}
@@ -116,7 +135,9 @@ SIDE_OF = {0: SITE, 1: TRANSIT}
 P_DEFAULT, P_NET, P_MAC, P_HAIRPIN = 1, 10, 100, 200
 P_WATCH, P_WATCH_EXCLUDE = 100, 110
 P_ADMIT, P_ADMIT_DROP, P_OFFENDER = 100, 10, 10
-#: seconds an offender's flow in OFFENDERS lives after its last packet
+P_GUARD, P_GUARD_SOURCE, P_HIJACK, P_HIJACKER = 10, 20, 1, 10
+#: seconds an offender's flow in OFFENDERS (a hijacker's in HIJACKERS) lives
+#: after its last packet
 OFFENDER_IDLE = 300
 
 #: How much of an evidence frame the switch sends to the controller: the
@@ -192,9 +213,17 @@ def pipeline() -> list:
     not drop) and MOBILITY, drop hairpins."""
     value = cookie(K_PIPELINE)
     out = [_flow(ADMIT, P_DEFAULT, parser.OFPMatch(), _apply(goto=CLASSIFY), value),
+           _flow(GUARD, P_DEFAULT, parser.OFPMatch(), _apply(goto=MOBILITY), value),
            _flow(MOBILITY, P_DEFAULT, parser.OFPMatch(), _apply(goto=UNICAST), value)]
     for bit in (0, 1):
         out.append(_flow(EGRESS, P_HAIRPIN, parser.OFPMatch(reg1=bit, reg2=bit), [], value))
+        learn = parser.NXActionLearn(
+            table_id=HIJACKERS, priority=P_HIJACKER, idle_timeout=OFFENDER_IDLE,
+            cookie=cookie(K_HIJACKER, bit),
+            specs=[parser.NXFlowSpecMatch(src=(field, 0), dst=(field, 0), n_bits=bits)
+                   for field, bits in (("reg0", 32), ("reg1", 32), ("eth_src", 48))])
+        out.append(_flow(HIJACKS, P_HIJACK, parser.OFPMatch(reg1=bit),
+                         _apply(learn, goto=HIJACKERS), cookie(K_HIJACK, bit), removal=False))
     return out
 
 
@@ -211,7 +240,7 @@ def network_flows(net: NetworkSpec, port: int) -> list:
         out.append(_flow(CLASSIFY, P_NET, parser.OFPMatch(
             in_port=port, tunnel_id=seg.vni, tun_ipv4_dst=seg.local_ip),
             _apply(parser.OFPActionSetField(reg0=net.transit_vni),
-                   parser.OFPActionSetField(reg1=bit), goto=MOBILITY), value))
+                   parser.OFPActionSetField(reg1=bit), goto=GUARD), value))
         out.append(_flow(UNICAST, P_NET, parser.OFPMatch(reg0=net.transit_vni, reg1=bit),
                          _apply(parser.OFPActionGroup(group_id(net.transit_vni, other))),
                          value))
@@ -236,12 +265,17 @@ def delete_group(vni: int, side: str):
 
 
 def delete_network(vni: int) -> list:
-    """Every flow of one network, by cookie (any kind), and its groups."""
+    """Every flow of one network, by cookie (any kind, and its guards'),
+    and its groups."""
     del_flows = parser.OFPFlowMod(
         DP, cookie=cookie(0, vni), cookie_mask=COOKIE_MASK | 0xFFFFFF, table_id=ofp.OFPTT_ALL,
         command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch())
-    return [del_flows, delete_group(vni, SITE), delete_group(vni, TRANSIT)]
+    del_guards = parser.OFPFlowMod(
+        DP, cookie=guard_cookie(vni), cookie_mask=COOKIE_MASK | 0xFFFFFFFF,
+        table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+    return [del_flows, del_guards, delete_group(vni, SITE), delete_group(vni, TRANSIT)]
 
 
 # -- MACs -----------------------------------------------------------------
@@ -266,7 +300,7 @@ def delete_mac(mac: str, vni: int):
 def delete_all() -> list:
     """Every flow and group of ours (groups: ours are the only groups on
     the gateway's own bridge)."""
-    return [parser.OFPFlowMod(DP, cookie=COOKIE_BASE, cookie_mask=COOKIE_MASK,
+    return [parser.OFPFlowMod(DP, cookie=COOKIE_BASE, cookie_mask=OWNED_MASK,
                               table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
                               out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
                               match=parser.OFPMatch()),
@@ -520,3 +554,30 @@ class Prebuilt:
 
     def message(self):
         return mac_flow(self.entry, self.encoder.vni)
+
+
+# -- the MAC guard ---------------------------------------------------------------
+
+def guard_cookie(vni: int) -> int:
+    return GUARD_BASE | vni
+
+
+def guard_flows(vni: int, side: str, mac: str, sources=()) -> list:
+    """A guard (state.Guard) of network ``vni``: frames from ``side`` with
+    source ``mac`` go to HIJACKS, those from ``sources`` (its candidates'
+    VTEPs there) on to MOBILITY."""
+    bit, value = SIDE_BIT[side], guard_cookie(vni)
+    out = [_flow(GUARD, P_GUARD, parser.OFPMatch(reg0=vni, reg1=bit, eth_src=mac),
+                 _apply(goto=HIJACKS), value, removal=False)]
+    out += [_flow(GUARD, P_GUARD_SOURCE,
+                  parser.OFPMatch(reg0=vni, reg1=bit, eth_src=mac, tun_ipv4_src=src),
+                  _apply(goto=MOBILITY), value, removal=False) for src in sources]
+    return out
+
+
+def delete_guard(vni: int, side: str, mac: str):
+    """A guard's flows, its sources' with it (a loose delete)."""
+    return parser.OFPFlowMod(
+        DP, cookie=guard_cookie(vni), cookie_mask=COOKIE_MASK | 0xFFFFFFFF, table_id=GUARD,
+        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(reg0=vni, reg1=SIDE_BIT[side], eth_src=mac))

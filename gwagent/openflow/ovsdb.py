@@ -6,9 +6,9 @@ is away and nothing is forwarded that we did not say, OpenFlow 1.4 only
 (bundles), and the embedded controller as its only controller. One
 flow-based VXLAN port (``remote_ip=flow local_ip=flow key=flow``) serves
 both sides: two flow-based ports on one UDP port collide in one OVS
-instance. The OFFENDERS table of the ingress filter has a flow limit (a
-``Flow_Table`` row of the bridge's own). The names of the networks, which no flow can carry, are kept in
-the bridge's ``external_ids`` (``gwagent-net-<transit VNI>``), as the Linux
+instance. The OFFENDERS and HIJACKERS tables have a flow limit (a
+``Flow_Table`` row of the bridge's own). The names of the networks, which
+no flow can carry, are kept in the bridge's ``external_ids`` (``gwagent-net-<transit VNI>``), as the Linux
 backend keeps them in the bridge's alias. Nothing else in the database is
 touched.
 """
@@ -25,7 +25,8 @@ with warnings.catch_warnings():
     from ovsdbapp.schema.open_vswitch import impl_idl
 
 NET_KEY = "gwagent-net-"
-OFFENDERS_TABLE, OFFENDERS_MAX = 5, 4096  # flows.OFFENDERS; as the Linux filter's set
+#: flows.OFFENDERS and flows.HIJACKERS, bounded as the Linux filter's sets
+BOUNDED_TABLES, OFFENDERS_MAX = (6, 8), 4096
 
 
 class OvsdbError(Exception):
@@ -59,12 +60,13 @@ class Bridge:
                                ("protocols", ["OpenFlow14"]),
                                ("other_config", {"disable-in-band": "true"})))
             txn.add(api.set_controller(self.name, [self.controller]))
-            # The offenders' table (flows.py, OFFENDERS) holds at most
-            # OFFENDERS_MAX flows, the oldest evicted: a flood of spoofed
-            # sources cannot grow it without bound.
-            limit = txn.add(api.db_create("Flow_Table", name="gwagent-offenders",
+            # The offenders' and hijackers' tables (flows.py, OFFENDERS and
+            # HIJACKERS) hold at most OFFENDERS_MAX flows each, the oldest
+            # evicted: a flood of spoofed sources cannot grow them unbounded.
+            limit = txn.add(api.db_create("Flow_Table", name="gwagent-bounded",
                                           flow_limit=OFFENDERS_MAX, overflow_policy="evict"))
-            txn.add(api.db_set("Bridge", self.name, ("flow_tables", {OFFENDERS_TABLE: limit})))
+            txn.add(api.db_set("Bridge", self.name,
+                               ("flow_tables", {table: limit for table in BOUNDED_TABLES})))
             txn.add(api.add_port(self.name, self.vxlan_port))
             txn.add(api.db_set("Interface", self.vxlan_port, ("type", "vxlan"),
                                ("options", {"remote_ip": "flow", "local_ip": "flow",

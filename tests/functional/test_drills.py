@@ -270,6 +270,90 @@ def test_a_rogue_on_either_underlay_reaches_no_tenant(drill_lab):
     assert f"dropping VXLAN to the tunnel address from {ROGUE_SITE}" in log
 
 
+def vxlan_from(ns: str, src_ip: str, dst_ip: str, frames) -> None:
+    """Send ``frames`` (VXLAN payloads) from ``src_ip`` in namespace ``ns``
+    to ``dst_ip``'s VXLAN port, as that host's own stack would."""
+    sock = probe.ns_socket(ns)
+    try:
+        sock.bind((src_ip, 0))
+        for frame in frames:
+            sock.sendto(frame, (dst_ip, 4789))
+    finally:
+        sock.close()
+
+
+def claims(sniffer, seen: dict) -> None:
+    """Count in ``seen`` (by sender IP) the ARP frames the sniffer captured."""
+    sniffer.setblocking(False)
+    while True:
+        try:
+            frame = sniffer.recv(2048)
+        except BlockingIOError:
+            return
+        if frame[12:14] == b"\x08\x06":
+            ip = socket.inet_ntoa(frame[28:32])
+            seen[ip] = seen.get(ip, 0) + 1
+
+
+def test_no_peer_or_compute_hijacks_a_mac_of_the_other_side(drill_lab):
+    """Gateway b (a real peer, admitted by the ingress filter) sends ARP
+    claims with a2-red's MAC (an endpoint of site a) to gateway a, and a
+    compute of site a sends claims with b1-red's MAC (a remote endpoint):
+    no tenant sees one, while the same frames with the sender's own side's
+    MAC (b2-red's; a1-red's) arrive; gateway a counts the drops per side
+    and names the MACs claimed."""
+    lab = drill_lab
+    site_a, site_b, red = lab.topology.site("a"), lab.topology.site("b"), lab.topology.network("red")
+    vm = lab.topology.vm
+    hijack, control = "198.19.10.251", "198.19.10.252"
+    cases = [  # (sender ns, its address, gateway a's address, VNI, claimed MAC, legit MAC, victim)
+        (lab.ns(site_b.gateway), site_b.transit_ip, site_a.transit_ip, red.transit_vni,
+         vm("a2-red").mac, vm("b2-red").mac, vm("a1-red")),
+        (lab.ns("a-cn1"), site_a.compute_ip("a-cn1"), site_a.tunnel_ip,
+         site_a.segmentation_id("red"), vm("b1-red").mac, vm("a1-red").mac, vm("b2-red"))]
+    sniffers = {case[6].name: probe.ns_socket(lab.ns(case[6].name), socket.AF_PACKET,
+                                              socket.SOCK_RAW, socket.htons(0x0806))
+                for case in cases}
+    try:
+        for ns, src, dst, vni, claimed, legit, victim in cases:
+            def arp(mac, psrc):
+                return bytes(VXLAN(flags=0x08, vni=vni) / Ether(src=mac, dst="ff:ff:ff:ff:ff:ff")
+                             / ARP(hwsrc=mac, psrc=psrc, pdst=victim.ip))
+            sniffer, seen = sniffers[victim.name], {}
+            pair = [arp(claimed, hijack), arp(legit, control)]
+
+            def arrived():
+                """the control claims reach the victim (a claim and a control
+                are sent at every look: OVS's userspace datapath may lose
+                the first frames of a new tunnel flow)"""
+                vxlan_from(ns, src, dst, pair)
+                claims(sniffer, seen)
+                return seen.get(control, 0) >= 10
+            wait_for(arrived, 15.0, 0.05, seen=lambda: (victim.name, seen))
+            assert hijack not in seen, f"{seen[hijack]} hijacking claims reached {victim.name}"
+
+        def counted():
+            """gateway a counts 10 drops per side and names each MAC claimed"""
+            guard = gateway_status(lab, "a").get("mac_guard") or {}
+            named = guard.get("claims") or {}
+            return (min((guard.get("dropped") or {"": 0}).values()) >= 10
+                    and f"red {vm('a2-red').mac}" in named.get("transit", {})
+                    and f"red {vm('b1-red').mac}" in named.get("site", {}) and guard)
+        guard = wait_for(counted, 15.0, 0.2,
+                         seen=lambda: gateway_status(lab, "a").get("mac_guard"))
+        print(f"gateway a's MAC guard: {guard}")
+    finally:
+        for sniffer in sniffers.values():
+            sniffer.close()
+    # tenants still reach each other across the gateways
+    for src, dst in (("b1-red", "a2-red"), ("a1-red", "b1-red")):
+        assert probe.time_to_reach(lab.ns(src), lab.ns(dst), vm(dst).ip, time.monotonic(),
+                                   timeout=5.0) is not None, f"{src} -> {dst}"
+    log = open(lab.processes["a-gw"]["log"]).read()
+    assert f"MAC guard: dropping frames from a peer gateway with source MAC {vm('a2-red').mac}" in log
+    assert f"MAC guard: dropping frames from a compute of the site with source MAC {vm('b1-red').mac}" in log
+
+
 def test_hostile_frames_at_both_gateway_addresses_stop_neither_agent_nor_traffic(scenario):
     """4,000 fuzzed, malformed and truncated VXLAN frames (tests/functional/
     hostile.py) at gateway a's site and transit addresses, from a host on

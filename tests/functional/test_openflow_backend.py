@@ -174,7 +174,7 @@ def test_a_flow_deleted_behind_our_back_is_reported_and_our_own_deletes_are_not(
     reconcile(backend, fewer)
     reconcile(backend, desired)
     ovs = world["ovs"]
-    ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=7,priority=5,actions=drop")
+    ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=20,priority=5,actions=drop")
     ovs.ofctl("gwa-ovs", "del-flows", "cookie=0x1234/-1")   # a foreign flow: not ours to see
     assert "send_flow_rem" in ovs.ofctl("gwa-ovs", "dump-flows", f"table={fl.UNICAST}")
     woke = []
@@ -194,7 +194,7 @@ def test_a_flow_deleted_behind_our_back_is_reported_and_our_own_deletes_are_not(
 
 def test_foreign_flows_are_never_touched(world, backend):
     ovs = world["ovs"]
-    ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=7,priority=5,actions=drop")
+    ovs.ofctl("gwa-ovs", "add-flow", "cookie=0x1234,table=20,priority=5,actions=drop")
     reconcile(backend, world["desired"])
     reconcile(backend, GatewayState())
     flows = ovs.ofctl("gwa-ovs", "dump-flows")

@@ -1,0 +1,199 @@
+"""The Linux backend's MAC guard: no MAC hijack across clouds, in nftables.
+
+A frame that a network's VXLAN port brings into the gateway's bridge with an
+inner source MAC that lives on the other side (an endpoint of this site,
+from the transit side; a remote endpoint, from the site side) is dropped
+before the bridge forwards it, and counted (:func:`gwagent.state.guards`).
+A table of the gateway's own in the ``bridge`` family, written through
+libnftables' JSON interface on the ingress filter's thread
+(gwagent.dataplane.ingress)::
+
+    table bridge gwagent {                     # ours alone
+      set guard { type ifname . ether_addr; }  # (VXLAN port, MAC) that may not come in
+      set hijackers { type ifname . ether_addr; size 4096; counter; }
+      chain hijack {
+        add @hijackers { iifname . ether saddr }
+        iifname "gwa-vl-*" counter drop        # from the site side
+        counter drop                           # from the transit side
+      }
+      chain prerouting {
+        type filter hook prerouting priority -300; policy accept;
+        iifname . ether saddr @guard jump hijack   # every bridged frame: one lookup
+      }
+    }
+
+The bridge family sees the inner frame only: which peer gateway or compute
+sent it (the outer source) is gone by then, so a mobile MAC with a
+candidate on a side may come from anyone on that side
+(``by_source = False``; the OpenFlow backend enforces the candidates
+themselves). The ``guard`` set holds a member per MAC of the world, so it
+is read in full only by an audit (gwagent.dataplane.AuditedSet); a pass
+reads the small chains and the hijackers' set for the counters.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+from gwagent.state import GuardCounters
+
+LOG = logging.getLogger(__name__)
+
+FAMILY, TABLE = "bridge", "gwagent"
+HIJACKERS_MAX = 4096
+_T = {"family": FAMILY, "table": TABLE}
+_KEY = {"concat": [{"meta": {"key": "iifname"}},
+                   {"payload": {"protocol": "ether", "field": "saddr"}}]}
+RULES = [("hijack", "hijackers"), ("hijack", "site drop"), ("hijack", "transit drop"),
+         ("prerouting", "guard")]
+
+
+def ruleset(site_prefix: str) -> list[dict]:
+    """Pure: the commands that create the table (empty sets); frames from
+    a port named ``site_prefix*`` count as the site side's."""
+    iif = {"meta": {"key": "iifname"}}
+    return [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"set": {**_T, "name": "guard", "type": ["ifname", "ether_addr"]}}},
+        {"add": {"set": {**_T, "name": "hijackers", "type": ["ifname", "ether_addr"],
+                         "size": HIJACKERS_MAX, "stmt": [{"counter": None}]}}},
+        {"add": {"chain": {**_T, "name": "hijack"}}},
+        {"add": {"rule": {**_T, "chain": "hijack", "comment": "hijackers", "expr": [
+            {"set": {"op": "add", "set": "@hijackers", "elem": _KEY}}]}}},
+        {"add": {"rule": {**_T, "chain": "hijack", "comment": "site drop", "expr": [
+            {"match": {"op": "==", "left": iif, "right": f"{site_prefix}*"}},
+            {"counter": None}, {"drop": None}]}}},
+        {"add": {"rule": {**_T, "chain": "hijack", "comment": "transit drop", "expr": [
+            {"counter": None}, {"drop": None}]}}},
+        {"add": {"chain": {**_T, "name": "prerouting", "type": "filter",
+                           "hook": "prerouting", "prio": -300, "policy": "accept"}}},
+        {"add": {"rule": {**_T, "chain": "prerouting", "comment": "guard", "expr": [
+            {"match": {"op": "==", "left": _KEY, "right": "@guard"}},
+            {"jump": {"target": "hijack"}}]}}},
+    ]
+
+
+def elements(guards, devices: Mapping[tuple[str, str], str]) -> frozenset[tuple[str, str]]:
+    """Pure: the ``guard`` set's members for ``guards``, as (port, MAC);
+    ``devices``: (network, side) -> its VXLAN port. A guard that names
+    sources (the bridge cannot tell them) or a network without its port
+    has none."""
+    out = set()
+    for g in guards:
+        port = devices.get((g.network, g.side))
+        if port is not None and not g.sources:
+            out.add((port, g.mac))
+    return frozenset(out)
+
+
+def _elem(value) -> tuple[str, str] | None:
+    if isinstance(value, dict) and "concat" in value:
+        port, mac = value["concat"]
+        return port, mac
+    return None
+
+
+def read_small(listing: list[dict], ports: Mapping[str, tuple[str, str]]
+               ) -> tuple[list[tuple[str, str]], GuardCounters]:
+    """Pure: from the listing of the two chains and the hijackers' set,
+    (the rules there, as (chain, comment), sorted; the counters).
+    ``ports``: VXLAN port -> (network, side)."""
+    rules, counters = [], GuardCounters()
+    for item in listing:
+        if "rule" in item:
+            r = item["rule"]
+            rules.append((r["chain"], r.get("comment")))
+            for e in r.get("expr", ()):
+                if "counter" in e and r.get("comment", "").endswith(" drop"):
+                    side = r["comment"].split()[0]
+                    counters.dropped[side] = e["counter"].get("packets", 0)
+        elif "set" in item and item["set"]["name"] == "hijackers":
+            for e in item["set"].get("elem") or ():
+                if not isinstance(e, dict) or "elem" not in e:
+                    continue
+                key = _elem(e["elem"].get("val"))
+                where = ports.get(key[0]) if key else None
+                if where is not None:
+                    network, side = where
+                    counters.macs.setdefault(side, {})[(network, key[1])] = (
+                        e["elem"].get("counter", {}).get("packets", 0))
+    return sorted(rules), counters
+
+
+class NftGuard:
+    """The table in the gateway's namespace, through ``run`` (the ingress
+    filter's: gwagent.dataplane.ingress.NftIngress.run)."""
+
+    def __init__(self, run: Callable[[list[dict]], list[dict]], audit):
+        self.run, self.audit = run, audit
+
+    def _small(self) -> list[dict] | None:
+        try:  # one list command a call: libnftables refuses two in one
+            return [item for what, name in (("chain", "hijack"), ("chain", "prerouting"),
+                                            ("set", "hijackers"))
+                    for item in self.run([{"list": {what: {**_T, "name": name}}}])]
+        except Exception as exc:  # noqa: BLE001 - IngressError: no table (or not ours)
+            if "No such file" in str(exc) or "does not exist" in str(exc):
+                return None
+            raise
+
+    def _members(self) -> list[tuple[str, str]]:
+        listing = self.run([{"list": {"set": {**_T, "name": "guard"}}}])
+        out = []
+        for item in listing:
+            if "set" in item:
+                out.extend(k for k in map(_elem, item["set"].get("elem") or ()) if k)
+        return out
+
+    def sync(self, guards, devices: Mapping[tuple[str, str], str] | None,
+             site_prefix: str) -> GuardCounters:
+        """Make the table hold ``guards`` (None: no table); the counters.
+        ``devices``: (network, side) -> VXLAN port."""
+        small = self._small()
+        if guards is None:
+            if small is not None:
+                self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+            self.audit.forget()
+            return GuardCounters()
+        devices = devices or {}
+        want = elements(guards, devices)
+        ports = {port: key for key, port in devices.items()}
+        rules, counters = read_small(small, ports) if small is not None else ([], None)
+        if rules != sorted(RULES):
+            if small is not None:
+                LOG.warning("MAC guard: table %s %s is not as the agent made it; made again",
+                            FAMILY, TABLE)
+            self.audit.forget()
+            # add-then-delete: whatever is left of a table goes, in the
+            # same transaction that makes it whole
+            self.run([{"add": {"table": {"family": FAMILY, "name": TABLE}}},
+                      {"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+                     + ruleset(site_prefix) + _element_commands("add", want))
+            self.audit.wrote(want)
+            return counters or GuardCounters()
+        have = self.audit.have(self._members)
+        add, gone = want - have, have - want
+        if add or gone:
+            try:
+                self.run(_element_commands("delete", gone) + _element_commands("add", add))
+            except Exception:
+                self.audit.forget()  # one transaction: nothing of it landed; read again
+                raise
+            self.audit.wrote(want)
+        return counters
+
+    def remove(self) -> bool:
+        self.audit.forget()
+        if self._small() is None:
+            return False
+        self.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        return True
+
+
+def _element_commands(verb: str, members) -> list[dict]:
+    if not members:
+        return []
+    return [{verb: {"element": {**_T, "name": "guard",
+                                "elem": [{"concat": [port, mac]} for port, mac in
+                                         sorted(members)]}}}]
+
