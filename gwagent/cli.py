@@ -350,8 +350,8 @@ def cmd_cleanup(args) -> int:
         removed = backend.remove_all()
     finally:
         backend.close()
-    print(f"removed {removed} owned devices (and their FDB entries or flows) and the "
-          f"ingress filter in netns {conf.gateway.netns or '(current)'}")
+    print(f"removed {removed} owned devices (and their FDB entries or flows), the "
+          f"ingress filter and the MAC guard in netns {conf.gateway.netns or '(current)'}")
     if args.remote_ports:
         _, _, registry = build_sources(conf)
         ports = registry.remote_ports()
@@ -397,8 +397,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
     cl = with_config(sub.add_parser(
-        "cleanup", help="remove every device, FDB entry and ingress filter rule the gateway owns "
-                   "(nothing else)"))
+        "cleanup", help="remove every device, FDB entry, ingress filter and MAC guard rule "
+                   "the gateway owns (nothing else)"))
     cl.add_argument("--remote-ports", action="store_true",
                     help="also unregister the remote ports this gateway registered")
     cl.add_argument("--force", action="store_true", help="even if the agent is running")

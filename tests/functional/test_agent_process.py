@@ -119,6 +119,7 @@ def test_cleanup_removes_only_what_the_gateway_owns(gateway, tmp_path):
     proc = start()
     wait_for(lambda: remote_count(conf) == 2)
     wait_for(lambda: "inet gwagent" in ns_run(ns, "nft", "list", "tables").stdout)
+    wait_for(lambda: "bridge gwagent" in ns_run(ns, "nft", "list", "tables").stdout)
     refused = subprocess.run([sys.executable, "-m", "gwagent.cli", "cleanup",
                               "--config-file", str(conf)], capture_output=True, text=True)
     assert refused.returncode == 1 and "running" in refused.stderr
@@ -133,7 +134,8 @@ def test_cleanup_removes_only_what_the_gateway_owns(gateway, tmp_path):
     assert done.returncode == 0, done.stderr
     links = ns_run(ns, "ip", "-o", "link", "show").stdout
     assert "gwa-" not in links and "vx-foreign" in links
-    assert "gwagent" not in ns_run(ns, "nft", "list", "tables").stdout  # the ingress filter
+    # the ingress filter's table and the MAC guard's
+    assert "gwagent" not in ns_run(ns, "nft", "list", "tables").stdout
     assert "02:00:00:00:00:09" in ns_run(ns, "bridge", "fdb", "show", "dev", "vx-foreign").stdout
     registry = json.loads((tmp_path / "a.remote-ports.json").read_text())
     assert registry["remote_ports"] == []

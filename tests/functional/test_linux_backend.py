@@ -22,7 +22,7 @@ from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, NTF_SELF, NU
                                        NUD_PERMANENT, FdbRecord, FdbRequest, Link, Netlink)
 from gwagent.model import Desired, Endpoint, Gateway, Network, Site, SiteSnapshot
 from gwagent.state import (SITE, TRANSIT, Admission, FloodEntry, FloodOp, GatewayState,
-                           MacEntry, MacOp, NetworkSpec, Segment, desired_dataplane)
+                           MacEntry, MacOp, NetworkSpec, Segment, desired_dataplane, guards)
 
 from netns import run, throwaway_netns
 
@@ -562,3 +562,50 @@ def test_the_ingress_filter_is_a_table_of_its_own_and_touches_no_other(ns, backe
     assert ours() is None
     assert backend.remove_all() == 0
     assert run(ns, "nft", "list", "table", "inet", "theirs").stdout == before
+
+
+def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(ns):
+    """Its set holds a member per guard (the VXLAN port a MAC may not come
+    in by); a change adds and deletes only what differs; a set flushed by
+    hand is refilled at the next audit, a table deleted by hand at the next
+    pass; off, or at cleanup, the table goes; a table of someone else's in
+    the bridge family is never touched."""
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True,
+                   input="add table bridge theirs\nadd chain bridge theirs c "
+                         "{ type filter hook prerouting priority 0; }\n")
+    before = run(ns, "nft", "list", "table", "bridge", "theirs").stdout
+    clock = [0.0]
+    be = LinuxBackend(ns, clock=lambda: clock[0])
+    try:
+        reconcile(be, STATE_A)
+
+        def members():
+            out = run(ns, "nft", "-j", "list", "set", "bridge", "gwagent", "guard", check=False)
+            if out.returncode:
+                return None
+            [s] = [i["set"] for i in json.loads(out.stdout)["nftables"] if "set" in i]
+            return sorted(tuple(e["concat"]) for e in s.get("elem", []))
+        want = guards(STATE_A, {})
+        be.guard(want)
+        expected = sorted((f"gwa-{'vt' if g.side == TRANSIT else 'vl'}-"
+                           f"{5001 if g.network == 'red' else 5002}", g.mac) for g in want)
+        assert members() == expected and len(expected) == len(STATE_A.macs)
+        fewer = frozenset(list(want)[1:])
+        be.guard(fewer)
+        assert len(members()) == len(expected) - 1
+        run(ns, "nft", "flush", "set", "bridge", "gwagent", "guard")
+        be.guard(fewer)
+        assert members() == []                    # the audit is not due yet
+        clock[0] += 61
+        be.guard(fewer)
+        assert len(members()) == len(expected) - 1
+        run(ns, "nft", "delete", "table", "bridge", "gwagent")
+        be.guard(fewer)
+        assert len(members()) == len(expected) - 1
+        be.guard(None)
+        assert members() is None
+        be.guard(want)
+        assert be.remove_all() > 0 and members() is None
+    finally:
+        be.close()
+    assert run(ns, "nft", "list", "table", "bridge", "theirs").stdout == before

@@ -5,7 +5,8 @@ import pytest
 from gwagent.control.agent import Agent
 from gwagent.control.mobility import MobilityTable
 from gwagent.model import AddressPair, Desired
-from gwagent.state import SITE, TRANSIT, Location, MobileSpec, desired_dataplane, gateway_mobile
+from gwagent.state import (SITE, TRANSIT, Guard, Location, MobileSpec, desired_dataplane,
+                           gateway_mobile, guards, static_dataplane)
 
 from builders import endpoint, site
 from fakes import FakeDataplane
@@ -229,3 +230,27 @@ def test_status_shows_where_and_the_sequence(where):
     move(agent, where)
     (row,) = agent.status()["mobile_macs"]
     assert row["location"] == {"side": where.side, "vtep": where.vtep} and row["seq"] == 1
+
+
+def test_guards_keep_each_side_to_its_own_macs_and_a_mobile_mac_to_its_candidates():
+    """No MAC hijack (state.guards): an endpoint's MAC may not come from the
+    other side; the VRRP pair's virtual MAC may come from both sides, from
+    its candidates only where the backend sees the outer source, and moves
+    change no guard."""
+    d = vrrp_pair()
+    mobile = gateway_mobile(d)
+    static = static_dataplane(d, mobile)
+    by_source = guards(static, mobile)
+    plain = {g for g in by_source if g.mac != VMAC}
+    assert plain == {Guard(m.network, m.mac, TRANSIT if m.side == SITE else SITE)
+                     for m in static.macs}
+    assert {g for g in by_source if g.mac == VMAC} == {
+        Guard("red", VMAC, SITE, (A1.vtep,)), Guard("red", VMAC, TRANSIT, (B.vtep,))}
+    # inner frames only (Linux): the side of a candidate is open to it
+    assert guards(static, mobile, by_source=False) == plain
+    # claimants on one side only: the other side may not send it
+    one_side = {KEY: spec(A1, A2)}
+    assert {g for g in guards(static, one_side) if g.mac == VMAC} == {
+        Guard("red", VMAC, TRANSIT), Guard("red", VMAC, SITE, (A1.vtep, A2.vtep))}
+    assert {g for g in guards(static, one_side, by_source=False) if g.mac == VMAC} == {
+        Guard("red", VMAC, TRANSIT)}

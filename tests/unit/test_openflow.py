@@ -22,7 +22,8 @@ from gwagent.control.planner import plan
 from gwagent.model import Desired, Gateway, Site
 from gwagent.openflow import flows as fl
 from gwagent.openflow.backend import OpenFlowBackend
-from gwagent.state import SITE, TRANSIT, MacEntry, MacOp, admission, desired_dataplane
+from gwagent.state import (SITE, TRANSIT, Location, MacEntry, MacOp, MobileSpec, admission,
+                           desired_dataplane, guards)
 
 from builders import endpoint, site
 
@@ -66,7 +67,7 @@ class FakeSwitch:
         self.meters: dict[int, tuple] = {}
         self.listeners: list = []
         self.reported: list = []
-        self.add(parser.OFPFlowMod(fl.DP, cookie=0x1234, table_id=7, priority=5,
+        self.add(parser.OFPFlowMod(fl.DP, cookie=0x1234, table_id=20, priority=5,
                                    match=parser.OFPMatch(), instructions=[]))
 
     @staticmethod
@@ -116,9 +117,10 @@ class FakeSwitch:
             if stat is not None and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask:
                 self._removed(flows.pop(self._key(msg)), removed)
         else:
-            for key, stat in list(flows.items()):
+            for key, stat in list(flows.items()):   # loose: any flow the match covers
                 if ((msg.table_id == ofp.OFPTT_ALL or stat.table_id == msg.table_id)
-                        and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask):
+                        and stat.cookie & msg.cookie_mask == msg.cookie & msg.cookie_mask
+                        and all(stat.match.get(k) == v for k, v in msg.match.iteritems())):
                     self._removed(flows.pop(key), removed)
 
     def request(self, msgs):
@@ -560,3 +562,60 @@ def test_one_address_for_both_sides_admits_either_sides_sources_without_churn():
     before = dict(sw.flows)
     be.admit(adm)   # nothing to change: no flow replaced (its counters stay)
     assert sw.flows.keys() == before.keys() and all(sw.flows[k] is v for k, v in before.items())
+
+
+# -- the MAC guard ------------------------------------------------------------------
+
+def test_the_mac_guard_drops_claims_of_the_other_sides_macs_and_lets_candidates_through():
+    """A peer gateway sending an endpoint of this site's MAC, or a compute
+    a remote endpoint's, is dropped and counted; a mobile MAC passes from
+    its candidates' VTEPs only (on OpenFlow, per source), and a move
+    changes no guard."""
+    a1, b2, c6 = endpoint("a", "red", 1), endpoint("b", "red", 2), endpoint("c", "red", 6)
+    clock = [0.0]
+    sw = FakeSwitch()
+    be = OpenFlowBackend(None, "", switch=sw, ovsdb_bridge=FakeBridge(), clock=lambda: clock[0])
+    static = state([a1], [b2], c_eps=[c6], nets=("red",))
+    converge(be, static)
+    vmac = "02:00:5e:00:01:07"
+    mobile = {("red", vmac): MobileSpec("red", vmac, frozenset({
+        Location(SITE, a1.vtep), Location(TRANSIT, "198.18.200.2")}), Location(SITE, a1.vtep))}
+    want = guards(static, mobile)
+    assert be.guard(want).dropped == {SITE: 0, TRANSIT: 0}
+
+    def fwd(side, src, eth_src, dst="ff:ff:ff:ff:ff:ff"):
+        vni, local = (1001, GW_SITE) if side == SITE else (5001, GW_TRANSIT)
+        return sw.forward(vni, local, dst, eth_src=eth_src, tun_src=src)
+    peer_b, peer_c = "198.18.200.2", "198.18.200.3"
+    assert fwd(TRANSIT, peer_b, b2.mac) != set()          # a peer's own endpoint
+    assert fwd(TRANSIT, peer_b, a1.mac) == set()          # one of this site's
+    assert fwd(TRANSIT, peer_c, a1.mac) == set()
+    assert fwd(SITE, a1.vtep, a1.mac) != set()
+    assert fwd(SITE, a1.vtep, c6.mac) == set()            # a remote endpoint's, from a compute
+    assert fwd(TRANSIT, peer_b, vmac) != set()            # the mobile MAC from its candidates
+    assert fwd(SITE, a1.vtep, vmac) != set()
+    assert fwd(TRANSIT, peer_c, vmac) == set()            # ... and from no one else
+    assert fwd(SITE, "198.18.1.99", vmac) == set()
+    counters = be.guard(want)
+    assert counters.dropped == {TRANSIT: 3, SITE: 2}
+    assert counters.macs == {TRANSIT: {("red", a1.mac): 2, ("red", vmac): 1},
+                             SITE: {("red", c6.mac): 1, ("red", vmac): 1}}
+    # nothing to change: no message; a guard gone goes alone, with its sources
+    before = dict(sw.flows)
+    be.guard(want)
+    assert sw.flows == before
+    fewer = want - {g for g in want if g.mac == vmac}
+    be.guard(fewer)
+    assert fwd(TRANSIT, peer_c, vmac) != set()
+    assert fwd(TRANSIT, peer_b, a1.mac) == set()
+    # a guard flow deleted by hand is put back by the next audit
+    sw.delete_by_hand(eth_src=a1.mac)
+    be.guard(fewer)
+    assert fwd(TRANSIT, peer_b, a1.mac) != set()          # not yet: the audit is not due
+    clock[0] += 61
+    be.guard(fewer)
+    assert fwd(TRANSIT, peer_b, a1.mac) == set()
+    # off: no guard flow is left, and claims pass
+    be.guard(None)
+    assert not sw.dump_flows(fl.GUARD_BASE, fl.COOKIE_MASK)
+    assert fwd(TRANSIT, peer_b, a1.mac) != set()
