@@ -11,6 +11,7 @@ timed test).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import pathlib
 
@@ -91,10 +92,12 @@ def build_rows(figures: dict) -> list[Row]:
                         f"{tput['gateway_gbit_s']} Gbit/s", f"{tput['direct_gbit_s']} Gbit/s",
                         f"{ratio:.2f}x", f">= {tput.get('target', 0.8)}x",
                         "yes" if ratio >= tput.get("target", 0.8) else "NO"))
-    for backend in ("linux", "openflow"):
-        fil = figures.get(f"throughput/ingress-filter/{backend}")
+    for (key, what), backend in itertools.product(
+            (("ingress-filter", "ingress filter"), ("mac-guard", "MAC guard")),
+            ("linux", "openflow")):
+        fil = figures.get(f"throughput/{key}/{backend}")
         if fil:
-            rows.append(Row(f"TCP through the gateways ({backend}): ingress filter on vs off",
+            rows.append(Row(f"TCP through the gateways ({backend}): {what} on vs off",
                             f"{fil['on_gbit_s']} Gbit/s", f"{fil['off_gbit_s']} Gbit/s",
                             f"{fil['ratio']:.2f}x", f">= {fil['target']}x",
                             "yes" if fil["ratio"] >= fil["target"] else "NO"))

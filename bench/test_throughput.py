@@ -18,9 +18,10 @@ aim 0.9; DESIGN.md measured about 0.8 here). Figures go to the benchmark's
 ``extra_info`` and to the shared report's ``figures`` under
 ``throughput/*``.
 
-The ingress filter (``[gateway] ingress_filter``) is measured on the path
-through the gateways, on and off alternately by SIGHUP, on both backends:
-``-k ingress``.
+The ingress filter (``[gateway] ingress_filter``) and the MAC guard
+(``[gateway] mac_guard``) are measured on the path through the gateways, on
+and off alternately by SIGHUP, on both backends: ``-k ingress``, ``-k
+guard``.
 """
 from __future__ import annotations
 
@@ -115,37 +116,45 @@ def filter_lab(request):
         build.down(prefix)
 
 
-def set_filter(lab: build.Lab, on: bool, timeout: float = 15.0) -> None:
-    """[gateway] ingress_filter of both gateways, by SIGHUP; waits until
-    both agents report it."""
+#: (option of [gateway], its key in the agent's status): the ingress
+#: filter and the MAC guard, each measured on vs off
+FILTERS = {"ingress": ("ingress_filter", "ingress"), "guard": ("mac_guard", "mac_guard")}
+
+
+def set_filter(lab: build.Lab, option: str, key: str, on: bool, timeout: float = 15.0) -> None:
+    """[gateway] ``option`` of both gateways, by SIGHUP; waits until both
+    agents report it (status ``key``)."""
     for site in lab.topology.sites:
         conf = configparser.ConfigParser()
         conf.read(lab.agent_conf(site.name))
-        conf["gateway"]["ingress_filter"] = str(on).lower()
+        conf["gateway"][option] = str(on).lower()
         with open(lab.agent_conf(site.name), "w") as handle:
             conf.write(handle)
         os.kill(lab.processes[f"{site.name}-gw"]["pid"], signal.SIGHUP)
     deadline = time.monotonic() + timeout
-    while not all(((build.agent_status(lab, s.name) or {}).get("ingress") or {}).get("enabled")
+    while not all(((build.agent_status(lab, s.name) or {}).get(key) or {}).get("enabled")
                   is on for s in lab.topology.sites):
         if time.monotonic() > deadline:
-            raise AssertionError(f"the agents did not report ingress_filter = {on}")
+            raise AssertionError(f"the agents did not report {option} = {on}")
         time.sleep(0.1)
 
 
-def test_throughput_with_the_ingress_filter_on_vs_off(benchmark, filter_lab, figures):
-    """TCP a1-red -> b1-red through both gateways with the filter on and
-    off, FILTER_RUNS each, in the order on-off, off-on, ... so that a
-    drift of the machine falls on both (target: on >= 0.98 of off; one
-    run's spread here is about 10%, see the README)."""
+@pytest.mark.parametrize("which", sorted(FILTERS))
+def test_throughput_with_the_filter_on_vs_off(benchmark, filter_lab, figures, which):
+    """TCP a1-red -> b1-red through both gateways with the ingress filter
+    (``-k ingress``) or the MAC guard (``-k guard``) on and off,
+    FILTER_RUNS each, in the order on-off, off-on, ... so that a drift of
+    the machine falls on both (target: on >= 0.98 of off; one run's spread
+    here is about 10%, see the README)."""
     lab, runs = filter_lab, {True: [], False: []}
+    option, key = FILTERS[which]
 
     def measure():
         for i in range(FILTER_RUNS):
             for on in ((True, False) if i % 2 == 0 else (False, True)):
-                set_filter(lab, on)
+                set_filter(lab, option, key, on)
                 runs[on].append(iperf(lab, "a1-red", "b1-red"))
-        set_filter(lab, True)
+        set_filter(lab, option, key, True)
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     on_bps, off_bps = (sum(runs[k]) / len(runs[k]) for k in (True, False))
@@ -155,8 +164,8 @@ def test_throughput_with_the_ingress_filter_on_vs_off(benchmark, filter_lab, fig
                      (("on", runs[True]), ("off", runs[False]))},
             "iperf3": f"TCP, 1 stream, -t {SECONDS}, {FILTER_RUNS} runs each"}
     benchmark.extra_info.update(info)
-    figures[f"throughput/ingress-filter/{lab.backend}"] = info
-    print(f"\ningress filter ({lab.backend}): on {info['on_gbit_s']} Gbit/s, off "
+    figures[f"throughput/{option.replace('_', '-')}/{lab.backend}"] = info
+    print(f"\n{option} ({lab.backend}): on {info['on_gbit_s']} Gbit/s, off "
           f"{info['off_gbit_s']} Gbit/s, ratio {info['ratio']} (target >= {FILTER_TARGET}); "
           f"runs {info['runs']}")
     assert on_bps > 0 and off_bps > 0

@@ -8,19 +8,24 @@ A table of the gateway's own in the ``bridge`` family, written through
 libnftables' JSON interface on the ingress filter's thread
 (gwagent.dataplane.ingress)::
 
-    table bridge gwagent {                     # ours alone
-      set guard { type ifname . ether_addr; }  # (VXLAN port, MAC) that may not come in
-      set hijackers { type ifname . ether_addr; size 4096; counter; }
+    table bridge gwagent {                   # ours alone
+      set guard { type iface_index . ether_addr; }   # (VXLAN port, MAC) that may not come in
+      set hijackers { type iface_index . ether_addr; size 4096; counter; }
       chain hijack {
-        add @hijackers { iifname . ether saddr }
-        iifname "gwa-vl-*" counter drop        # from the site side
-        counter drop                           # from the transit side
+        add @hijackers { iif . ether saddr }
+        iifname "gwa-vl-*" counter drop      # from the site side
+        counter drop                         # from the transit side
       }
       chain prerouting {
         type filter hook prerouting priority -300; policy accept;
-        iifname . ether saddr @guard jump hijack   # every bridged frame: one lookup
+        iif . ether saddr @guard jump hijack  # every bridged frame: one lookup
       }
     }
+
+A port is keyed by its index, not its name (a 4-byte key, not 16); nft
+takes and shows it by name. A port made again gets a new index, so the
+backend reads the set again after making a network (its members are
+written anew).
 
 The bridge family sees the inner frame only: which peer gateway or compute
 sent it (the outer source) is gone by then, so a mobile MAC with a
@@ -42,7 +47,7 @@ LOG = logging.getLogger(__name__)
 FAMILY, TABLE = "bridge", "gwagent"
 HIJACKERS_MAX = 4096
 _T = {"family": FAMILY, "table": TABLE}
-_KEY = {"concat": [{"meta": {"key": "iifname"}},
+_KEY = {"concat": [{"meta": {"key": "iif"}},
                    {"payload": {"protocol": "ether", "field": "saddr"}}]}
 RULES = [("hijack", "hijackers"), ("hijack", "site drop"), ("hijack", "transit drop"),
          ("prerouting", "guard")]
@@ -54,8 +59,8 @@ def ruleset(site_prefix: str) -> list[dict]:
     iif = {"meta": {"key": "iifname"}}
     return [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        {"add": {"set": {**_T, "name": "guard", "type": ["ifname", "ether_addr"]}}},
-        {"add": {"set": {**_T, "name": "hijackers", "type": ["ifname", "ether_addr"],
+        {"add": {"set": {**_T, "name": "guard", "type": ["iface_index", "ether_addr"]}}},
+        {"add": {"set": {**_T, "name": "hijackers", "type": ["iface_index", "ether_addr"],
                          "size": HIJACKERS_MAX, "stmt": [{"counter": None}]}}},
         {"add": {"chain": {**_T, "name": "hijack"}}},
         {"add": {"rule": {**_T, "chain": "hijack", "comment": "hijackers", "expr": [
@@ -145,10 +150,11 @@ class NftGuard:
                 out.extend(k for k in map(_elem, item["set"].get("elem") or ()) if k)
         return out
 
-    def sync(self, guards, devices: Mapping[tuple[str, str], str] | None,
+    def sync(self, guards, devices: Mapping[tuple[str, str], int] | None,
              site_prefix: str) -> GuardCounters:
         """Make the table hold ``guards`` (None: no table); the counters.
-        ``devices``: (network, side) -> VXLAN port."""
+        ``devices``: (network, side) -> VXLAN port; ports named
+        ``site_prefix*`` are the site side's."""
         small = self._small()
         if guards is None:
             if small is not None:

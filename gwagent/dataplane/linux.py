@@ -480,6 +480,7 @@ class LinuxBackend:
                 # the fast path may move a MAC onto them before the next observe()
                 self._devices = {**self._devices, devs.network: devs}
                 self._fast_index = {**self._fast_index, **made}
+                self._guard_audit.forget()  # the guard's members hold the ports' indexes
             elif op.action == "remove":
                 for spec in devs.sides:
                     VxlanDevice(self.nl, spec).remove()
