@@ -78,6 +78,7 @@ class OpenFlowBackend:
         self._expected: dict[tuple[int, str | None], float] = {}  # (vni, MAC|None) -> until
         self._seen_changes = self.switch.changes
         self._guard_audit = AuditedSet("MAC guard (table GUARD)", clock=clock)
+        self._guard_encoders: dict[int, fl.GuardFlowBytes] = {}
 
     # observe ---------------------------------------------------------------
     @without_gc
@@ -329,10 +330,20 @@ class OpenFlowBackend:
         gone, add = have - want, want - have
         if not (gone or add):
             return counters if guards is not None else GuardCounters()
-        msgs = ([fl.delete_guard(self._vni[g.network], g.side, g.mac) for g in sorted(gone)
-                 if g.network in self._vni]
-                + [msg for g in sorted(add)
-                   for msg in fl.guard_flows(self._vni[g.network], g.side, g.mac, g.sources)])
+        if want:
+            msgs = [fl.delete_guard(self._vni[g.network], g.side, g.mac) for g in sorted(gone)
+                    if g.network in self._vni]
+        else:  # none: one delete by the guards' cookie
+            msgs = [fl.delete_guards()]
+        for g in sorted(add):  # the bulk path for all but a mobile MAC's
+            vni = self._vni[g.network]
+            if g.sources:
+                msgs += fl.guard_flows(vni, g.side, g.mac, g.sources)
+            else:
+                encoder = self._guard_encoders.get(vni)
+                if encoder is None:
+                    encoder = self._guard_encoders[vni] = fl.GuardFlowBytes(vni)
+                msgs.append(fl.Prebuilt(encoder, g))
         try:
             failed = self.switch.bundle(msgs) if msgs else {}
         except SwitchError:

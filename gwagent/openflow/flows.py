@@ -443,6 +443,40 @@ def actions_of(stats) -> dict[str, object]:
 BUNDLE_FLAGS = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
 
 
+_XID, _BUNDLE = 0x0BADCAFE, 0x0D15EA5E
+
+
+def _template(msg, needles: dict[str, bytes], expect: tuple[str, ...], formats: dict):
+    """``msg`` wrapped in a bundle add and serialised once with placeholder
+    values, cut at every placeholder: (the fixed pieces, the placeholders'
+    order, one ``struct`` pack of pieces and values, the size). The order is
+    checked against ``expect``, so a change in os-ken's layout fails loudly."""
+    wrapped = parser.OFPBundleAddMsg(DP, _BUNDLE, BUNDLE_FLAGS, msg, [])
+    wrapped.set_xid(_XID)
+    wrapped.serialize()
+    buf = bytes(wrapped.buf)
+    needles = {"xid": _XID.to_bytes(4, "big"), "bundle": _BUNDLE.to_bytes(4, "big"), **needles}
+    cuts = []
+    for name, needle in needles.items():
+        at = buf.find(needle)
+        while at >= 0:
+            cuts.append((at, name, len(needle)))
+            at = buf.find(needle, at + 1)
+    cuts.sort()
+    pieces, order, start = [], [], 0
+    for at, name, size in cuts:
+        pieces.append(buf[start:at])
+        order.append(name)
+        start = at + size
+    pieces.append(buf[start:])
+    if tuple(order) != expect:
+        raise RuntimeError(f"os-ken's bundle-add layout changed: placeholders in the order "
+                           f"{order}, {expect} expected")
+    fmt = ">" + "".join(f"{len(piece)}s{formats[name]}"
+                        for piece, name in zip(pieces, order)) + f"{len(pieces[-1])}s"
+    return pieces, tuple(order), struct.Struct(fmt).pack, len(buf)
+
+
 class MacFlowBytes:
     """``mac_flow()`` already wrapped in a bundle add, as bytes, by patching
     one template that os-ken serialised: os-ken takes about 240 us to build
@@ -460,7 +494,7 @@ class MacFlowBytes:
     ORDER = ("xid", "bundle", "xid", "mac", "ip")
     _FORMAT = {"xid": "I", "bundle": "I", "mac": "6s", "ip": "4s"}
 
-    MAC, IP, XID, BUNDLE = "02:de:ad:be:ef:01", "203.0.113.77", 0x0BADCAFE, 0x0D15EA5E
+    MAC, IP = "02:de:ad:be:ef:01", "203.0.113.77"
 
     def __init__(self, vni: int):
         self.vni = vni
@@ -468,45 +502,16 @@ class MacFlowBytes:
         self._ips: dict[str, bytes] = {}
         self._structs = {}
         for side in (SITE, TRANSIT):
-            wrapped = parser.OFPBundleAddMsg(DP, self.BUNDLE, BUNDLE_FLAGS, mac_flow(
-                MacEntry("", self.MAC, side, self.IP), vni), [])
-            wrapped.set_xid(self.XID)
-            wrapped.serialize()
-            buf = bytes(wrapped.buf)
-            spots = {name: self._find(buf, needle, count) for name, needle, count in (
-                ("xid", self.XID.to_bytes(4, "big"), 2),
-                ("bundle", self.BUNDLE.to_bytes(4, "big"), 1),
-                ("mac", bytes.fromhex(self.MAC.replace(":", "")), 1),
-                ("ip", ipaddress.IPv4Address(self.IP).packed, 1))}
-            # the template cut at every placeholder: fixed pieces around them
-            cuts = sorted((at, name, len(needle)) for name, needle in (
-                ("xid", b"1234"), ("bundle", b"1234"), ("mac", b"123456"), ("ip", b"1234"))
-                for at in spots[name])
-            pieces, order, start = [], [], 0
-            for at, name, size in cuts:
-                pieces.append(buf[start:at])
-                order.append(name)
-                start = at + size
-            pieces.append(buf[start:])
+            pieces, order, pack, size = _template(
+                mac_flow(MacEntry("", self.MAC, side, self.IP), vni),
+                {"mac": bytes.fromhex(self.MAC.replace(":", "")),
+                 "ip": ipaddress.IPv4Address(self.IP).packed}, self.ORDER, self._FORMAT)
             self._pieces[side] = (pieces, order)
-            if tuple(order) != self.ORDER:
-                raise RuntimeError(f"os-ken's bundle-add layout changed: placeholders in "
-                                   f"the order {order}, {self.ORDER} expected")
-            fmt = ">" + "".join(f"{len(piece)}s{self._FORMAT[name]}"
-                                for piece, name in zip(pieces, order)) + f"{len(pieces[-1])}s"
-            self._structs[side] = (struct.Struct(fmt).pack, pieces)
-            self.size = len(buf)
+            self._structs[side] = (pack, pieces)
+            self.size = size
 
-    @staticmethod
-    def _find(buf: bytes, needle: bytes, count: int) -> list[int]:
-        spots, at = [], buf.find(needle)
-        while at >= 0:
-            spots.append(at)
-            at = buf.find(needle, at + 1)
-        if len(spots) != count:
-            raise RuntimeError(f"os-ken's bundle-add layout changed: {needle.hex()} found "
-                               f"{len(spots)} times, {count} expected")
-        return spots
+    def message(self, entry: MacEntry):
+        return mac_flow(entry, self.vni)
 
     def encode(self, entry: MacEntry, xid: int, bundle_id: int) -> bytes:
         pieces, order = self._pieces[entry.side]
@@ -537,12 +542,13 @@ class MacFlowBytes:
 
 
 class Prebuilt:
-    """One message of a bundle that encodes itself (the bulk path), with
-    the os-ken message it stands for (for models of the switch and logs)."""
+    """One message of a bundle that encodes itself (the bulk path: a
+    MacFlowBytes or GuardFlowBytes and its entry), with the os-ken message
+    it stands for (for models of the switch and logs)."""
 
     __slots__ = ("encoder", "entry")
 
-    def __init__(self, encoder: MacFlowBytes, entry: MacEntry):
+    def __init__(self, encoder, entry):
         self.encoder, self.entry = encoder, entry
 
     def encode(self, xid: int, bundle_id: int) -> bytes:
@@ -553,7 +559,7 @@ class Prebuilt:
         return self.encoder.encode(self.entry, xid, 0)[16:]
 
     def message(self):
-        return mac_flow(self.entry, self.encoder.vni)
+        return self.encoder.message(self.entry)
 
 
 # -- the MAC guard ---------------------------------------------------------------
@@ -575,9 +581,52 @@ def guard_flows(vni: int, side: str, mac: str, sources=()) -> list:
     return out
 
 
+def delete_guards():
+    """Every guard's flow (the guards' cookie base)."""
+    return parser.OFPFlowMod(
+        DP, cookie=GUARD_BASE, cookie_mask=COOKIE_MASK, table_id=GUARD,
+        command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch())
+
+
 def delete_guard(vni: int, side: str, mac: str):
     """A guard's flows, its sources' with it (a loose delete)."""
     return parser.OFPFlowMod(
         DP, cookie=guard_cookie(vni), cookie_mask=COOKIE_MASK | 0xFFFFFFFF, table_id=GUARD,
         command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
         match=parser.OFPMatch(reg0=vni, reg1=SIDE_BIT[side], eth_src=mac))
+
+
+class GuardFlowBytes:
+    """The bulk path of the guards without sources (all but a mobile MAC's):
+    ``guard_flows(vni, side, mac)`` as bytes patched from a template, as
+    :class:`MacFlowBytes` does (os-ken built and encoded 100,000 of them in
+    16.5 s). Its entries are the guards (state.Guard)."""
+
+    ORDER = ("xid", "bundle", "xid", "mac")
+    _FORMAT = {"xid": "I", "bundle": "I", "mac": "6s"}
+    MAC = MacFlowBytes.MAC
+
+    def __init__(self, vni: int):
+        self.vni = vni
+        self._structs = {}
+        for side in (SITE, TRANSIT):
+            pieces, _, pack, self.size = _template(
+                guard_flows(vni, side, self.MAC)[0],
+                {"mac": bytes.fromhex(self.MAC.replace(":", ""))}, self.ORDER, self._FORMAT)
+            self._structs[side] = (pack, pieces)
+
+    def message(self, guard):
+        return guard_flows(self.vni, guard.side, guard.mac)[0]
+
+    def encode(self, guard, xid: int, bundle_id: int) -> bytes:
+        return self.encode_many([guard], xid, bundle_id)
+
+    def encode_many(self, guards, xid: int, bundle_id: int) -> bytes:
+        structs, out, fromhex = self._structs, [], bytes.fromhex
+        for g in guards:
+            pack, (p0, p1, p2, p3, p4) = structs[g.side]
+            out.append(pack(p0, xid, p1, bundle_id, p2, xid, p3,
+                            fromhex(g.mac.replace(":", "")), p4))
+            xid += 1
+        return b"".join(out)

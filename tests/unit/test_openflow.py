@@ -619,3 +619,18 @@ def test_the_mac_guard_drops_claims_of_the_other_sides_macs_and_lets_candidates_
     be.guard(None)
     assert not sw.dump_flows(fl.GUARD_BASE, fl.COOKIE_MASK)
     assert fwd(TRANSIT, peer_b, a1.mac) != set()
+
+
+def test_guard_flows_pack_to_the_bytes_os_ken_makes_of_them():
+    """The guards' bulk path writes exactly what os-ken would, per side."""
+    from gwagent.state import Guard
+    enc = fl.GuardFlowBytes(5001)
+    run = [Guard("red", "fa:16:3e:00:00:01", SITE), Guard("red", "fa:16:3e:00:00:02", TRANSIT)]
+    want = b""
+    for xid, g in enumerate(run, start=7):
+        msg = parser.OFPBundleAddMsg(fl.DP, 9, fl.BUNDLE_FLAGS,
+                                     fl.guard_flows(5001, g.side, g.mac)[0], [])
+        msg.set_xid(xid)
+        msg.serialize()
+        want += bytes(msg.buf)
+    assert enc.encode_many(run, 7, 9) == want
