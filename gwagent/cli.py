@@ -177,11 +177,14 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     LOG.info("gwagent starting: source=%s netns=%s status=%s", conf.gateway.source,
              conf.gateway.netns or "(current)", status_path)
+    metrics = start_metrics(conf, agent)
     if worker is not None:
         worker.start()
     try:
         agent.run(on_reload=reload)
     finally:
+        if metrics is not None:
+            metrics.close()
         if worker is not None:
             worker.stop()
             worker.join(2.0)
@@ -191,6 +194,25 @@ def cmd_run(args) -> int:
         if pid_path.exists() and pid_path.read_text().strip() == str(os.getpid()):
             pid_path.unlink()
     return 0
+
+
+def start_metrics(conf, agent):
+    """The Prometheus endpoint of [metrics], if a port is set; a port that
+    cannot be bound is logged, and the gateway runs on without metrics."""
+    if not conf.metrics.port:
+        return None
+    from gwagent.metrics import Metrics
+    from gwagent.neutron.source import NeutronClient
+    metrics = Metrics()
+    metrics.watch(agent)
+    try:
+        metrics.serve(conf.metrics.address, conf.metrics.port)
+    except OSError as exc:
+        LOG.error("metrics: cannot listen on %s:%d (%s); running without metrics",
+                  conf.metrics.address, conf.metrics.port, exc)
+        return None
+    agent.metrics = NeutronClient.metrics = metrics
+    return metrics
 
 
 def _alive(pid_path: Path) -> int | None:

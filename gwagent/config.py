@@ -144,6 +144,17 @@ openflow_opts = [
                help="With mobility_evidence = packet-in: the controller meter's burst."),
 ]
 
+metrics_opts = [
+    cfg.IntOpt("port", default=0, min=0, max=65535,
+               help="Serve Prometheus metrics at http://<address>:<port>/metrics (0: off, "
+                    "the default): passes and their duration, operations, entries programmed "
+                    "per network and side, conflicts, mobile MACs, the filters' drops, Neutron "
+                    "requests and their latency, the last good pass."),
+    cfg.StrOpt("address", default="127.0.0.1",
+               help="The address the metrics endpoint listens on (in the agent's own "
+                    "network namespace, not the gateway's)."),
+]
+
 neutron_peer_opts = [
     cfg.StrOpt("cloud", help="clouds.yaml entry of the peer's cloud (read only)."),
     cfg.StrOpt("clouds_file", help="Explicit clouds.yaml path for this peer."),
@@ -166,6 +177,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(mobility_opts, group="mobility")
     conf.register_opts(neutron_opts, group="neutron")
     conf.register_opts(openflow_opts, group="openflow")
+    conf.register_opts(metrics_opts, group="metrics")
 
 
 def register_peer_opts(conf: cfg.ConfigOpts) -> None:
@@ -176,5 +188,5 @@ def register_peer_opts(conf: cfg.ConfigOpts) -> None:
 
 def list_opts():
     return [("gateway", gateway_opts), ("agent", agent_opts), ("mobility", mobility_opts),
-            ("neutron", neutron_opts), ("openflow", openflow_opts),
+            ("neutron", neutron_opts), ("openflow", openflow_opts), ("metrics", metrics_opts),
             (PEER_GROUP.format("SITE"), neutron_peer_opts)]

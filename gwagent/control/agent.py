@@ -128,6 +128,9 @@ class Agent:
         #: enforced by the backend's guard()
         self.mac_guard = mac_guard
         self.guard_status: dict = {}
+        #: gwagent.metrics.Metrics, when [metrics] serves them
+        self.metrics = None
+        self.last_ok_wall: float | None = None
         self._guards: tuple = (None, None)  # (the static state they are of, the guards)
         self._claims_logged: set[tuple[str, str, str]] = set()
         self.mobility = mobility or MobilityTable()
@@ -294,6 +297,10 @@ class Agent:
         result.over_budget = result.elapsed_ms > self.pass_budget * 1000
         self.last = result
         self.last_error = result.source_error or (result.errors[0] if result.errors else None)
+        if result.ok:
+            self.last_ok_wall = self.wall()
+        if self.metrics is not None:
+            self.metrics.passed(result)
         self._log(result)
         self.write_status()
         return result

@@ -38,9 +38,11 @@ convergence from it.
 """
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -198,12 +200,28 @@ def write_agent_configs(lab: Lab) -> None:
             "[gateway]\n"
             + "".join(f"{key} = {value}\n" for key, value in gateway.items())
             + openflow
+            + f"\n[metrics]\nport = {free_port()}\n"
             + "\n[agent]\n"
             f"resync_interval = {AGENT_RESYNC}\n"
             "poll_interval = 0.1\n"
             f"source_deadline = {SOURCE_DEADLINE}\n"
             + MOBILITY_SECTION
             + lab.truth.config_sections(site)))
+
+
+def free_port() -> int:
+    """A TCP port free on the host's loopback now: the lab's agents serve
+    their metrics there (the agents run in the host's namespace)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def metrics_url(lab: Lab, site: str) -> str | None:
+    conf = configparser.ConfigParser()
+    conf.read(lab.agent_conf(site))
+    port = conf.get("metrics", "port", fallback="0")
+    return f"http://127.0.0.1:{port}/metrics" if port != "0" else None
 
 
 # -- agents ----------------------------------------------------------------------

@@ -100,6 +100,10 @@ class NeutronClient:
     """The one place that talks HTTP to a Neutron: JSON in and out, every
     failure turned into :class:`SourceError` with a message in words."""
 
+    #: gwagent.metrics.Metrics of the agent process (every client counts
+    #: its requests there), when [metrics] serves them
+    metrics = None
+
     def __init__(self, cloud: str, clouds_file: str | None = None,
                  timeout: float | tuple[float, float] = (3.0, 10.0), connection=None):
         self.cloud = cloud
@@ -137,14 +141,19 @@ class NeutronClient:
                 params: Mapping | None = None, headers: Mapping | None = None) -> dict:
         from keystoneauth1 import exceptions as ks_exc
         from openstack import exceptions as os_exc
+        start, status = time.monotonic(), "error"
         try:
             resp = self.conn.network.request(path, method, json=body, params=params,
                                              headers=dict(headers) if headers else None,
                                              raise_exc=False, timeout=self.timeout)
+            status = str(resp.status_code)
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
             self._conn = None if isinstance(exc, ks_exc.DiscoveryFailure) else self._conn
             raise SourceError(f"Neutron of cloud {self.cloud!r} unreachable "
                               f"({method} {path}): {exc}") from exc
+        finally:
+            if self.metrics is not None:
+                self.metrics.requested(self.cloud, method, status, time.monotonic() - start)
         if resp.status_code >= 400:
             try:
                 err = resp.json().get("NeutronError", {})

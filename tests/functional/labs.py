@@ -10,8 +10,10 @@ import os
 import secrets
 import sys
 import time
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gwagent.lab import build
 from gwagent.lab import topology as topo_mod
@@ -58,3 +60,12 @@ def wait_for(predicate, timeout: float, interval: float = 0.02, seen=None):
             pytest.fail(f"condition not met within {timeout}s: "
                         f"{predicate.__doc__ or predicate}{what}")
         time.sleep(interval)
+
+
+def scrape(lab, site: str) -> dict:
+    """The site's agent's Prometheus metrics over HTTP, parsed by
+    prometheus_client's own parser: {(name, labels as a sorted tuple): value}."""
+    with urllib.request.urlopen(build.metrics_url(lab, site), timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -29,7 +29,7 @@ from gwagent.lab.names import SWITCH
 from gwagent.lab.processes import python_env
 
 import hostile
-from labs import BACKENDS, lab_up, wait_for
+from labs import BACKENDS, lab_up, scrape, wait_for
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -247,6 +247,10 @@ def test_a_rogue_on_either_underlay_reaches_no_tenant(drill_lab):
             ingress = wait_for(counted, 15.0, 0.2,
                                seen=lambda: gateway_status(lab, "a").get("ingress"))
             print(f"gateway a's ingress filter: {ingress}")
+            # and in the agent's Prometheus metrics, as status says
+            metrics = scrape(lab, "a")
+            for side in ("site", "transit"):
+                assert metrics[("gwagent_ingress_dropped_total", (("side", side),))] >= 40
         # The sniffers capture: a probe from the other VM reaches each.
         for src, dst in ((b1, a1), (a1, b1)):
             assert probe.time_to_reach(lab.ns(src.name), lab.ns(dst.name), dst.ip,
@@ -342,6 +346,9 @@ def test_no_peer_or_compute_hijacks_a_mac_of_the_other_side(drill_lab):
         guard = wait_for(counted, 15.0, 0.2,
                          seen=lambda: gateway_status(lab, "a").get("mac_guard"))
         print(f"gateway a's MAC guard: {guard}")
+        metrics = scrape(lab, "a")
+        for side in ("site", "transit"):
+            assert metrics[("gwagent_mac_guard_dropped_total", (("side", side),))] >= 10
     finally:
         for sniffer in sniffers.values():
             sniffer.close()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pyroute2 import IPRoute, netns
 
-from labs import BACKENDS, lab_up
+from labs import BACKENDS, lab_up, scrape
 from gwagent.control.sources import FileInventory
 from gwagent.lab import build, gateways, probe
 from gwagent.lab import topology as topo_mod
@@ -160,6 +160,29 @@ def test_lab_status_lists_nodes_and_live_agents(lab):
     if lab.backend == "openflow":  # each gateway's own Open vSwitch
         expected.update({f"{s}-{d}": True for s in "ab" for d in ("ovsdb-server", "ovs-vswitchd")})
     assert {name: p["alive"] for name, p in data["processes"].items()} == expected
+
+
+def test_the_agents_metrics_say_what_their_status_says(lab):
+    """Each agent serves Prometheus metrics over HTTP (the lab turns
+    [metrics] on): its passes and their durations, the entries programmed
+    per network and side (the same total as status), its sources fresh, and
+    a recent good pass."""
+    for site in lab.topology.sites:
+        status = agent_status(lab, site.name)
+        metrics = scrape(lab, site.name)
+        passes = sum(v for (name, labels), v in metrics.items()
+                     if name == "gwagent_passes_total" and ("result", "ok") in labels)
+        assert passes >= 1
+        assert metrics[("gwagent_pass_duration_seconds_count", ())] >= passes
+        entries = {labels: v for (name, labels), v in metrics.items()
+                   if name == "gwagent_entries_programmed"}
+        assert {dict(labels)["side"] for labels in entries} == {"site", "transit"}
+        assert {dict(labels)["network"] for labels in entries} == {"red", "blue"}
+        assert sum(entries.values()) == status["entries_programmed"]
+        fresh = {labels: v for (name, labels), v in metrics.items()
+                 if name == "gwagent_source_fresh"}
+        assert len(fresh) == 2 and all(v == 1 for v in fresh.values()), fresh
+        assert time.time() - metrics[("gwagent_last_successful_pass_timestamp_seconds", ())] < 60
 
 
 @pytest.mark.parametrize("src, dst, other", [

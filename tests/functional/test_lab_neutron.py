@@ -118,6 +118,15 @@ def test_remote_ports_are_in_each_neutron_behind_the_local_gateway(nlab):
             assert p["binding:profile"]["gwagent"]["tunnel_ip"] == site.tunnel_ip
             assert p["binding:host_id"] == site.gateway
             assert p["binding:vif_type"] == "other"
+    # Every agent's requests to its Neutron and its peers' are in its metrics.
+    for site in nlab.topology.sites:
+        metrics = labs.scrape(nlab, site.name)
+        clouds = {dict(labels)["cloud"] for (name, labels), v in metrics.items()
+                  if name == "gwagent_neutron_requests_total" and v > 0
+                  and dict(labels)["status"] == "200"}
+        assert len(clouds) == len(nlab.topology.sites), (site.name, clouds)
+        assert sum(v for (name, _), v in metrics.items()
+                   if name == "gwagent_neutron_request_duration_seconds_count") > 0
     # The VIP's own MAC travels in the remote port's allowed address pairs.
     b_remote = {p.origin.mac: p for p in lab_neutron.remote_ports_of(nlab, "b")}
     a1 = nlab.topology.vm("a1-red")

@@ -204,3 +204,37 @@ def test_the_filter_admits_the_sites_vteps_and_its_peers_and_names_each_offender
     agent.ingress_filter = False
     assert agent.run_pass().ok and dp.admission is None
     assert json.loads((tmp_path / "status.json").read_text())["ingress"] == {"enabled": False}
+
+
+def test_metrics_count_passes_and_operations_and_read_the_state_at_scrape(tmp_path):
+    """The agent's metrics (gwagent.metrics) in Prometheus' text format, as
+    prometheus_client's own parser reads it."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from gwagent.metrics import Metrics
+    agent, _, clock, _, _ = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "red", 2)])
+    metrics = Metrics()
+    metrics.watch(agent)
+    agent.metrics = metrics
+    agent.run_pass("start")
+    agent.run_pass("resync")
+    metrics.requested("cloud-a", "GET", "200", 0.02)
+
+    def scrape():
+        text = generate_latest(metrics.registry).decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+    got = scrape()
+    assert got[("gwagent_passes_total", (("reason", "start"), ("result", "ok")))] == 1
+    assert got[("gwagent_pass_duration_seconds_count", ())] == 2
+    applied = {dict(k[1])["kind"]: v for k, v in got.items()
+               if k[0] == "gwagent_operations_total"}
+    assert applied["set"] == 2 and applied["ensure"] == 2   # red and blue
+    status = agent.status()
+    assert sum(v for k, v in got.items() if k[0] == "gwagent_entries_programmed") == \
+        status["entries_programmed"]
+    assert got[("gwagent_entries_programmed", (("network", "red"), ("side", "transit")))] == 2
+    assert got[("gwagent_last_successful_pass_timestamp_seconds", ())] == clock()
+    assert got[("gwagent_neutron_requests_total",
+                (("cloud", "cloud-a"), ("method", "GET"), ("status", "200")))] == 1
+    assert got[("gwagent_source_fresh", (("name", "a"), ("role", "local")))] == 1
