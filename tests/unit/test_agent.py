@@ -238,3 +238,29 @@ def test_metrics_count_passes_and_operations_and_read_the_state_at_scrape(tmp_pa
     assert got[("gwagent_neutron_requests_total",
                 (("cloud", "cloud-a"), ("method", "GET"), ("status", "200")))] == 1
     assert got[("gwagent_source_fresh", (("name", "a"), ("role", "local")))] == 1
+
+
+def test_the_grafana_dashboard_shows_only_metrics_the_agent_exports(tmp_path):
+    """tools/grafana/gwagent-dashboard.json: every gwagent_* series a panel
+    asks for is one the agent serves, and every metric has a panel."""
+    import pathlib
+    import re
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from gwagent.metrics import Metrics
+    agent, _, _, _, _ = make(tmp_path, [endpoint("a", "red", 1)], [endpoint("b", "red", 2)])
+    metrics = Metrics()
+    metrics.watch(agent)
+    agent.metrics = metrics
+    agent.run_pass("start")
+    metrics.requested("cloud-a", "GET", "200", 0.02)
+    def family(name):
+        return re.sub(r"_(total|bucket|count|sum|created)$", "", name)
+    # every family the agent serves, samples or none yet (a counter of no drops)
+    served = {family(f.name) for f in text_string_to_metric_families(
+        generate_latest(metrics.registry).decode())}
+    dash = json.loads((pathlib.Path(__file__).parents[2] / "tools/grafana/gwagent-dashboard.json")
+                      .read_text())
+    asked = {family(name) for panel in dash["panels"] for t in panel["targets"]
+             for name in re.findall(r"gwagent_[a-z_]+", t["expr"])}
+    assert asked == served, (asked - served, served - asked)
