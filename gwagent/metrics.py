@@ -53,12 +53,12 @@ class Metrics:
         """Count one pass (gwagent.control.agent.PassResult)."""
         self.passes.labels(result.reason or "manual", "ok" if result.ok else "failed").inc()
         self.pass_seconds.observe(result.elapsed_ms / 1000)
-        failed = len([e for e in result.errors if not e.startswith(("registry", "register",
-                                                                    "unregister"))])
-        for kind, n in result.ops.items():
-            self.operations.labels(kind, "applied").inc(n)
-        if failed:
-            self.operations.labels("any", "failed").inc(failed)
+        failed = result.failed
+        for kind, n in result.ops.items():  # ops: those tried, failed ones included
+            if n - failed.get(kind, 0):
+                self.operations.labels(kind, "applied").inc(n - failed.get(kind, 0))
+        for kind, n in failed.items():
+            self.operations.labels(kind, "failed").inc(n)
 
     def requested(self, cloud: str, method: str, status: str, seconds: float) -> None:
         """Count one Neutron request (gwagent.neutron.source.NeutronClient)."""
@@ -113,7 +113,7 @@ class _AgentCollector:
         moves = CounterMetricFamily("gwagent_mobile_mac_decisions",
                                     "Mobility evidence decided, by outcome (moved, refused...)",
                                     labels=["outcome"])
-        for outcome, n in sorted(a.mobility_counters.items()):
+        for outcome, n in sorted(a.mobility_counters.copy().items()):
             if isinstance(n, int) and outcome != "last_move_ms":
                 moves.add_metric([outcome], n)
         yield moves

@@ -99,6 +99,7 @@ class PassResult:
     at: float = 0.0
     elapsed_ms: float = 0.0
     ops: dict = dataclasses.field(default_factory=dict)
+    failed: dict = dataclasses.field(default_factory=dict)  # failed operations by kind
     errors: list = dataclasses.field(default_factory=list)
     deferred: int = 0
     registered: int = 0
@@ -382,6 +383,7 @@ class Agent:
             (ready if self.items.ready(op.key, now) else not_done).append(op)
         result.deferred += len(not_done)
         failures = self._apply(ready, seqs) if ready else []
+        result.failed = dict(collections.Counter(f.op.action for f in failures))
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)
             result.errors.append(f"{failure.error} (retry in {delay:.1f}s)")
