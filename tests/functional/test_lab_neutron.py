@@ -112,7 +112,12 @@ def test_remote_ports_are_in_each_neutron_behind_the_local_gateway(nlab):
                 fields=["mac_address", "binding:profile", "binding:host_id",
                         "binding:vif_type"])
             return ports if all(p["binding:vif_type"] == "other" for p in ports) else None
-        raw = labs.wait_for(bound, 20.0, 0.2)
+        # (20 s was once not enough: a CI run on a machine running slow, every
+        # Neutron lab start 40% longer than the run before)
+        raw = labs.wait_for(bound, 60.0, 0.2, seen=lambda: sorted(
+            (p["mac_address"], p["binding:vif_type"]) for p in lab_neutron.client(
+                nlab, site.name).list("ports", device_owner=DEVICE_OWNER,
+                                      fields=["mac_address", "binding:vif_type"])))
         assert sorted(p["mac_address"] for p in raw) == sorted(peers)
         for p in raw:
             assert p["binding:profile"]["gwagent"]["tunnel_ip"] == site.tunnel_ip
