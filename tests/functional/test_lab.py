@@ -168,7 +168,7 @@ def test_the_agents_metrics_say_what_their_status_says(lab):
     per network and side (the same total as status), its sources fresh, and
     a recent good pass."""
     for site in lab.topology.sites:
-        status = agent_status(lab, site.name)
+        status = agent_status(lab, site.name)["status"]
         metrics = scrape(lab, site.name)
         passes = sum(v for (name, labels), v in metrics.items()
                      if name == "gwagent_passes_total" and ("result", "ok") in labels)
