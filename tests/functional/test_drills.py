@@ -201,6 +201,14 @@ def rogue_host(lab):
         netns_remove(rogue)
 
 
+def assert_dropped_in_metrics(lab, name: str, least: int) -> None:
+    """Gateway a's Prometheus metrics count at least ``least`` drops per
+    side in ``name``, as its status does."""
+    metrics = scrape(lab, "a")
+    for side in ("site", "transit"):
+        assert metrics[(name, (("side", side),))] >= least, (name, side, metrics)
+
+
 def test_a_rogue_on_either_underlay_reaches_no_tenant(drill_lab):
     """VXLAN from a host on the transit segment that is no peer gateway (VNI
     5001 to gateway a's transit address, frames for a1-red) and from a host
@@ -247,10 +255,7 @@ def test_a_rogue_on_either_underlay_reaches_no_tenant(drill_lab):
             ingress = wait_for(counted, 15.0, 0.2,
                                seen=lambda: gateway_status(lab, "a").get("ingress"))
             print(f"gateway a's ingress filter: {ingress}")
-            # and in the agent's Prometheus metrics, as status says
-            metrics = scrape(lab, "a")
-            for side in ("site", "transit"):
-                assert metrics[("gwagent_ingress_dropped_total", (("side", side),))] >= 40
+            assert_dropped_in_metrics(lab, "gwagent_ingress_dropped_total", 40)
         # The sniffers capture: a probe from the other VM reaches each.
         for src, dst in ((b1, a1), (a1, b1)):
             assert probe.time_to_reach(lab.ns(src.name), lab.ns(dst.name), dst.ip,
@@ -346,9 +351,7 @@ def test_no_peer_or_compute_hijacks_a_mac_of_the_other_side(drill_lab):
         guard = wait_for(counted, 15.0, 0.2,
                          seen=lambda: gateway_status(lab, "a").get("mac_guard"))
         print(f"gateway a's MAC guard: {guard}")
-        metrics = scrape(lab, "a")
-        for side in ("site", "transit"):
-            assert metrics[("gwagent_mac_guard_dropped_total", (("side", side),))] >= 10
+        assert_dropped_in_metrics(lab, "gwagent_mac_guard_dropped_total", 10)
     finally:
         for sniffer in sniffers.values():
             sniffer.close()
