@@ -330,6 +330,9 @@ class Agent:
                                    "at": self.wall()}
             return
         register, unregister = registrar.diff(desired.remote_ports(), registered)
+        repair = getattr(self.registry, "repair_bindings", None)
+        if repair is not None:
+            repair()  # ports Neutron left unbound (gwagent.neutron.source)
         if unknown:
             # Remote ports of a peer that never answered yet are neither ours
             # to withdraw nor to keep by name: leave every port whose origin

@@ -79,8 +79,10 @@ BULK_SIZE = 250
 #: one in the register()/unregister() that follow it (once each).
 REUSE_SECONDS = 30.0
 PORT_FIELDS = ("id", "network_id", "mac_address", "fixed_ips", "allowed_address_pairs",
-               "binding:host_id", "binding:profile", "device_owner", "device_id", "status",
-               "revision_number", "project_id")
+               "binding:host_id", "binding:profile", "binding:vif_type", "device_owner",
+               "device_id", "status", "revision_number", "project_id")
+#: A remote port in these states is bound by no one unless it is updated
+UNBOUND = ("unbound", "binding_failed")
 
 
 def owner_device_id(host: str) -> str:
@@ -383,6 +385,26 @@ class NeutronSite:
                 LOG.warning("site %s: remote port %s has a malformed gwagent profile (%s); "
                             "it will be replaced", self.site.name, port.get("id"), exc)
         return result
+
+    def repair_bindings(self) -> int:
+        """Ask Neutron to bind again every owned port of the last listing
+        that is not bound (``UNBOUND``): ML2 tries a binding at each update
+        of a port and gives up when its commits conflict, and an agentless
+        port is updated by no one else. A PUT of its own host makes ML2 try
+        again. Returns how many were asked."""
+        listed, asked = self._listed, 0
+        for port in (listed[1] if listed else ()):
+            if port.get("binding:vif_type") in UNBOUND and port.get("binding:host_id") == self.owner:
+                try:
+                    self.client.request("PUT", f"/ports/{port['id']}",
+                                        {"port": {"binding:host_id": self.owner}})
+                    asked += 1
+                    LOG.info("site %s: remote port %s was %s; asked Neutron to bind it again",
+                             self.site.name, port["id"], port["binding:vif_type"])
+                except SourceError as exc:
+                    LOG.warning("site %s: remote port %s is %s and could not be bound again: %s",
+                                self.site.name, port["id"], port["binding:vif_type"], exc)
+        return asked
 
     def _body(self, rp: RemotePort, net: _LocalNet) -> dict:
         o = rp.origin
