@@ -131,6 +131,7 @@ class NftGuard:
 
     def __init__(self, run: Callable[[list[dict]], list[dict]], audit):
         self.run, self.audit = run, audit
+        self._want: tuple = (None, None, frozenset())  # (guards, devices, members): per change
 
     def _small(self) -> list[dict] | None:
         try:  # one list command a call: libnftables refuses two in one
@@ -162,7 +163,9 @@ class NftGuard:
             self.audit.forget()
             return GuardCounters()
         devices = devices or {}
-        want = elements(guards, devices)
+        if self._want[0] is not guards or self._want[1] != devices:
+            self._want = (guards, dict(devices), elements(guards, devices))
+        want = self._want[2]
         ports = {port: key for key, port in devices.items()}
         rules, counters = read_small(small, ports) if small is not None else ([], None)
         if rules != sorted(RULES):

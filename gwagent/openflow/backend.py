@@ -79,6 +79,7 @@ class OpenFlowBackend:
         self._seen_changes = self.switch.changes
         self._guard_audit = AuditedSet("MAC guard (table GUARD)", clock=clock)
         self._guard_encoders: dict[int, fl.GuardFlowBytes] = {}
+        self._guard_want: tuple = (None, None, frozenset())
 
     # observe ---------------------------------------------------------------
     @without_gc
@@ -325,7 +326,10 @@ class OpenFlowBackend:
             net, side = names.get(m.get("reg0")), fl.SIDE_OF.get(m.get("reg1"))
             if net and side and m.get("eth_src"):
                 counters.macs.setdefault(side, {})[(net, m["eth_src"])] = st.packet_count
-        want = frozenset(g for g in guards or () if g.network in self._vni)
+        if self._guard_want[0] is not guards or self._guard_want[1] != self._vni:
+            self._guard_want = (guards, dict(self._vni),
+                                frozenset(g for g in guards or () if g.network in self._vni))
+        want = self._guard_want[2]  # computed once per change of the guards or networks
         have = self._guard_audit.have(self._guards_there)
         gone, add = have - want, want - have
         if not (gone or add):
