@@ -8,14 +8,9 @@ APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvs
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
-demo: setup
-	-@$(VENV)/bin/gwagent lab down >/dev/null 2>&1  # a lab left from an earlier demo
-	$(VENV)/bin/gwagent lab up
-	$(VENV)/bin/gwagent lab check
-	$(VENV)/bin/gwagent lab status
-	@for conf in /run/gwagent/lab/gwl/*-gw.conf; do \
-		echo; $(VENV)/bin/gwagent status --config-file $$conf; done
-	@echo; echo "The lab stays up: explore with 'gwagent lab exec NODE -- CMD'; remove it with 'make lab-down'."
+# The demo's steps, its progress lines and the log of its installs: tools/demo.sh.
+demo:
+	@tools/demo.sh
 
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
