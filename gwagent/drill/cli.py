@@ -88,14 +88,16 @@ def _finish(args, moves, extra) -> int:
 
 def _run(args, body) -> int:
     from gwagent.drill import scenario as sc
+    from gwagent.extras import MissingExtra, require
     from gwagent.lab.names import LabError
     if args.runs < 1:
         print("drill: error: --runs must be at least 1", file=sys.stderr)
         return 2
     try:
+        require("drills", "scapy", "matplotlib", "os_ken", "ovsdbapp", feature="gwagent drill")
         lab = _lab(args)
         scenario = sc.prepare(lab, args.network, progress=_progress)
-    except (sc.DrillError, LabError) as exc:
+    except (MissingExtra, sc.DrillError, LabError) as exc:
         print(f"drill: error: {exc}", file=sys.stderr)
         return 2
     try:

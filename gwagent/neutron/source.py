@@ -67,6 +67,7 @@ import time
 from typing import Iterable, Mapping
 
 from gwagent.control.sources import SourceError
+from gwagent.extras import require
 from gwagent.model import (AddressPair, Endpoint, Network, Rejected, RemotePort, Site,
                            SiteSnapshot, ValidationError)
 
@@ -108,6 +109,9 @@ class NeutronClient:
 
     def __init__(self, cloud: str, clouds_file: str | None = None,
                  timeout: float | tuple[float, float] = (3.0, 10.0), connection=None):
+        if connection is None:  # here, not at the first request: gwagent run stops at once
+            require("neutron", "openstack", "keystoneauth1",
+                    feature="the Neutron source (source = neutron)")
         self.cloud = cloud
         self.clouds_file = clouds_file
         # (connect, read) seconds, per request: a hung API fails the call

@@ -12,3 +12,7 @@ os-ken controller.
 os-ken is the maintained fork of Ryu (Ryu no longer installs on Python
 3.10+); it has no manager command, so it runs inside the agent's process.
 """
+
+from gwagent.extras import require
+
+require("openflow", "os_ken", "ovsdbapp", feature="the OpenFlow backend (backend = openflow)")
