@@ -156,7 +156,9 @@ def setup_logging(conf: cfg.ConfigOpts) -> None:
     try:
         oslo_logging.setup(conf, "gwagent", version())
     except RuntimeError as exc:  # --use-journal without systemd's Python bindings
-        raise SystemExit(f"gwagent: cannot set up logging: {exc}") from None
+        hint = (" (--use-journal needs systemd's Python module; under systemd, stderr goes "
+                "to the journal anyway)" if conf.use_journal else "")
+        raise SystemExit(f"gwagent: cannot set up logging: {exc}{hint}") from None
 
 
 def cmd_run(args) -> int:

@@ -366,6 +366,8 @@ def test_gwagent_run_is_ready_only_after_a_good_pass_and_feeds_the_watchdog(gate
         fed = watchdogs(systemd.messages)
         systemd.wait_for(lambda m: watchdogs(systemd.messages) >= fed + 5)
         assert sum("READY=1" in m for m in systemd.messages) == 1
+        proc.send_signal(signal.SIGHUP)  # ExecReload: the agent reloads and goes on
+        systemd.wait_for(lambda m: any("reason=reload" in line for line in m))
         proc.send_signal(signal.SIGTERM)
         systemd.wait_for(lambda m: "STOPPING=1" in m)
         assert proc.wait(10) == 0
