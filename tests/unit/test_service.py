@@ -30,6 +30,7 @@ from pyroute2 import netns as pyroute2_netns
 from gwagent import config
 from gwagent.control.agent import Agent
 from gwagent.control.sources import FileInventory, site_to_dict
+from gwagent.dataplane.linux import LinuxBackend
 from gwagent.service import Notifier
 
 from builders import endpoint, site
@@ -406,3 +407,58 @@ def test_version_prints_the_installed_version_which_is_the_projects():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert out.stdout.strip() == f"gwagent {declared}"
     assert importlib.metadata.version("gwagent") == declared
+
+
+# -- the unit's capabilities are enough, and only just ----------------------------------
+def bounding_set(*files: Path) -> str:
+    """The unit's (and drop-ins') CapabilityBoundingSet, for setpriv."""
+    caps = {c for f in files for v in directives(f)["CapabilityBoundingSet"] for c in v.split()}
+    return "-all," + ",".join(f"+{c.lower().removeprefix('cap_')}" for c in sorted(caps))
+
+
+@pytest.mark.parametrize("mode", ["host namespace", "netns with the drop-in",
+                                  "netns without the drop-in"])
+def test_the_units_capabilities_run_the_whole_agent(tmp_path, systemd, mode):
+    """``gwagent run`` with the filters and the mobility tap on, under exactly
+    the bounding set of the unit (no_new_privs, as NoNewPrivileges): in the
+    host's namespace (here a gwsvc- namespace that the agent runs in) and,
+    with the drop-in, in another namespace, it becomes ready; without the
+    drop-in it cannot enter that namespace."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv is missing: install the Debian package 'util-linux'"
+    ns = f"gwsvc-{secrets.token_hex(4)}"
+    pyroute2_netns.create(ns)
+    try:
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump(SITE_A))
+        conf = tmp_path / "gw.conf"
+        inside = mode == "host namespace"
+        conf.write_text(f"[gateway]\nsite_file = {tmp_path / 'a.yaml'}\n"
+                        f"netns = {'' if inside else ns}\nstate_dir = {tmp_path / 'state'}\n"
+                        "ingress_filter = true\nmac_guard = true\n"
+                        "[agent]\nresync_interval = 0.2\npoll_interval = 0.02\n"
+                        "[mobility]\nenabled = true\n")
+        files = (UNIT, NETNS_DROPIN) if mode == "netns with the drop-in" else (UNIT,)
+        argv = [setpriv, "--bounding-set", bounding_set(*files), "--inh-caps", "-all",
+                "--no-new-privs", sys.executable, "-m", "gwagent.cli", "run",
+                "--config-file", str(conf)]
+        if inside:
+            argv = ["ip", "netns", "exec", ns, *argv]
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": systemd.name},
+                                stderr=open(tmp_path / "stderr", "w"))
+        try:
+            if mode == "netns without the drop-in":
+                assert proc.wait(20) == 1
+                assert "Operation not permitted (netns" in (tmp_path / "stderr").read_text()
+                assert not any("READY=1" in m for m in systemd.messages)
+                return
+            systemd.wait_for(lambda m: "READY=1" in m)
+            assert stop(proc) == 0
+        finally:
+            stop(proc)
+        err = (tmp_path / "stderr").read_text()
+        assert " ERROR " not in err and "pass ok" in err, err
+        with LinuxBackend(ns) as backend:  # what the agent programmed is there
+            assert {m.mac for m in backend.observe().macs} == {"fa:16:3e:00:00:01"}
+    finally:
+        if ns in pyroute2_netns.listnetns():
+            pyroute2_netns.remove(ns)
