@@ -11,11 +11,17 @@ it only when a ``lab`` command runs (``gwagent --help`` lists ``lab`` from a
 placeholder), and the drills import it only when a drill runs.
 
 Configuration is oslo.config: options are declared in gwagent.config, read
-here, and passed into constructors.
+here, and passed into constructors. Logging is oslo.log, as in Neutron's
+agents: ``run`` takes its command-line options (``--log-file``,
+``--log-dir``, ``--use-journal``, ``--use-syslog``, ``--debug``) and hands
+them to oslo.config with the configuration files, whose ``[DEFAULT]`` may set
+the rest. Under systemd (etc/systemd/gwagent.service) ``run`` tells systemd
+when it is ready and feeds its watchdog (gwagent.service).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -25,6 +31,7 @@ import time
 from pathlib import Path
 
 from oslo_config import cfg
+from oslo_log import log as oslo_logging
 
 from gwagent import config
 from gwagent.control.agent import Agent, MobilityWorker
@@ -33,18 +40,29 @@ from gwagent.control.sources import FileInventory, Throttled
 from gwagent.drill.cli import add_parser as add_drill_parser
 from gwagent.model import Gateway, Site, ValidationError
 from gwagent.neutron.source import NeutronClient, NeutronSite
+from gwagent.service import Notifier
 
 LOG = logging.getLogger("gwagent")
 LAB_HELP = "namespace lab: sites, computes, VMs, gateways"
 
 
-def load_conf(config_files: list[str]) -> cfg.ConfigOpts:
+def version() -> str:
+    try:
+        return importlib.metadata.version("gwagent")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def load_conf(config_files: list[str], cli_args: list[str] = ()) -> cfg.ConfigOpts:
+    """The configuration of ``config_files``; ``cli_args`` are oslo.log's
+    command-line options (:func:`log_args`)."""
     for path in config_files:
         if not os.path.isfile(path):
             raise SystemExit(f"gwagent: config file not found: {path}")
     conf = cfg.ConfigOpts()
     config.register_opts(conf)
-    args = [arg for path in config_files for arg in ("--config-file", path)]
+    oslo_logging.register_options(conf)
+    args = [arg for path in config_files for arg in ("--config-file", path)] + list(cli_args)
     conf(args=args, project="gwagent", default_config_files=[])
     config.register_peer_opts(conf)
     return conf
@@ -119,15 +137,33 @@ def state_paths(conf: cfg.ConfigOpts) -> tuple[Path, Path]:
     return base / "status.json", base / "gwagent.pid"
 
 
-def setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def log_args(args) -> list[str]:
+    """oslo.log's options as given to argparse, for oslo.config to parse."""
+    out = [f"--{name.replace('_', '-')}" for name in ("debug", "use_journal", "use_syslog")
+           if getattr(args, name, False)]
+    for name in ("log_file", "log_dir"):
+        if getattr(args, name, None):
+            out += [f"--{name.replace('_', '-')}", getattr(args, name)]
+    return out
+
+
+def setup_logging(conf: cfg.ConfigOpts) -> None:
+    """oslo.log as ``conf`` says. Without a log file or the journal, lines go
+    to stderr, where gwagent has always written them (oslo.log's own
+    fallback is stdout); under systemd, stderr is the journal."""
+    if not (conf.log_file or conf.log_dir or conf.use_journal):
+        conf.set_override("use_stderr", True)
+    try:
+        oslo_logging.setup(conf, "gwagent", version())
+    except RuntimeError as exc:  # --use-journal without systemd's Python bindings
+        hint = (" (--use-journal needs systemd's Python module; under systemd, stderr goes "
+                "to the journal anyway)" if conf.use_journal else "")
+        raise SystemExit(f"gwagent: cannot set up logging: {exc}{hint}") from None
 
 
 def cmd_run(args) -> int:
-    setup_logging(args.debug)
-    conf = load_conf(args.config_file)
+    conf = load_conf(args.config_file, log_args(args))
+    setup_logging(conf)
     status_path, pid_path = state_paths(conf)
     pid_path.parent.mkdir(parents=True, exist_ok=True)
     pid_path.write_text(f"{os.getpid()}\n")
@@ -143,9 +179,17 @@ def cmd_run(args) -> int:
                   ingress_filter=conf.gateway.ingress_filter,
                   mac_guard=conf.gateway.mac_guard)
     worker = MobilityWorker(agent) if m.enabled else None
+    notifier = Notifier()
+    agent.on_loop = notifier.tick
+    # Ready once a desired state is programmed without an error; a peer that
+    # is down or unknown does not hold the gateway back (it is in STATUS=).
+    agent.on_pass = lambda result, line: notifier.passed(
+        agent.desired is not None and not result.errors,
+        line + (f"; {result.source_error}" if result.source_error else ""))
 
     def on_term(signum, frame):
         LOG.info("signal %d: stopping; the dataplane stays as it is", signum)
+        notifier.stopping()
         agent.stopping = True
 
     def on_hup(signum, frame):
@@ -154,7 +198,7 @@ def cmd_run(args) -> int:
     def reload():
         LOG.info("SIGHUP: reloading configuration from %s", ", ".join(args.config_file))
         try:
-            new = load_conf(args.config_file)
+            new = load_conf(args.config_file, log_args(args))
             if new.gateway.netns != conf.gateway.netns or new.gateway.backend != conf.gateway.backend:
                 LOG.warning("netns/backend changes need a restart; keeping %r",
                             conf.gateway.netns)
@@ -191,6 +235,7 @@ def cmd_run(args) -> int:
             worker.close()
         agent.close()
         backend.close()
+        notifier.close()
         if pid_path.exists() and pid_path.read_text().strip() == str(os.getpid()):
             pid_path.unlink()
     return 0
@@ -360,8 +405,8 @@ def format_status(status: dict, pid: int | None) -> str:
 
 
 def cmd_cleanup(args) -> int:
-    setup_logging(False)
     conf = load_conf(args.config_file)
+    setup_logging(conf)
     pid = _alive(state_paths(conf)[1])
     if pid and not args.force:
         print(f"gwagent: the agent is running (pid {pid}); stop it first or pass --force",
@@ -405,6 +450,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="VXLAN gateway agent: stretches networks across clouds by registering "
                     "remote endpoints locally and programming a VXLAN dataplane with VNI "
                     "translation.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp):
@@ -414,6 +460,15 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     run = with_config(sub.add_parser("run", help="run the reconcile loop until SIGTERM"))
     run.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    run.add_argument("--log-file", metavar="PATH",
+                     help="log to this file instead of stderr (relative to --log-dir)")
+    run.add_argument("--log-dir", metavar="DIR", help="directory of --log-file (alone: "
+                                                     "a file named after the program)")
+    run.add_argument("--use-journal", action="store_true",
+                     help="log to the systemd journal with its fields, instead of stderr "
+                          "(needs systemd's Python bindings; under systemd, stderr goes "
+                          "to the journal anyway)")
+    run.add_argument("--use-syslog", action="store_true", help="log to syslog as well")
     run.set_defaults(func=cmd_run)
     st = with_config(sub.add_parser("status", help="show what the agent last did"))
     st.add_argument("--json", action="store_true", help="machine-readable output")

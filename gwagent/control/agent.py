@@ -163,6 +163,10 @@ class Agent:
         self.mobility_counters: collections.Counter = collections.Counter()
         self.stopping = False
         self.reload_requested = False
+        #: Called after every pass with its result and its log line, and on
+        #: every turn of the loop (gwagent.service tells systemd from them).
+        self.on_pass: Callable[[PassResult, str], None] | None = None
+        self.on_loop: Callable[[], None] | None = None
         self.views: list[SourceView] = []
         self._readers: list[Reader] = []
         self._registrar: threading.Thread | None = None
@@ -302,8 +306,10 @@ class Agent:
             self.last_ok_wall = self.wall()
         if self.metrics is not None:
             self.metrics.passed(result)
-        self._log(result)
+        line = self._log(result)
         self.write_status()
+        if self.on_pass is not None:
+            self.on_pass(result, line)
         return result
 
     def _guarded(self, result: PassResult, what: str, func, *args) -> None:
@@ -507,7 +513,7 @@ class Agent:
         op = MacOp("set", new, old) if new is not None else MacOp("delete", old)
         return self.backend.move([op])
 
-    def _log(self, r: PassResult) -> None:
+    def _log(self, r: PassResult) -> str:
         d = self.desired
         local = len(d.local.endpoints) if d else 0
         remote = sum(1 for _ in d.remote_endpoints()) if d else 0
@@ -524,6 +530,7 @@ class Agent:
             LOG.warning("  %s", error)
         if len(r.errors) > 10:
             LOG.warning("  ... and %d more errors", len(r.errors) - 10)
+        return line
 
     # -- status -------------------------------------------------------------
     def status(self) -> dict:
@@ -598,6 +605,8 @@ class Agent:
         due = self.clock()
         reason = "start"
         while not self.stopping:
+            if self.on_loop is not None:
+                self.on_loop()
             if self.reload_requested and on_reload is not None:
                 self.reload_requested = False
                 on_reload()
