@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch \
-	nftables python3-nftables
+	nftables python3-nftables systemd util-linux
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
@@ -50,7 +50,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 sample-config: venv
-	$(VENV)/bin/oslo-config-generator --namespace gwagent --output-file etc/gwagent.conf.sample
+	$(VENV)/bin/oslo-config-generator --namespace gwagent --namespace oslo.log --output-file etc/gwagent.conf.sample
 
 clean:
 	rm -rf $(VENV) build *.egg-info .benchmarks

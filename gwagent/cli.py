@@ -38,6 +38,7 @@ from gwagent.control.agent import Agent, MobilityWorker
 from gwagent.control.mobility import MobilityTable
 from gwagent.control.sources import FileInventory, Throttled
 from gwagent.drill.cli import add_parser as add_drill_parser
+from gwagent.extras import MissingExtra
 from gwagent.model import Gateway, Site, ValidationError
 from gwagent.neutron.source import NeutronClient, NeutronSite
 from gwagent.service import Notifier
@@ -488,7 +489,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(argv).parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except MissingExtra as exc:  # a feature configured whose extra is not installed
+        raise SystemExit(f"gwagent: {exc}") from None
 
 
 if __name__ == "__main__":

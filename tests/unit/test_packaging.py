@@ -37,7 +37,7 @@ EXTRAS = {
     "openflow": {"os-ken", "ovsdbapp"},
     "drills": {"scapy", "matplotlib", "gwagent"},  # gwagent[lab]: a drill runs on a lab
 }
-BASE = {"pyroute2", "oslo-config", "pyyaml", "prometheus-client"}
+BASE = {"pyroute2", "oslo-config", "oslo-log", "pyyaml", "prometheus-client"}
 # The top-level modules of every optional package (and Neutron's own, which
 # only the ML2 driver inside neutron-server imports).
 OPTIONAL_MODULES = ["os_ken", "ovsdbapp", "scapy", "matplotlib", "openstack",
