@@ -25,16 +25,7 @@ fi
 # gwagent itself (the ML2 driver must load inside the Neutron server); its own
 # dependencies are the agent's (the drills' plotting and all), not Neutron's.
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e "$REPO"
-# Until pyproject.toml declares the ML2 entry point, a code-less shim does.
-if ! "$VENV/bin/python" - <<'PY'
-import sys
-from importlib.metadata import entry_points
-sys.exit(0 if any(e.name == "gwagent" for e in
-                  entry_points(group="neutron.ml2.mechanism_drivers")) else 1)
-PY
-then
-    "$VENV/bin/pip" install -q --disable-pip-version-check "$REPO/tools/ml2-entrypoint"
-fi
+# The ML2 driver is found by its entry point (pyproject.toml), as Neutron loads it.
 "$VENV/bin/python" - <<'PY'
 from importlib.metadata import entry_points, version
 ep = [e for e in entry_points(group="neutron.ml2.mechanism_drivers") if e.name == "gwagent"][0]
