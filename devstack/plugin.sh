@@ -59,6 +59,12 @@ function configure_gwagent_neutron {
 }
 
 function configure_gwagent {
+    # The two sides are told apart by the address a frame is sent to (the
+    # ingress filter's map, the mobility tap): one address cannot be both.
+    if [[ -z $GWAGENT_TRANSIT_IP || $GWAGENT_TRANSIT_IP == "$GWAGENT_TUNNEL_IP" ]]; then
+        die $LINENO "gwagent: set GWAGENT_TRANSIT_IP to the gateway's address facing" \
+            "its peers, other than GWAGENT_TUNNEL_IP ($GWAGENT_TUNNEL_IP)"
+    fi
     sudo install -d -o "$STACK_USER" -m 755 "$GWAGENT_CONF_DIR"
     # Written whole every time: a peer removed from GWAGENT_PEERS leaves no group.
     rm -f "$GWAGENT_CONF"

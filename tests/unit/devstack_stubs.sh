@@ -34,6 +34,12 @@ print(p.get(section, option, fallback=""))
 PY
 }
 
+function die {
+    shift
+    echo "ERROR: $*" >&2
+    exit 1
+}
+
 function define_plugin { :; }
 function echo_summary { :; }
 

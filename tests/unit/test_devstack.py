@@ -70,13 +70,16 @@ class Devstack:
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
 
-    def run(self, *phase: str) -> str:
+    def call(self, *phase: str) -> subprocess.CompletedProcess:
         """One call of devstack: the stubs, the plugin's settings, then
         ``source plugin.sh PHASE...``, under errexit and nounset."""
         script = 'set -eu; source "$1"; source "$2"; shift 2; source "$PLUGIN_SH" "$@"'
-        done = subprocess.run(
+        return subprocess.run(
             ["bash", "-c", script, "bash", str(STUBS), str(SETTINGS), *phase],
             env={**self.env, "PLUGIN_SH": str(PLUGIN)}, capture_output=True, text=True)
+
+    def run(self, *phase: str) -> str:
+        done = self.call(*phase)
         assert done.returncode == 0, f"plugin.sh {' '.join(phase)} failed:\n{done.stderr}"
         return done.stdout
 
@@ -166,6 +169,15 @@ def test_gwagent_conf_is_what_the_agent_reads(host):
             b.gateway_transit_ip) == ("site-b", {"red": RED_B}, "gw-b", "198.18.2.1",
                                       "198.18.0.2")
     assert b.clouds_file is None
+
+
+@pytest.mark.parametrize("transit", ["", "192.0.2.10"])
+def test_a_transit_ip_missing_or_equal_to_the_tunnel_ip_stops_stack(tmp_path, transit):
+    host = Devstack(tmp_path, **{**PEERED, "GWAGENT_TRANSIT_IP": transit})
+    done = host.call("stack", "post-config")
+    assert done.returncode != 0
+    assert "set GWAGENT_TRANSIT_IP" in done.stderr
+    assert not host.gwagent_conf.exists()
 
 
 def test_gwagent_conf_is_written_whole_each_time(host):
