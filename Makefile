@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch \
-	nftables python3-nftables systemd util-linux
+	nftables python3-nftables systemd util-linux shellcheck
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
