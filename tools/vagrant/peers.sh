@@ -3,11 +3,12 @@
 # peers`): give this site's gateway its peers' clouds and the stretched
 # network's ID in every cloud, then restart the agent.
 # Environment (from the Vagrantfile): SITE SITE_N PEERS (name:n,...).
-set -euo pipefail
+# No `set -u`: devstack's functions (for iniset) read variables it may not set.
+set -eo pipefail
 # shellcheck source=tools/vagrant/common.sh
 source /vagrant/tools/vagrant/common.sh
 # shellcheck source=/dev/null
-source "$DEVSTACK_DIR/functions"   # iniset
+source "$DEVSTACK_DIR/functions"
 
 : "${SITE:?}" "${SITE_N:?}" "${PEERS:?}"
 conf=/etc/gwagent/gwagent.conf

@@ -98,8 +98,19 @@ GWAGENT_NETWORKS=$NETWORK_NAME:$NETWORK_TRANSIT_VNI
 CONF
 }
 
+# An ingress rule from the stretched subnet in group $1, unless there is one.
+allow_from_subnet() {
+    local sg=$1 protocol=$2
+    shift 2
+    if ! os_cloud devstack-admin security group rule list "$sg" --ingress --protocol "$protocol" \
+            -f value -c "IP Range" | grep -qxF "$SUBNET"; then
+        os_cloud devstack-admin security group rule create "$sg" --ingress \
+            --protocol "$protocol" --remote-ip "$SUBNET" "$@"
+    fi
+}
+
 create_network_and_vm() {
-    local cloud=devstack-admin net_id pool_start pool_end image
+    local cloud=devstack-admin net_id pool_start pool_end image sg
     if ! os_cloud "$cloud" network show "$NETWORK_NAME" >/dev/null 2>&1; then
         os_cloud "$cloud" network create "$NETWORK_NAME" \
             --provider-network-type vxlan --provider-segment "$SEGMENTATION_ID"
@@ -113,11 +124,12 @@ create_network_and_vm() {
             --subnet-range "$SUBNET" --gateway none \
             --allocation-pool "start=$pool_start,end=$pool_end"
     fi
-    # The default group admits only its own members: let the peer's VM ping.
-    os_cloud "$cloud" security group rule create default --ingress \
-        --protocol icmp --remote-ip "$SUBNET" >/dev/null 2>&1 || true
-    os_cloud "$cloud" security group rule create default --ingress \
-        --protocol tcp --dst-port 22 --remote-ip "$SUBNET" >/dev/null 2>&1 || true
+    # The default group admits only its own members: let the peer's VM in
+    # (ping, and ssh for check.sh).
+    sg=$(os_cloud "$cloud" security group list --project admin -f value -c ID -c Name |
+        awk '$2 == "default" {print $1}')
+    allow_from_subnet "$sg" icmp
+    allow_from_subnet "$sg" tcp --dst-port 22
     if ! os_cloud "$cloud" keypair show vagrant >/dev/null 2>&1; then
         os_cloud "$cloud" keypair create vagrant --public-key "$KEY_FILE.pub"
     fi
