@@ -4,7 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iperf3 ethtool procps rabbitmq-server keepalived openvswitch-switch \
-	nftables python3-nftables systemd util-linux shellcheck
+	nftables python3-nftables
+# The tools the tests check the shipped files with (shellcheck: the devstack
+# plugin and the Vagrant provisioners; vagrant validate; systemd-analyze verify
+# and setpriv: the unit), without their recommends (vagrant-libvirt's pull in
+# libguestfs and an NFS server).
+APT_TOOLS := shellcheck vagrant vagrant-libvirt systemd util-linux
 
 .PHONY: demo test bench setup system-packages venv neutron-venv sample-config lab-down clean
 
@@ -33,9 +38,16 @@ neutron-venv: .venv-neutron/.installed
 
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	tools=""; for p in $(APT_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || tools="$$tools $$p"; done; \
+	if [ -n "$$missing$$tools" ]; then \
+		echo "installing Debian packages:$$missing$$tools"; \
+		apt-get update -qq; \
+	fi; \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi; \
+	if [ -n "$$tools" ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$tools; \
 	fi
 
 venv: $(VENV)/.installed
