@@ -10,13 +10,20 @@ GWAGENT=.venv/bin/gwagent
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "1/5 installing what the lab needs (Debian packages, .venv, .venv-neutron); log: $LOG"
-if ! make -s setup >"$LOG" 2>&1; then
-    echo "setup failed; the end of $LOG:" >&2
-    tail -n 30 "$LOG" >&2
-    exit 1
-fi
-echo "done"
+step "1/5 installing what the lab needs (the first time: a few minutes); log: $LOG"
+: >"$LOG"
+for target in "system-packages:Debian packages (iproute2, Open vSwitch, keepalived, RabbitMQ, ...)" \
+              "venv:.venv, the agent and its pinned dependencies" \
+              "neutron-venv:.venv-neutron, Neutron 29 for the lab's clouds"; do
+    started=$SECONDS
+    printf '  %s ... ' "${target#*:}"
+    if ! make -s "${target%%:*}" >>"$LOG" 2>&1; then
+        echo "failed; the end of $LOG:" >&2
+        tail -n 30 "$LOG" >&2
+        exit 1
+    fi
+    echo "ok ($((SECONDS - started)) s)"
+done
 
 step "2/5 building the lab: two clouds (sites a and b), two computes and four VMs each, a gateway per site"
 "$GWAGENT" lab down >/dev/null 2>&1 || true   # a lab left from an earlier demo
