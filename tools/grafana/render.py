@@ -20,7 +20,6 @@ import argparse
 import json
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,12 +40,6 @@ from gwagent.lab.record import Lab  # noqa: E402
 DASHBOARD = Path(__file__).with_name("gwagent-dashboard.json")
 SCRAPE = 1  # seconds
 RATE_INTERVAL = f"{4 * SCRAPE}s"  # Grafana: max(4 x scrape interval, step + scrape interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def query_range(base: str, expr: str, start: float, end: float) -> list[dict]:
@@ -106,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [u for u in (build.metrics_url(lab, s.name) for s in lab.topology.sites) if u]
     if not targets:
         raise SystemExit("render: the lab's agents export no metrics")
-    port = free_port()
+    port = build.free_port()
     with tempfile.TemporaryDirectory(prefix="gwagent-prom-") as tmp:
         config = Path(tmp, "prometheus.yml")
         hosts = [urllib.parse.urlsplit(u).netloc for u in targets]
