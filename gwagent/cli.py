@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -133,6 +134,16 @@ def build_backend(conf: cfg.ConfigOpts):
     return LinuxBackend(netns)
 
 
+def ha_args(conf: cfg.ConfigOpts) -> dict:
+    """The agent's view of its role: with ``high_availability = vrrp``, what
+    reads whether this node holds the site's addresses."""
+    node = conf.gateway.node or socket.gethostname()
+    if conf.gateway.high_availability != "vrrp":
+        return {"node": node}
+    from gwagent.dataplane.addresses import AddressHolder
+    return {"holder": AddressHolder(conf.gateway.netns or None), "node": node}
+
+
 def state_paths(conf: cfg.ConfigOpts) -> tuple[Path, Path]:
     base = Path(conf.gateway.state_dir)
     return base / "status.json", base / "gwagent.pid"
@@ -178,7 +189,7 @@ def cmd_run(args) -> int:
                   mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time),
                   read_deadline=a.source_deadline, pass_budget=a.pass_budget,
                   ingress_filter=conf.gateway.ingress_filter,
-                  mac_guard=conf.gateway.mac_guard)
+                  mac_guard=conf.gateway.mac_guard, **ha_args(conf))
     worker = MobilityWorker(agent) if m.enabled else None
     notifier = Notifier()
     agent.on_loop = notifier.tick
@@ -315,6 +326,15 @@ def format_status(status: dict, pid: int | None) -> str:
         f" items retrying: {status.get('retrying', 0)}",
         f"last error: {status.get('last_error') or 'none'}",
     ]
+    ha = status.get("ha") or {}
+    if ha.get("mode") == "vrrp":
+        since = f", since {time.time() - ha['since']:.0f}s ago" if ha.get("since") else ""
+        lines.append(f"high availability: vrrp; node {ha.get('node') or '-'} is "
+                     f"{str(ha.get('role')).upper()}{since} (site addresses "
+                     f"{', '.join(ha.get('addresses') or []) or '-'}"
+                     f"{'; held here' if ha.get('role') == 'active' else '; held elsewhere'}"
+                     f"); registrar {'writes' if ha.get('role') == 'active' else 'silent'}"
+                     + (f"; {ha['error']}" if ha.get("error") else ""))
     sources = status.get("sources") or []
     if sources:
         lines += ["", f"{'SOURCE':<16} {'ROLE':<6} {'STATE':<8} {'LAST GOOD':>10} {'ENDPOINTS':>9}"

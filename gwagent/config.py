@@ -9,6 +9,18 @@ from __future__ import annotations
 from oslo_config import cfg
 
 gateway_opts = [
+    cfg.StrOpt("high_availability", default="none", choices=["none", "vrrp"],
+               help="'none': this node is the site's only gateway. 'vrrp': one of two "
+                    "gateway nodes of the site (active/standby). Both run the agent with the "
+                    "same site, tunnel_ip and transit_ip and keep the whole dataplane "
+                    "programmed; VRRP on the underlay (keepalived) puts the site's tunnel and "
+                    "transit addresses on the active node. The agent reads from its kernel "
+                    "whether it holds both: only then does it write to the registry (Neutron), "
+                    "so one node speaks for the site and a failover changes nothing there."),
+    cfg.StrOpt("node", default="",
+               help="This gateway node's name in status, logs and metrics (default: the "
+                    "host name). With two nodes per site, the site's gateway host (the owner "
+                    "of its remote ports) is the same on both; this tells them apart."),
     cfg.StrOpt("source", default="file", choices=["file", "neutron"],
                help="Where the sites' endpoints are read from: 'file' (site inventory "
                     "files, the embedded default) or 'neutron' (one Neutron API per site)."),

@@ -131,6 +131,12 @@ class _AgentCollector:
             for side, n in sorted((state.get("dropped") or {}).items()):
                 drops.add_metric([side], n)
             yield drops
+        active = GaugeMetricFamily("gwagent_gateway_active",
+                                   "1 if this node holds the site's addresses and writes its "
+                                   "registry (always 1 for a site's only gateway), by node",
+                                   labels=["node"])
+        active.add_metric([a.node or ""], 1 if a.role == "active" else 0)
+        yield active
         last = a.last_ok_wall
         if last is not None:
             yield GaugeMetricFamily("gwagent_last_successful_pass_timestamp_seconds",

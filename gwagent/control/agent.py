@@ -117,9 +117,18 @@ class Agent:
                  mobility: MobilityTable | None = None,
                  read_deadline: float = 10.0, pass_budget: float = 1.0,
                  ingress_filter: bool = False, mac_guard: bool = False,
+                 holder=None, node: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
+        #: [gateway] high_availability = vrrp: what says whether this node
+        #: holds the site's addresses (gwagent.dataplane.addresses); None:
+        #: the site's only gateway, always active.
+        self.holder = holder
+        self.node = node
+        self.role = "active" if holder is None else "standby"
+        self.role_since: float | None = None
+        self.role_error: str | None = None
         #: [gateway] ingress_filter: who may send VXLAN to the gateway
         #: (state.admission), enforced by the backend's admit()
         self.ingress_filter = ingress_filter
@@ -323,10 +332,63 @@ class Agent:
             result.errors.append(f"{what}: {type(exc).__name__}: {exc}")
             self.step_backoff.failed(what, self.clock())
 
+    # -- active or standby ------------------------------------------------------
+    def _addresses(self) -> tuple[str, ...]:
+        d = self.desired
+        if d is None:
+            return ()
+        gw = d.local.site.gateway
+        return (gw.tunnel_ip, gw.transit_ip)
+
+    def holds_addresses(self) -> bool:
+        """Whether this node holds the site's tunnel and transit addresses
+        now (always, for a site's only gateway). An error reading them
+        counts as not holding them: a node that cannot tell stays silent."""
+        if self.holder is None:
+            return True
+        addresses = self._addresses()
+        if not addresses:
+            return False
+        try:
+            held = self.holder.holds(addresses)
+            self.role_error = None
+            return held
+        except Exception as exc:  # noqa: BLE001 - say it in status; stay standby
+            self.role_error = f"cannot read this node's addresses: {exc}"
+            return False
+
+    def check_role(self) -> bool:
+        """Look whether this node became active or standby; log a change,
+        and start a registry sync on becoming active. True on a change."""
+        role = "active" if self.holds_addresses() else "standby"
+        if role == self.role and self.role_since is not None:
+            return False
+        old, self.role, self.role_since = self.role, role, self.wall()
+        if self.holder is not None:
+            addresses = " and ".join(self._addresses()) or "(no desired state yet)"
+            if role == "active":
+                LOG.warning("node %s is the ACTIVE gateway of the site: it holds %s; "
+                            "its registrar writes for the site", self.node or "-", addresses)
+                self._registry_due.set()
+            elif old == "active" or self.role_error:
+                LOG.warning("node %s is STANDBY: it no longer holds %s%s; its registrar "
+                            "writes nothing", self.node or "-", addresses,
+                            f" ({self.role_error})" if self.role_error else "")
+            else:
+                LOG.info("node %s is standby: %s held elsewhere; dataplane kept programmed, "
+                         "registrar silent", self.node or "-", addresses)
+        return True
+
     def _sync_registry(self, result: PassResult, now: float) -> None:
         with self.lock:
             desired, unknown = self.desired, list(self.unknown)
         since = self.wall()
+        if not self.holds_addresses():
+            # The fence: a standby never writes (the active one does; the
+            # same ports, the same VTEP, so a takeover finds nothing to do).
+            self.registry_state = {"state": "standby", "since": since, "at": self.wall(),
+                                   "error": self.role_error}
+            return
         self.registry_state = {"state": "syncing", "since": since}
         try:
             registered = self.registry.remote_ports()
@@ -350,6 +412,10 @@ class Agent:
         result.deferred += len(register) + len(unregister) - len(ready_reg) - len(ready_unreg)
         for action, ports in (("register", ready_reg), ("unregister", ready_unreg)):
             if not ports:
+                continue
+            if not self.holds_addresses():
+                # Lost the site's addresses while reading: write nothing.
+                result.deferred += len(ports)
                 continue
             try:
                 failures = getattr(self.registry, action)(ports)
@@ -563,7 +629,8 @@ class Agent:
             "networks": networks,
             "endpoints": {"local": local_n, "remote": remote_n},
             "entries_programmed": programmed,
-            "remote_ports_registered": self.registered_count if self.registry else None,
+            "remote_ports_registered": (self.registered_count
+                                        if self.registry and self.role == "active" else None),
             "last_pass": last,
             "last_error": self.last_error,
             "retrying": len(self.items),
@@ -577,6 +644,9 @@ class Agent:
             "registry": dict(self.registry_state) if self.registry is not None else None,
             "ingress": dict(self.ingress),
             "mac_guard": dict(self.guard_status),
+            "ha": {"mode": "none" if self.holder is None else "vrrp", "node": self.node,
+                   "role": self.role, "since": self.role_since,
+                   "addresses": list(self._addresses()), "error": self.role_error},
             "pass_budget_ms": self.pass_budget * 1000,
         }
 
@@ -607,6 +677,8 @@ class Agent:
         while not self.stopping:
             if self.on_loop is not None:
                 self.on_loop()
+            if self.check_role():
+                self.write_status()
             if self.reload_requested and on_reload is not None:
                 self.reload_requested = False
                 on_reload()
