@@ -81,7 +81,7 @@ def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
         found = gateways.place_of(lab, site.name, net.name, mac)
         expected = ({("site", holder_vtep)} if site.name == holder.site
                     else {("transit", home.transit_ip)})
-        checks.append(Check(site.gateway, f"place of {mac} ({lab.backend})", _places(expected),
+        checks.append(Check(gateways.node_of(lab, site.name), f"place of {mac} ({lab.backend})", _places(expected),
                             _places(found)))
         seg = site.segmentation_id(scenario.network)
         vx = vxlan_name(seg)

@@ -52,7 +52,7 @@ from typing import Callable
 from pyroute2 import netns
 
 from gwagent.control.sources import atomic_write
-from gwagent.lab import l2pop, probe
+from gwagent.lab import l2pop, probe, vrrp
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.names import (DEFAULT_PREFIX, SWITCH, LabError, bridge_name, check_prefix,
                                default_lab_dir, tap_name)
@@ -97,11 +97,14 @@ def _build_switch(lab: Lab) -> None:
 
 def _build_site(lab: Lab, site) -> None:
     sw_ns = lab.ns(SWITCH)
-    gw_ns = lab.ns(site.gateway)
-    new_namespace(gw_ns)
     with open_ipr(sw_ns) as sw:
-        uplink(sw, f"g{site.number}s", f"br-site{site.number}", gw_ns, "eth0", site.tunnel_ip)
-        uplink(sw, f"g{site.number}t", "br-transit", gw_ns, "eth1", site.transit_ip)
+        for node in site.gateways:
+            gw_ns = lab.ns(node)
+            new_namespace(gw_ns)
+            ports = _switch_ports(site, node)
+            uplink(sw, ports[0], f"br-site{site.number}", gw_ns, "eth0",
+                   site.node_tunnel_ip(node))
+            uplink(sw, ports[1], "br-transit", gw_ns, "eth1", site.node_transit_ip(node))
         for j, compute in enumerate(site.computes, 1):
             cn_ns = lab.ns(compute)
             new_namespace(cn_ns)
@@ -110,23 +113,37 @@ def _build_site(lab: Lab, site) -> None:
             l2pop.build_compute(l2pop.compute_of(lab, site.name, compute))
 
 
-def _build_gateway_ovs(lab: Lab, site) -> None:
-    """An OpenFlow lab's gateway: its own OVS (userspace datapath) with the
-    underlay NICs in underlay bridges whose internal ports carry the
+def _switch_ports(site, node: str) -> tuple[str, str]:
+    """The switch's ends of a gateway node's eth0 (site) and eth1 (transit)."""
+    tag = str(site.gateways.index(node)) if site.ha else ""
+    return f"g{site.number}s{tag}", f"g{site.number}t{tag}"
+
+
+def underlay_nics(lab: Lab) -> tuple[str, str]:
+    """Where a gateway node's site and transit addresses live: its NICs
+    (linux), or the internal ports of its OVS's underlay bridges (openflow)."""
+    return ("ul-site", "ul-transit") if lab.backend == "openflow" else ("eth0", "eth1")
+
+
+def _build_gateway_ovs(lab: Lab, site, node: str) -> None:
+    """An OpenFlow lab's gateway node: its own OVS (userspace datapath) with
+    the underlay NICs in underlay bridges whose internal ports carry the
     addresses (native tunnelling routes through them); the agent makes its
     own bridge. The OVS daemons are recorded as the lab's processes."""
-    ovs = Ovs(lab.ns(site.gateway), lab.ovs_dir(site.name)).start()
+    ovs = Ovs(lab.ns(node), lab.ovs_dir(site.name, node)).start()
+    owner = node if site.ha else site.name
     for name in ("ovsdb-server", "ovs-vswitchd"):
         pid = ovs.pid(name)
         info = proc_start_time(pid) if pid else None
-        lab.processes[f"{site.name}-{name}"] = {
+        lab.processes[f"{owner}-{name}"] = {
             "pid": pid, "start": info[1] if info else None, "argv": [name],
-            "log": str(lab.ovs_dir(site.name) / f"{name}.log"), "group": False,
+            "log": str(lab.ovs_dir(site.name, node) / f"{name}.log"), "group": False,
             "order": 3 if name == "ovsdb-server" else 2}
     lab.save()
-    for nic, bridge, address, far in (("eth0", "ul-site", site.tunnel_ip, f"g{site.number}s"),
-                                      ("eth1", "ul-transit", site.transit_ip,
-                                       f"g{site.number}t")):
+    ports = _switch_ports(site, node)
+    for nic, bridge, address, far in (("eth0", "ul-site", site.node_tunnel_ip(node), ports[0]),
+                                      ("eth1", "ul-transit", site.node_transit_ip(node),
+                                       ports[1])):
         ovs.attach_underlay(bridge, nic, f"{address}/24", (lab.ns(SWITCH), far))
 
 
@@ -144,13 +161,18 @@ def _resolve_underlay(lab: Lab) -> None:
     after the agents' first passes, with the gateway's kernel neighbours
     flushed first."""
     for site in lab.topology.sites:
-        ns = lab.ns(site.gateway)
-        subprocess.run(["ip", "-n", ns, "neigh", "flush", "all"], check=True)
-        targets = [site.compute_ip(c) for c in site.computes]
-        targets += [peer.transit_ip for peer in lab.topology.sites if peer is not site]
-        for ip in targets:
-            if probe.ping(ns, ip) is None:
-                raise LabError(f"{site.gateway} cannot reach {ip} on its underlay")
+        for node in site.gateways:
+            ns = lab.ns(node)
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "all"], check=True)
+            targets = [site.compute_ip(c) for c in site.computes]
+            if not site.ha or vrrp.holds(lab, site, node):
+                # A standby has no route to the transit subnet until it
+                # holds the site's transit address; its OVS then resolves
+                # the peers it sends to (a few packets, not a tenant's ARP).
+                targets += [peer.transit_ip for peer in lab.topology.sites if peer is not site]
+            for ip in targets:
+                if probe.ping(ns, ip) is None:
+                    raise LabError(f"{node} cannot reach {ip} on its underlay")
 
 
 def plug_vm(lab: Lab, vm: Vm) -> None:
@@ -183,30 +205,38 @@ def unplug_vm(lab: Lab, vm: Vm, delete_namespace: bool = False) -> None:
 
 
 def write_agent_configs(lab: Lab) -> None:
-    """Each gateway's configuration file, ``<site>-gw.conf``. The one writer of
-    the ``[gateway]`` section: the lab's truth says where the gateway reads
-    (``source``, ``site_file``...) and adds its own sections."""
+    """Each gateway node's configuration file (``<site>-gw.conf``, or
+    ``<node>.conf`` for one of two). The one writer of the ``[gateway]``
+    section: the lab's truth says where the gateway reads (``source``,
+    ``site_file``...) and adds its own sections. The two nodes of a site
+    differ only in their namespace, state and switch: they are one gateway
+    to everyone else."""
     for site in lab.topology.sites:
-        gateway = {**lab.truth.gateway_options(site),
-                   "netns": lab.ns(site.gateway),
-                   "state_dir": str(lab.state_dir(site.name))}
-        openflow = ""
-        if lab.backend == "openflow":
-            gateway["backend"] = "openflow"
-            openflow = ("\n[openflow]\n"
-                        f"ovsdb_connection = {Ovs(lab.ns(site.gateway), lab.ovs_dir(site.name)).db_sock}\n"
-                        "datapath_type = netdev\n")
-        atomic_write(lab.agent_conf(site.name), (
-            "[gateway]\n"
-            + "".join(f"{key} = {value}\n" for key, value in gateway.items())
-            + openflow
-            + f"\n[metrics]\nport = {free_port()}\n"
-            + "\n[agent]\n"
-            f"resync_interval = {AGENT_RESYNC}\n"
-            "poll_interval = 0.1\n"
-            f"source_deadline = {SOURCE_DEADLINE}\n"
-            + MOBILITY_SECTION
-            + lab.truth.config_sections(site)))
+        for node in site.gateways:
+            gateway = {**lab.truth.gateway_options(site),
+                       "netns": lab.ns(node),
+                       "state_dir": str(lab.state_dir(site.name, node))}
+            if site.ha:
+                gateway["high_availability"] = "vrrp"
+                gateway["node"] = node
+            openflow = ""
+            if lab.backend == "openflow":
+                gateway["backend"] = "openflow"
+                ovs = Ovs(lab.ns(node), lab.ovs_dir(site.name, node))
+                openflow = ("\n[openflow]\n"
+                            f"ovsdb_connection = {ovs.db_sock}\n"
+                            "datapath_type = netdev\n")
+            atomic_write(lab.agent_conf(site.name, node), (
+                "[gateway]\n"
+                + "".join(f"{key} = {value}\n" for key, value in gateway.items())
+                + openflow
+                + f"\n[metrics]\nport = {free_port()}\n"
+                + "\n[agent]\n"
+                f"resync_interval = {AGENT_RESYNC}\n"
+                "poll_interval = 0.1\n"
+                f"source_deadline = {SOURCE_DEADLINE}\n"
+                + MOBILITY_SECTION
+                + lab.truth.config_sections(site)))
 
 
 def free_port() -> int:
@@ -217,36 +247,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def metrics_url(lab: Lab, site: str) -> str | None:
+def metrics_url(lab: Lab, site: str, node: str | None = None) -> str | None:
     conf = configparser.ConfigParser()
-    conf.read(lab.agent_conf(site))
+    conf.read(lab.agent_conf(site, node))
     port = conf.get("metrics", "port", fallback="0")
     return f"http://127.0.0.1:{port}/metrics" if port != "0" else None
 
 
 # -- agents ----------------------------------------------------------------------
 
-def agent_argv(lab: Lab, site: str) -> list[str]:
+def agent_argv(lab: Lab, site: str, node: str | None = None) -> list[str]:
     return [sys.executable, "-m", "gwagent.cli", "run", "--config-file",
-            str(lab.agent_conf(site))]
+            str(lab.agent_conf(site, node))]
 
 
-def start_agent(lab: Lab, site: str) -> dict:
-    return start_process(lab, f"{site}-gw", agent_argv(lab, site))
+def start_agent(lab: Lab, site: str, node: str | None = None) -> dict:
+    return start_process(lab, lab.gateway_key(site, node), agent_argv(lab, site, node))
 
 
-def stop_agent(lab: Lab, site: str) -> bool:
-    return stop_process(lab, f"{site}-gw")
+def stop_agent(lab: Lab, site: str, node: str | None = None) -> bool:
+    return stop_process(lab, lab.gateway_key(site, node))
 
 
-def restart_agent(lab: Lab, site: str) -> dict:
-    stop_agent(lab, site)
-    return start_agent(lab, site)
+def restart_agent(lab: Lab, site: str, node: str | None = None) -> dict:
+    stop_agent(lab, site, node)
+    return start_agent(lab, site, node)
 
 
-def agent_status(lab: Lab, site: str) -> dict | None:
+def agent_status(lab: Lab, site: str, node: str | None = None) -> dict | None:
+    """The agent's status.json: of ``node``, else of the site's active
+    gateway node (its first when none holds the site's addresses)."""
+    if node is None and lab.topology.site(site).ha:
+        node = vrrp.active(lab, site) or lab.topology.site(site).gateways[0]
     try:
-        return json.loads((lab.state_dir(site) / "status.json").read_text())
+        return json.loads((lab.state_dir(site, node) / "status.json").read_text())
     except (OSError, ValueError):
         return None
 
@@ -259,16 +293,27 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
     why: dict[str, str] = {}
     while pending:
         for site in list(pending):
-            record = lab.processes.get(f"{site}-gw")
-            if record is None or not process_alive(record):
-                raise LabError(f"agent of site {site} is not running; its log says:\n"
-                               + log_tail(record["log"] if record else lab.lab_dir / f"{site}-gw.log"))
-            status = agent_status(lab, site)
-            last = (status or {}).get("last_pass") or {}
-            if not (last.get("ok") and last.get("at", 0) >= since):
-                why[site] = (f"last pass {'ok' if last.get('ok') else 'FAILED'}: "
-                             f"{(status or {}).get('last_error') or last.get('errors') or '-'}")
+            nodes = lab.topology.site(site).gateways
+            waiting = None
+            for node in nodes:
+                key = lab.gateway_key(site, node)
+                record = lab.processes.get(key)
+                if record is None or not process_alive(record):
+                    raise LabError(f"agent {key} of site {site} is not running; its log says:\n"
+                                   + log_tail(record["log"] if record
+                                              else lab.lab_dir / f"{key}.log"))
+                status = agent_status(lab, site, node)
+                last = (status or {}).get("last_pass") or {}
+                if not (last.get("ok") and last.get("at", 0) >= since):
+                    waiting = (f"{key}: last pass {'ok' if last.get('ok') else 'FAILED'}: "
+                               f"{(status or {}).get('last_error') or last.get('errors') or '-'}")
+            if waiting:
+                why[site] = waiting
                 continue
+            if lab.topology.site(site).ha and vrrp.active(lab, site) is None:
+                why[site] = "no gateway node holds the site's addresses yet (VRRP election)"
+                continue
+            status = agent_status(lab, site)
             want = sum(1 for vm in lab.topology.vms if vm.site != site)
             try:
                 have = len(lab.truth.remote_ports(site))
@@ -285,8 +330,8 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
                            f"(see {lab.lab_dir}/<site>-gw.log and "
                            f"gwagent status --config-file {lab.agent_conf(pending[0])}); "
                            + "; ".join(f"{s}: {why.get(s, '?')}" for s in pending)
-                           + f"\nthe log of {pending[0]}-gw ends:\n"
-                           + log_tail(lab.processes[f"{pending[0]}-gw"]["log"], 25))
+                           + f"\nthe log of {lab.gateway_key(pending[0])} ends:\n"
+                           + log_tail(lab.processes[lab.gateway_key(pending[0])]["log"], 25))
         time.sleep(0.05)
     # Program the computes from the sites' view now (idempotent with the
     # emulator's own pass), rather than guessing how long it takes.
@@ -328,12 +373,19 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     progress(f"underlay switch {lab.ns(SWITCH)}")
     _build_switch(lab)
     for site in topology.sites:
-        progress(f"site {site.name}: gateway {lab.ns(site.gateway)}, "
+        progress(f"site {site.name}: gateway {', '.join(lab.ns(n) for n in site.gateways)}, "
                  f"{len(site.computes)} computes, {len(topology.networks)} networks")
         _build_site(lab, site)
-        if backend == "openflow":
-            progress(f"site {site.name}: Open vSwitch in {lab.ns(site.gateway)}")
-            _build_gateway_ovs(lab, site)
+        for node in site.gateways:
+            if backend == "openflow":
+                progress(f"site {site.name}: Open vSwitch in {lab.ns(node)}")
+                _build_gateway_ovs(lab, site, node)
+        if site.ha:
+            progress(f"site {site.name}: keepalived (VRRP) in {', '.join(site.gateways)} "
+                     f"for {site.tunnel_ip} and {site.transit_ip}")
+            for node in site.gateways:
+                vrrp.make_vip_devices(lab, site, node)
+                vrrp.start(lab, site, node, underlay_nics(lab))
     progress(f"{len(topology.vms)} VMs")
     for vm in topology.vms:
         plug_vm(lab, vm)
@@ -346,8 +398,9 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     if agents:
         since = time.time()
         for site in topology.sites:
-            progress(f"agent of site {site.name} ({lab.agent_conf(site.name)})")
-            start_agent(lab, site.name)
+            for node in site.gateways:
+                progress(f"agent of site {site.name} ({lab.agent_conf(site.name, node)})")
+                start_agent(lab, site.name, node)
         progress("waiting for the agents' first passes")
         wait_agents_ready(lab, since=since, timeout=lab.truth.ready_timeout)
         if backend == "openflow":

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from gwagent.lab import build, probe
+from gwagent.lab import build, probe, vrrp
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.faults import FAULTS, clear, inject
 from gwagent.lab.names import DEFAULT_PREFIX, LabError, default_lab_dir
@@ -74,8 +74,27 @@ def status_dict(lab: Lab) -> dict:
     return {"prefix": lab.prefix, "lab_dir": str(lab.lab_dir), "state": lab.state,
             "source": lab.truth.kind,
             "nodes": lab.nodes(), "processes": agents,
-            "agent_configs": {s.name: str(lab.agent_conf(s.name)) for s in lab.topology.sites},
+            "agent_configs": {lab.gateway_key(s.name, n): str(lab.agent_conf(s.name, n))
+                              for s in lab.topology.sites for n in s.gateways},
+            "gateways": _gateways(lab),
             "neutron": lab.truth.status()}
+
+
+def _gateways(lab: Lab) -> list[dict]:
+    """Per gateway node: its site, whether it holds the site's addresses
+    (active), and the VRRP state its keepalived reported (two per site)."""
+    rows = []
+    for site in lab.topology.sites:
+        for node in site.gateways:
+            try:
+                holds = vrrp.holds(lab, site, node) if site.ha else True
+            except Exception:  # noqa: BLE001 - a namespace gone: say so, not crash
+                holds = None
+            rows.append({"node": node, "site": site.name, "ha": site.ha,
+                         "role": {True: "active", False: "standby", None: "?"}[holds],
+                         "vrrp": vrrp.state(lab, site.name, node) if site.ha else None,
+                         "tunnel_ip": site.tunnel_ip, "transit_ip": site.transit_ip})
+    return rows
 
 
 def cmd_status(args) -> int:
@@ -94,6 +113,11 @@ def cmd_status(args) -> int:
         print(f"{n['node']:<14} {n['kind']:<8} {n['site'] or '-':<6} {n['network'] or '-':<8} "
               f"{ip:<26} {n['mac'] or '-':<18} {n['namespace']}"
               + ("" if n["present"] else "  (MISSING)"))
+    print(f"\n{'GATEWAY':<14} {'SITE':<6} {'ROLE':<8} {'VRRP':<8} ADDRESSES (TUNNEL, TRANSIT)")
+    for g in data["gateways"]:
+        print(f"{g['node']:<14} {g['site']:<6} {g['role']:<8} {g['vrrp'] or '-':<8} "
+              f"{g['tunnel_ip']}, {g['transit_ip']}"
+              + ("" if g["ha"] else "  (the site's only gateway)"))
     print(f"\n{'PROCESS':<14} {'PID':>8}  STATE    LOG")
     for name, p in data["processes"].items():
         print(f"{name:<14} {p['pid']:>8}  {'running' if p['alive'] else 'DEAD':<8} {p['log']}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from gwagent.dataplane.linux import LinuxBackend
+from gwagent.lab import vrrp
 from gwagent.lab.ovs import Ovs
 from gwagent.openflow import flows as fl
 from gwagent.state import FloodEntry, MacEntry
@@ -21,17 +22,26 @@ _MAC_FLOW = re.compile(r"cookie=0x([0-9a-f]+),.*\breg0=0x([0-9a-f]+),dl_dst=([0-
                        r"actions=set_field:(0x1|0)->reg2,set_field:([0-9.]+)->tun_dst")
 
 
-def ovs_of(lab, site: str) -> Ovs:
-    return Ovs(lab.ns(lab.topology.site(site).gateway), lab.ovs_dir(site))
+def node_of(lab, site: str, node: str | None = None) -> str:
+    """The gateway node meant: ``node``, else the site's active one (the
+    one that holds the site's addresses; the first if none does)."""
+    return node or vrrp.active(lab, site) or lab.topology.site(site).gateways[0]
 
 
-def places(lab, site: str) -> set[MacEntry]:
-    """Every MAC place the gateway of ``site`` holds (all networks)."""
-    ns = lab.ns(lab.topology.site(site).gateway)
+def ovs_of(lab, site: str, node: str | None = None) -> Ovs:
+    node = node_of(lab, site, node)
+    return Ovs(lab.ns(node), lab.ovs_dir(site, node))
+
+
+def places(lab, site: str, node: str | None = None) -> set[MacEntry]:
+    """Every MAC place the gateway of ``site`` holds (all networks): its
+    active node's, or ``node``'s."""
+    node = node_of(lab, site, node)
+    ns = lab.ns(node)
     if lab.backend == "openflow":
         names = {net.transit_vni: net.name for net in lab.topology.networks}
         out = set()
-        for line in ovs_of(lab, site).ofctl("gwa-ovs", "dump-flows").splitlines():
+        for line in ovs_of(lab, site, node).ofctl("gwa-ovs", "dump-flows").splitlines():
             m = _MAC_FLOW.search(line)
             if m and fl.kind_of(int(m[1], 16)) == fl.K_MAC:
                 side = fl.SIDE_OF[1 if m[4] == "0x1" else 0]
@@ -41,14 +51,15 @@ def places(lab, site: str) -> set[MacEntry]:
         return set(backend.observe().macs)
 
 
-def floods(lab, site: str) -> set[FloodEntry]:
+def floods(lab, site: str, node: str | None = None) -> set[FloodEntry]:
     """Every flood destination the gateway of ``site`` holds: the all-zero
     FDB entries, or the buckets of the flood groups."""
-    ns = lab.ns(lab.topology.site(site).gateway)
+    node = node_of(lab, site, node)
+    ns = lab.ns(node)
     if lab.backend == "openflow":
         names = {net.transit_vni: net.name for net in lab.topology.networks}
         out = set()
-        for line in ovs_of(lab, site).ofctl("gwa-ovs", "dump-groups").splitlines():
+        for line in ovs_of(lab, site, node).ofctl("gwa-ovs", "dump-groups").splitlines():
             m = _GROUP.search(line)
             if m:
                 vni, side = fl.group_key(int(m[1]))
@@ -67,7 +78,7 @@ def place_of(lab, site: str, network: str, mac: str) -> set[tuple[str, str | Non
 def delete_by_hand(lab, site: str, network: str, mac: str) -> None:
     """Take a MAC's place away as an operator's mistake would: its kernel
     entries, or its flow."""
-    ns = lab.ns(lab.topology.site(site).gateway)
+    ns = lab.ns(node_of(lab, site))
     vni = lab.topology.network(network).transit_vni
     if lab.backend == "openflow":
         ovs_of(lab, site).ofctl("gwa-ovs", "del-flows", f"table={fl.UNICAST},reg0={vni},"
@@ -84,7 +95,7 @@ def delete_by_hand(lab, site: str, network: str, mac: str) -> None:
 def break_network_by_hand(lab, site: str, network: str) -> None:
     """Break a network as a mistake would: its site-side VXLAN device
     deleted, or its classify/flood/egress flows deleted."""
-    ns = lab.ns(lab.topology.site(site).gateway)
+    ns = lab.ns(node_of(lab, site))
     vni = lab.topology.network(network).transit_vni
     if lab.backend == "openflow":
         ovs_of(lab, site).ofctl("gwa-ovs", "del-flows",
@@ -103,7 +114,7 @@ def add_foreign(lab, site: str) -> dict:
     linux a VXLAN device with entries and an entry appended to one of our
     devices; on openflow a flow on our bridge with another cookie and a
     bridge of its own with a flow."""
-    ns = lab.ns(lab.topology.site(site).gateway)
+    ns = lab.ns(node_of(lab, site))
     vni = lab.topology.networks[0].transit_vni
     with LinuxBackend(ns) as backend:
         ipr = backend.nl.ipr
@@ -126,7 +137,7 @@ def add_foreign(lab, site: str) -> dict:
 
 
 def foreign_state(lab, site: str, foreign: dict):
-    ns = lab.ns(lab.topology.site(site).gateway)
+    ns = lab.ns(node_of(lab, site))
     if lab.backend == "openflow":
         ovs = ovs_of(lab, site)
         ours = [line.split(", ", 2)[-1].split(" ", 3)[-1] for line in
@@ -146,7 +157,7 @@ def foreign_state(lab, site: str, foreign: dict):
 
 
 def remove_foreign(lab, site: str, foreign: dict) -> None:
-    ns = lab.ns(lab.topology.site(site).gateway)
+    ns = lab.ns(node_of(lab, site))
     with LinuxBackend(ns) as backend:
         ipr = backend.nl.ipr
         for name in ("foreign0", "fx-900"):

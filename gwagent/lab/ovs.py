@@ -106,6 +106,13 @@ class Ovs:
         self.vsctl("--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
                    "datapath_type=netdev", "--", "--may-exist", "add-port", bridge, nic)
         subprocess.run(["ip", "-n", self.netns, "addr", "flush", "dev", nic], check=True)
+        # The userspace datapath reads the NIC by a packet socket: the kernel
+        # still sees its frames and would answer ARP for the bridge's
+        # addresses with the NIC's own MAC, which OVS's tunnels do not
+        # listen on (measured: a VRRP takeover's GARP lost that race to a
+        # compute's ARP, and the site went dark). The NIC answers nothing.
+        subprocess.run(["ip", "netns", "exec", self.netns, "sysctl", "-q", "-w",
+                        f"net.ipv4.conf.{nic}.arp_ignore=8"], check=True)
         subprocess.run(["ip", "-n", self.netns, "addr", "replace", address, "dev", bridge],
                        check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", bridge, "up"], check=True)

@@ -58,20 +58,33 @@ class Lab:
         """The site's inventory file (a file lab's truth)."""
         return self.lab_dir / f"{site}.yaml"
 
-    def agent_conf(self, site: str) -> Path:
-        return self.lab_dir / f"{site}-gw.conf"
+    def gateway_key(self, site: str, node: str | None = None) -> str:
+        """The name of a gateway node's agent process and files: ``<site>-gw``
+        for a site's only gateway, the node's name for one of two (the first
+        node without ``node``)."""
+        return self.topology.site(site).gateway_key(node)
 
-    def state_dir(self, site: str) -> Path:
-        return self.lab_dir / f"{site}-gw"
+    def agent_conf(self, site: str, node: str | None = None) -> Path:
+        return self.lab_dir / f"{self.gateway_key(site, node)}.conf"
 
-    def ovs_dir(self, site: str) -> Path:
+    def state_dir(self, site: str, node: str | None = None) -> Path:
+        return self.lab_dir / self.gateway_key(site, node)
+
+    def ovs_dir(self, site: str, node: str | None = None) -> Path:
         """The gateway's Open vSwitch (an OpenFlow lab): database, sockets, logs."""
-        return self.lab_dir / f"{site}-ovs"
+        site_ = self.topology.site(site)
+        return self.lab_dir / (f"{node or site_.gateways[0]}-ovs" if site_.ha
+                               else f"{site}-ovs")
+
+    def keepalived_dir(self, site: str, node: str) -> Path:
+        """A gateway node's keepalived (two gateways per site): its
+        configuration, state and pid files."""
+        return self.lab_dir / f"{node}-vrrp"
 
     def namespaces(self) -> list[str]:
         nodes = [SWITCH]
         for site in self.topology.sites:
-            nodes += [site.gateway, *site.computes]
+            nodes += [*site.gateways, *site.computes]
         nodes += [vm.name for vm in self.topology.vms]
         return [self.ns(n) for n in nodes]
 
@@ -115,9 +128,14 @@ class Lab:
         rows = [{"node": SWITCH, "kind": "switch", "site": None, "network": None,
                  "ip": None, "mac": None}]
         for site in self.topology.sites:
-            rows.append({"node": site.gateway, "kind": "gateway", "site": site.name,
-                         "network": None, "ip": site.tunnel_ip,
-                         "transit_ip": site.transit_ip, "mac": None})
+            for node in site.gateways:
+                # Two nodes: their own addresses, and (vip) the site's that
+                # the active one holds.
+                rows.append({"node": node, "kind": "gateway", "site": site.name,
+                             "network": None, "ip": site.node_tunnel_ip(node),
+                             "transit_ip": site.node_transit_ip(node), "mac": None,
+                             **({"vip": site.tunnel_ip, "transit_vip": site.transit_ip}
+                                if site.ha else {})})
             for compute in site.computes:
                 rows.append({"node": compute, "kind": "compute", "site": site.name,
                              "network": None, "ip": site.compute_ip(compute), "mac": None})

@@ -13,7 +13,8 @@ that could collide. The format::
         subnet: 198.19.10.0/24
     sites:
       - name: a
-        gateway: a-gw              # optional, default <site>-gw
+        gateway: a-gw              # optional, default <site>-gw; or two nodes,
+                                   # active/standby: gateways: [a-gw1, a-gw2]
         computes: [a-cn1, a-cn2]   # at least one
         segmentation_ids: {red: 1001, blue: 1002}   # one per network
       - name: b
@@ -32,6 +33,15 @@ Derived underlay (198.18.0.0/16, never written in the file): site number n
 tunnel IP 198.18.<n>.1 and its computes at .11, .12, ...; the gateways meet on
 the transit segment 198.18.0.0/24 at 198.18.0.<n>. Tenant subnets live in
 198.19.0.0/16, so underlay and overlay can never overlap.
+
+A site with two gateway nodes (``gateways: [a-gw1, a-gw2]``, issue 9) keeps
+those two addresses as *virtual* ones, held by the active node by VRRP
+(keepalived, one instance per site, adverts on the site segment): the
+computes and the peers never see which node holds them. Each node has
+addresses of its own, 198.18.<n>.2 and .3 on the site segment (VRRP's
+adverts) and 198.18.255.<2n-1> and <2n> on the transit segment (a second
+subnet on the same wire, beyond every site's; so at most 127 sites when
+one has two gateways). The first node is the preferred master.
 
 Why a separate shape and not the inventory format: the inventory is what one
 site's cloud knows; the topology is what the lab builds (namespaces, underlay
@@ -56,6 +66,8 @@ TENANT_SPACE = ipaddress.ip_network("198.19.0.0/16")
 TRANSIT_SEGMENT = ipaddress.ip_network("198.18.0.0/24")
 MAX_SITES = 250
 MAX_COMPUTES = 200
+MAX_HA_SITES = 127  # node transit addresses 198.18.255.<2n-1>, <2n>
+HA_TRANSIT_SUBNET = ipaddress.ip_network("198.18.255.0/24")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 RESERVED_NAMES = {"switch"}
 TENANT_VNIS = (60000, 60099)  # the lab Neutrons' tenant VXLAN range (lab.neutron)
@@ -77,9 +89,39 @@ class LabNetwork:
 class LabSite:
     name: str
     number: int  # 1-based position in the file; fixes the underlay addresses
-    gateway: str
+    gateways: tuple[str, ...]  # the gateway nodes: one, or two (active/standby)
     computes: tuple[str, ...]
     segmentation_ids: tuple[tuple[str, int], ...]  # (network, VNI), file order
+
+    @property
+    def ha(self) -> bool:
+        """Two gateway nodes sharing the site's addresses by VRRP."""
+        return len(self.gateways) > 1
+
+    @property
+    def gateway(self) -> str:
+        """The site's gateway as its cloud knows it (the model's
+        ``Gateway.host``, the owner of its remote ports): the node itself, or
+        for two nodes the name they share, ``<site>-gw``."""
+        return f"{self.name}-gw" if self.ha else self.gateways[0]
+
+    def gateway_key(self, node: str | None = None) -> str:
+        """What a gateway node's files and agent process are named by:
+        ``<site>-gw`` for a site's only node, the node's name for two."""
+        node = node or self.gateways[0]
+        if node not in self.gateways:
+            raise KeyError(node)
+        return node if self.ha else f"{self.name}-gw"
+
+    def node_tunnel_ip(self, node: str) -> str:
+        """A gateway node's own address on the site segment."""
+        return f"198.18.{self.number}.{2 + self.gateways.index(node)}" if self.ha \
+            else self.tunnel_ip
+
+    def node_transit_ip(self, node: str) -> str:
+        """A gateway node's own address on the transit segment."""
+        return (f"198.18.255.{2 * self.number - 1 + self.gateways.index(node)}" if self.ha
+                else self.transit_ip)
 
     @property
     def segment(self) -> str:
@@ -239,11 +281,12 @@ def _parse(data: dict) -> Topology:
         raise TopologyError(f"sites: at most {MAX_SITES} sites")
     for i, item in enumerate(site_items):
         where = f"sites[{i}]"
-        _unknown_keys(item, {"name", "gateway", "computes", "segmentation_ids"}, where)
+        _unknown_keys(item, {"name", "gateway", "gateways", "computes", "segmentation_ids"},
+                      where)
         name = Site(_need(item, "name", where), Gateway("x", "198.18.0.1", "198.18.0.1")).name
         if any(s.name == name for s in sites):
             raise TopologyError(f"{where}.name: {name!r}: site listed twice")
-        gateway = _node_name(item.get("gateway", f"{name}-gw"), f"{where}.gateway", nodes)
+        gateways = _gateways(item, where, name, i + 1, nodes)
         computes = _need(item, "computes", where)
         if not isinstance(computes, list) or not computes:
             raise TopologyError(f"{where}.computes: must be a non-empty list of names")
@@ -268,7 +311,13 @@ def _parse(data: dict) -> Topology:
             if TENANT_VNIS[0] <= number <= TENANT_VNIS[1]:
                 raise TopologyError(f"{where}.segmentation_ids.{net}: {number}: in the lab "
                                     f"Neutrons' tenant range {TENANT_VNIS[0]}-{TENANT_VNIS[1]}")
-        sites.append(LabSite(name, i + 1, gateway, computes, seg_ids))
+        sites.append(LabSite(name, i + 1, gateways, computes, seg_ids))
+    keys = {f"{s.name}-gw" for s in sites}
+    for site in sites:
+        clash = sorted(keys.intersection(site.gateways)) if site.ha else []
+        if clash:
+            raise TopologyError(f"sites[{site.number - 1}].gateways: {clash[0]!r}: the name of "
+                                "a site's gateway files; name the two nodes otherwise")
 
     vms: list[Vm] = []
     ips: dict[tuple[str, str], str] = {}
@@ -284,6 +333,24 @@ def _parse(data: dict) -> Topology:
     for site in topo.sites:
         site_snapshot(topo, site.name)  # the model's own checks (VNI reuse and the like)
     return topo
+
+
+def _gateways(item: dict, where: str, site: str, number: int, nodes) -> tuple[str, ...]:
+    """``gateway: NAME`` (default ``<site>-gw``) or ``gateways: [N1, N2]``."""
+    if "gateway" in item and "gateways" in item:
+        raise TopologyError(f"{where}: 'gateway' and 'gateways' both given: name one node "
+                            "with 'gateway', or two (active/standby) with 'gateways'")
+    if "gateways" not in item:
+        return (_node_name(item.get("gateway", f"{site}-gw"), f"{where}.gateway", nodes),)
+    names = item["gateways"]
+    if not isinstance(names, list) or len(names) not in (1, 2):
+        raise TopologyError(f"{where}.gateways: must list one or two gateway nodes "
+                            "(two: active/standby, sharing the site's addresses by VRRP)")
+    if len(names) == 2 and number > MAX_HA_SITES:
+        raise TopologyError(f"{where}.gateways: two gateway nodes only in the first "
+                            f"{MAX_HA_SITES} sites (their transit addresses are "
+                            f"{HA_TRANSIT_SUBNET})")
+    return tuple(_node_name(n, f"{where}.gateways[{j}]", nodes) for j, n in enumerate(names))
 
 
 def _vm(item: dict, where: str, networks, sites, nodes, ips, macs) -> Vm:
@@ -340,7 +407,9 @@ def to_dict(topo: Topology) -> dict:
         vms.append(item)
     return {
         "networks": [dataclasses.asdict(n) for n in topo.networks],
-        "sites": [{"name": s.name, "gateway": s.gateway, "computes": list(s.computes),
+        "sites": [{"name": s.name,
+                   **({"gateways": list(s.gateways)} if s.ha else {"gateway": s.gateway}),
+                   "computes": list(s.computes),
                    "segmentation_ids": dict(s.segmentation_ids)} for s in topo.sites],
         "vms": vms,
     }
