@@ -2,6 +2,7 @@
 
     gwagent drill garp [--mode own-mac|vmac|both] [--scope intra|cross|both] [--runs N]
     gwagent drill vrrp [--advert-ms 100] [--mode default|vmac|both] [--scope ...] [--runs N]
+    gwagent drill gateway [--site a] [--runs N]   (a site with two gateway nodes)
     gwagent drill cleanup
 
 Common options: ``--prefix``/``--lab-dir`` (which lab), ``--network``,
@@ -61,6 +62,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     vrrp.add_argument("--advert-ms", type=int, default=100,
                       help="VRRP advert interval in ms, 10..1000 (default %(default)s)")
     vrrp.set_defaults(func=cmd_vrrp)
+    gw = common(sub.add_parser(
+        "gateway", help="kill the active gateway node of a site under traffic (both its "
+                        "NICs down), then bring it back (give-back)",
+        description="For a site with two gateway nodes (topology: 'gateways: [a-gw1, "
+                    "a-gw2]'): per run, both NICs of the active node go down under 1 ms "
+                    "probes across clouds; the standby's keepalived takes the site's tunnel "
+                    "and transit addresses. Reports per client the outage and probes lost, "
+                    "VRRP's detection time (failure to the standby's GARP), whether the new "
+                    "active node's dataplane is the old one's, and the writes to every "
+                    "site's registry that followed (expected: none). Then the node comes "
+                    "back and takes over again, measured the same way."))
+    gw.add_argument("--site", default=None,
+                    help="the site whose active gateway dies (default: the first with two)")
+    gw.add_argument("--network", default=None,
+                    help="stretched network to probe on (default: the lab's first)")
+    gw.add_argument("--runs", type=int, default=1, metavar="N",
+                    help="failures (each with its give-back; default %(default)s)")
+    gw.add_argument("--timeout", type=float, default=3.0,
+                    help="seconds a takeover may take after the GARP before it counts as "
+                         "failed")
+    gw.add_argument("--json", action="store_true", help="results as JSON on stdout")
+    gw.add_argument("--plot", metavar="FILE.png", help="write a timeline plot")
+    gw.set_defaults(func=cmd_gateway)
     common(sub.add_parser("cleanup", help="remove drill VMs left by an interrupted drill")
            ).set_defaults(func=cmd_cleanup)
     return drill
@@ -136,6 +160,24 @@ def cmd_vrrp(args) -> int:
         return moves, {"drill": "vrrp", "vip": scenario.vip, "vmac": scenario.vmac,
                        "advert_ms": args.advert_ms}
     return _run(args, body)
+
+
+def cmd_gateway(args) -> int:
+    from gwagent.drill import gateway
+    from gwagent.drill.scenario import DrillError
+    from gwagent.extras import MissingExtra, require
+    from gwagent.lab.names import LabError
+    if args.runs < 1:
+        print("drill: error: --runs must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        require("drills", "matplotlib", feature="gwagent drill")
+        moves, extra = gateway.run(_lab(args), args.site, args.network, args.runs,
+                                   timeout=args.timeout, progress=_progress)
+    except (MissingExtra, DrillError, LabError) as exc:
+        print(f"drill: error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(args, moves, extra)
 
 
 def cmd_cleanup(args) -> int:

@@ -117,21 +117,21 @@ def _ms(value) -> str:
 
 
 def table(moves: list[Move]) -> str:
-    lines = [f"{'DRILL':<5} {'MODE':<7} {'SCOPE':<5} {'RUN':>3} {'MOVE':<14} {'CLIENT':<10} "
+    lines = [f"{'DRILL':<5} {'MODE':<8} {'SCOPE':<5} {'RUN':>3} {'MOVE':<14} {'CLIENT':<10} "
              f"{'SITE':<5} {'FIRST REPLY ms':>14} {'OUTAGE ms':>10} {'LOST':>5} "
              f"{'OLD AFTER':>9}  STALE"]
     for m in moves:
         for i, c in enumerate(m.clients):
             stale = (str(len(m.stale)) if m.stale else "0") if i == 0 else ""
-            lines.append(f"{m.drill:<5} {m.mode:<7} {m.scope:<5} {m.run:>3} "
+            lines.append(f"{m.drill:<5} {m.mode:<8} {m.scope:<5} {m.run:>3} "
                          f"{m.old + '>' + m.new:<14} {c.client:<10} {c.site:<5} "
                          f"{_ms(c.first_reply_ms) if c.first_reply_ms is not None else 'NEVER':>14} "
                          f"{_ms(c.outage_ms):>10} {c.lost:>5} {c.old_after:>9}  {stale}")
-    lines += ["", f"{'DRILL':<5} {'MODE':<7} {'SCOPE':<5} {'RUNS':>4} {'FIRST REPLY ms':>15} "
+    lines += ["", f"{'DRILL':<5} {'MODE':<8} {'SCOPE':<5} {'RUNS':>4} {'FIRST REPLY ms':>15} "
                   f"{'(max)':>8} {'OUTAGE ms':>10} {'(max)':>8} {'LOST':>5} {'OLD AFTER':>9} "
                   f"{'STALE':>5} {'NEVER':>5}"]
     for s in summary(moves):
-        lines.append(f"{s['drill']:<5} {s['mode']:<7} {s['scope']:<5} {s['runs']:>4} "
+        lines.append(f"{s['drill']:<5} {s['mode']:<8} {s['scope']:<5} {s['runs']:>4} "
                      f"{_ms(s['first_reply_ms_median']):>15} {_ms(s['first_reply_ms_max']):>8} "
                      f"{_ms(s['outage_ms_median']):>10} {_ms(s['outage_ms_max']):>8} "
                      f"{s['lost']:>5} {s['old_after']:>9} {s['stale']:>5} "
