@@ -360,12 +360,14 @@ class Agent:
     def check_role(self) -> bool:
         """Look whether this node became active or standby; log a change,
         and start a registry sync on becoming active. True on a change."""
+        if self.holder is not None and self.desired is None:
+            return False  # the site's addresses are not known yet
         role = "active" if self.holds_addresses() else "standby"
         if role == self.role and self.role_since is not None:
             return False
         old, self.role, self.role_since = self.role, role, self.wall()
         if self.holder is not None:
-            addresses = " and ".join(self._addresses()) or "(no desired state yet)"
+            addresses = " and ".join(self._addresses())
             if role == "active":
                 LOG.warning("node %s is the ACTIVE gateway of the site: it holds %s; "
                             "its registrar writes for the site", self.node or "-", addresses)

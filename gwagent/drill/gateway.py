@@ -29,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from gwagent.drill import report
 from gwagent.drill.check import Check
@@ -94,14 +97,35 @@ def _links(lab, node: str, up: bool) -> float:
     return before
 
 
-def registry_marks(lab) -> dict[str, frozenset]:
-    """Every site's registered remote ports, whole (a write changes one)."""
-    return {s.name: frozenset(lab.truth.remote_ports(s.name)) for s in lab.topology.sites}
+def registry_marks(lab) -> tuple[dict[str, frozenset], int]:
+    """Every site's registered remote ports, whole (a write changes one),
+    and the write requests (POST, PUT, DELETE) every gateway agent has
+    sent to a Neutron (its metrics; none on a file lab): a write that
+    changed nothing shows there."""
+    ports = {s.name: frozenset(lab.truth.remote_ports(s.name)) for s in lab.topology.sites}
+    requests = 0
+    for site in lab.topology.sites:
+        for node in site.gateways:
+            requests += _write_requests(build.metrics_url(lab, site.name, node))
+    return ports, requests
 
 
-def _writes(before: dict, after: dict) -> int:
-    """Remote ports created, changed or deleted between two marks."""
-    return sum(len(before[s] ^ after[s]) for s in before)
+def _write_requests(url: str | None) -> int:
+    if not url:
+        return 0
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return int(sum(s.value for family in text_string_to_metric_families(text)
+                   for s in family.samples
+                   if s.name == "gwagent_neutron_requests_total"
+                   and s.labels.get("method") in ("POST", "PUT", "DELETE")))
+
+
+def _writes(before: tuple, after: tuple) -> int:
+    """Remote ports created, changed or deleted between two marks, or the
+    write requests sent meanwhile if they are more."""
+    changed = sum(len(before[0][s] ^ after[0][s]) for s in before[0])
+    return max(changed, after[1] - before[1])
 
 
 def wait_active(lab, site, node: str, timeout: float) -> bool:

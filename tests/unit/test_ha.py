@@ -1,0 +1,182 @@
+"""Two gateway nodes per site: the topology that says so, keepalived's
+configuration the lab writes, and the agent's role by the site's addresses
+(a standby never writes to its registry; the active one does, and stops
+writing the moment it loses them)."""
+import json
+
+import pytest
+
+from gwagent.control.agent import Agent
+from gwagent.control.sources import FileInventory
+from gwagent.lab import topology as topo_mod
+from gwagent.lab import vrrp
+from gwagent.lab.topology import TopologyError
+
+from builders import GATEWAYS, endpoint
+from fakes import FakeDataplane
+from test_agent import Clock, write
+from builders import site as site_of
+
+HA = topo_mod.DEFAULT_FILE.with_name("ha.yaml")
+
+
+# -- topology ------------------------------------------------------------------
+
+def test_the_ha_lab_has_two_nodes_sharing_the_sites_addresses():
+    topo = topo_mod.load(HA)
+    a, b = topo.sites
+    assert a.ha and a.gateways == ("a-gw1", "a-gw2") and not b.ha
+    # the cloud knows one gateway; each node has addresses of its own
+    assert a.gateway == "a-gw" and b.gateway == "b-gw"
+    assert (a.tunnel_ip, a.transit_ip) == ("198.18.1.1", "198.18.0.1")
+    assert [a.node_tunnel_ip(n) for n in a.gateways] == ["198.18.1.2", "198.18.1.3"]
+    assert [a.node_transit_ip(n) for n in a.gateways] == ["198.18.255.1", "198.18.255.2"]
+    assert (b.node_tunnel_ip("b-gw"), b.node_transit_ip("b-gw")) == (b.tunnel_ip, b.transit_ip)
+    assert [a.gateway_key(n) for n in a.gateways] == ["a-gw1", "a-gw2"]
+    assert b.gateway_key() == "b-gw"
+    snap = topo_mod.site_snapshot(topo, "a")
+    assert (snap.site.gateway.host, snap.site.gateway.tunnel_ip) == ("a-gw", "198.18.1.1")
+    assert topo_mod.parse(topo_mod.to_dict(topo)) == topo
+
+
+def _one_site(**site):
+    data = topo_mod.to_dict(topo_mod.load(HA))
+    data["sites"][0] = {k: v for k, v in data["sites"][0].items() if k != "gateways"}
+    data["sites"][0].update(site)
+    return data
+
+
+@pytest.mark.parametrize("site, words", [
+    ({"gateway": "x", "gateways": ["y", "z"]}, "both given"),
+    ({"gateways": ["n1", "n2", "n3"]}, "one or two"),
+    ({"gateways": []}, "one or two"),
+    ({"gateways": ["b-gw", "n2"]}, "already used"),
+    ({"gateways": ["n1", "n1"]}, "already used"),
+])
+def test_a_wrong_gateways_list_is_refused_with_the_reason(site, words):
+    with pytest.raises(TopologyError, match=words):
+        topo_mod.parse(_one_site(**site))
+
+
+def test_a_node_may_not_take_the_name_of_a_sites_gateway_files():
+    data = _one_site(gateways=["a-gw1", "a-gw2"])
+    data["sites"][1]["gateway"] = "b-main"
+    data["sites"][0]["gateways"] = ["b-gw", "a-gw2"]
+    with pytest.raises(TopologyError, match="gateway files"):
+        topo_mod.parse(data)
+
+
+def test_one_listed_gateway_is_a_single_gateway():
+    topo = topo_mod.parse(_one_site(gateways=["a-only"]))
+    assert not topo.sites[0].ha and topo.sites[0].gateway == "a-only"
+
+
+# -- keepalived's configuration ----------------------------------------------------
+
+@pytest.mark.parametrize("nics, tracked", [
+    (("eth0", "eth1"), ["eth1"]),
+    (("ul-site", "ul-transit"), ["ul-transit", "eth0", "eth1"]),
+])
+def test_keepalived_holds_both_addresses_on_the_virtual_mac_devices(nics, tracked):
+    a = topo_mod.load(HA).sites[0]
+    first, second = (vrrp.config(a, n, nics, "/x/notify.sh") for n in a.gateways)
+    for conf in (first, second):
+        assert f"interface {nics[0]}\n" in conf
+        assert "198.18.1.1/24 dev vip-site" in conf and "198.18.0.1/24 dev vip-transit" in conf
+        assert "virtual_router_id 1\n" in conf and "advert_int 0.1\n" in conf
+        block = conf.split("track_interface {")[1].split("}")[0].split()
+        assert block == tracked
+        assert "nopreempt" not in conf  # the first node takes the addresses back
+    assert "priority 200" in first and "priority 100" in second
+    assert vrrp.virtual_macs(a) == ("02:67:77:01:00:01", "02:67:77:01:00:02")
+
+
+# -- the agent's role ------------------------------------------------------------
+
+class Addresses:
+    """A node's kernel as far as the agent asks: the addresses it holds."""
+
+    def __init__(self, *held):
+        self.addresses = set(held)
+
+    def holds(self, addresses):
+        return set(addresses) <= self.addresses
+
+
+SITE_ADDRESSES = (GATEWAYS["a"].tunnel_ip, GATEWAYS["a"].transit_ip)
+
+
+def ha_agent(tmp_path, holder, registry_cls=FileInventory):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write(a, site_of("a", [endpoint("a", "red", 1)]))
+    write(b, site_of("b", [endpoint("b", "red", 2), endpoint("b", "red", 3)]))
+    clock = Clock()
+    local = FileInventory(a)
+    registry = registry_cls(a)
+    agent = Agent(local, [FileInventory(b)], registry, FakeDataplane(),
+                  status_path=tmp_path / "status.json", clock=clock, wall=clock,
+                  holder=holder, node="a-gw2")
+    return agent, registry
+
+
+def test_a_standby_programs_everything_and_writes_nothing(tmp_path):
+    holder = Addresses("198.18.1.3")
+    agent, registry = ha_agent(tmp_path, holder)
+    result = agent.run_pass("start")
+    assert result.ok and result.registered == 0 and registry.remote_ports() == []
+    assert agent.backend.observe().macs  # hot standby: the dataplane is whole
+    agent.check_role()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["ha"]["role"] == "standby" and status["registry"]["state"] == "standby"
+    assert status["remote_ports_registered"] is None
+
+    holder.addresses.update(SITE_ADDRESSES)  # VRRP: this node takes over
+    assert agent.check_role() and agent.role == "active"
+    result = agent.run_pass("takeover")
+    assert result.registered == 2 and len(registry.remote_ports()) == 2
+    assert all(p.vtep == GATEWAYS["a"].tunnel_ip for p in registry.remote_ports())
+    assert agent.status()["ha"] == {"mode": "vrrp", "node": "a-gw2", "role": "active",
+                                    "since": agent.role_since,
+                                    "addresses": list(SITE_ADDRESSES), "error": None}
+
+
+def test_holding_one_address_of_two_is_standby(tmp_path):
+    agent, registry = ha_agent(tmp_path, Addresses(SITE_ADDRESSES[0]))
+    agent.run_pass("start")
+    agent.check_role()
+    assert agent.role == "standby" and registry.remote_ports() == []
+
+
+def test_losing_the_addresses_while_reading_the_registry_writes_nothing(tmp_path):
+    holder = Addresses(*SITE_ADDRESSES)
+
+    class Failover(FileInventory):
+        """A registry read during which VRRP moves the addresses away."""
+
+        def remote_ports(self):
+            holder.addresses.clear()
+            return super().remote_ports()
+
+    agent, registry = ha_agent(tmp_path, holder, Failover)
+    result = agent.run_pass("start")
+    assert result.registered == 0 and result.deferred == 2
+    holder.addresses.update(SITE_ADDRESSES)
+    assert FileInventory.remote_ports(registry) == []
+
+
+def test_an_unreadable_kernel_means_standby_and_says_why(tmp_path):
+    class Broken:
+        def holds(self, addresses):
+            raise OSError("netlink socket closed")
+
+    agent, registry = ha_agent(tmp_path, Broken())
+    agent.run_pass("start")
+    agent.check_role()
+    assert agent.role == "standby" and registry.remote_ports() == []
+    assert "netlink socket closed" in agent.status()["ha"]["error"]
+
+
+def test_a_sites_only_gateway_is_always_active(tmp_path):
+    agent, registry = ha_agent(tmp_path, None)
+    assert agent.run_pass("start").registered == 2
+    assert agent.status()["ha"]["mode"] == "none" and agent.role == "active"
