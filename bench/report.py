@@ -197,6 +197,24 @@ def failover_rows(figures: dict) -> list[Row]:
                             f"{cpu:.0f}% of a core", target="bounded (frozen / refused)",
                             met=("yes" if (name == "rogue" or any(r["frozen"].values()))
                                  and cpu < 100 else "NO")))
+    for backend in ("linux", "openflow"):
+        h = figures.get(f"ha/gateway/{backend}")
+        if not h:
+            continue
+        t, g = h["takeover"], h["giveback"]
+        if t["outage_ms_median"] is not None:
+            met = (t["outage_ms_max"] <= 500 and t["ratio_median"] <= 1.2 and not t["never"]
+                   and not t["stale"] and not h["registry_writes"])
+            rows.append(Row(f"gateway node death ({backend}; both NICs down, 100 ms adverts): "
+                            f"outage across clouds vs VRRP's detection ({h['runs']} runs; "
+                            f"worst {t['outage_ms_max']:.0f} ms; registry writes "
+                            f"{h['registry_writes']})", _ms(t["outage_ms_median"]),
+                            _ms(t["detection_ms_median"]), f"{t['ratio_median']:.2f}x",
+                            "<= 500 ms and <= 1.2x", "yes" if met else "NO"))
+        if g["outage_ms_median"] is not None:
+            rows.append(Row(f"gateway give-back ({backend}): the preferred node returns and "
+                            f"preempts; outage (worst {g['outage_ms_max']:.0f} ms)",
+                            _ms(g["outage_ms_median"])))
     d = figures.get("domains/own-work")
     if d:
         for what, label in (("repair", "repair of an owned entry"),

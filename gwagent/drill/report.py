@@ -189,7 +189,9 @@ def plot(moves: list[Move], path: str) -> None:
                            label="first reply from new holder" if row == 0 else None)
         ax.axvline(0, color="black", linestyle="--", linewidth=1, label="GARP on the wire")
         if m.failure_ms is not None:
-            ax.axvline(m.failure_ms, color="tab:red", linewidth=1.5, label="failure (NIC down)")
+            ax.axvline(m.failure_ms, color="tab:red", linewidth=1.5,
+                       label="node back (NICs up)" if m.mode == "giveback"
+                       else "failure (NIC down)")
         ax.set_yticks(range(len(m.clients)))
         ax.set_yticklabels([f"{c.client} ({c.site})" for c in m.clients])
         ax.set_xlim(lo, hi)
