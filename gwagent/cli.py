@@ -334,6 +334,7 @@ def format_status(status: dict, pid: int | None) -> str:
                      f"{', '.join(ha.get('addresses') or []) or '-'}"
                      f"{'; held here' if ha.get('role') == 'active' else '; held elsewhere'}"
                      f"); registrar {'writes' if ha.get('role') == 'active' else 'silent'}"
+                     + (f"; the site's nodes: {', '.join(ha['nodes'])}" if ha.get("nodes") else "")
                      + (f"; {ha['error']}" if ha.get("error") else ""))
     sources = status.get("sources") or []
     if sources:

@@ -101,16 +101,30 @@ def name(value: object, field: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Gateway:
-    """A site's gateway: ``tunnel_ip`` faces its computes, ``transit_ip`` its peers."""
+    """A site's gateway: ``tunnel_ip`` faces its computes, ``transit_ip`` its peers.
+
+    ``nodes``: the gateway nodes that may hold those addresses, when there
+    are two (active/standby, VRRP between them); empty for a site's only
+    gateway. ``host`` is the gateway as its cloud knows it either way (the
+    owner of its remote ports), so a takeover changes nothing there.
+    """
 
     host: str
     tunnel_ip: str
     transit_ip: str
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "host", name(self.host, "gateway.host"))
         object.__setattr__(self, "tunnel_ip", ip(self.tunnel_ip, "gateway.tunnel_ip", 4))
         object.__setattr__(self, "transit_ip", ip(self.transit_ip, "gateway.transit_ip", 4))
+        if isinstance(self.nodes, str) or not isinstance(self.nodes, (list, tuple)):
+            raise ValidationError("gateway.nodes", self.nodes, "must be a list of node names")
+        nodes = tuple(name(n, "gateway.nodes") for n in self.nodes)
+        if len(nodes) not in (0, 2) or len(set(nodes)) != len(nodes):
+            raise ValidationError("gateway.nodes", list(self.nodes),
+                                  "two distinct node names (active/standby), or none")
+        object.__setattr__(self, "nodes", nodes)
 
 
 @dataclasses.dataclass(frozen=True)

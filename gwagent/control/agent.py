@@ -357,6 +357,15 @@ class Agent:
             self.role_error = f"cannot read this node's addresses: {exc}"
             return False
 
+    def _node_problem(self) -> str | None:
+        """This node is not one the site's inventory names as its gateway."""
+        d = self.desired
+        nodes = d.local.site.gateway.nodes if d else ()
+        if self.holder is not None and nodes and self.node not in nodes:
+            return (f"node {self.node!r} is not one of the site's gateway nodes "
+                    f"({', '.join(nodes)}): check [gateway] node")
+        return None
+
     def check_role(self) -> bool:
         """Look whether this node became active or standby; log a change,
         and start a registry sync on becoming active. True on a change."""
@@ -366,6 +375,8 @@ class Agent:
         if role == self.role and self.role_since is not None:
             return False
         old, self.role, self.role_since = self.role, role, self.wall()
+        if self._node_problem():
+            LOG.warning("%s", self._node_problem())
         if self.holder is not None:
             addresses = " and ".join(self._addresses())
             if role == "active":
@@ -648,7 +659,9 @@ class Agent:
             "mac_guard": dict(self.guard_status),
             "ha": {"mode": "none" if self.holder is None else "vrrp", "node": self.node,
                    "role": self.role, "since": self.role_since,
-                   "addresses": list(self._addresses()), "error": self.role_error},
+                   "addresses": list(self._addresses()),
+                   "nodes": list(d.local.site.gateway.nodes) if d else [],
+                   "error": self.role_error or self._node_problem()},
             "pass_budget_ms": self.pass_budget * 1000,
         }
 

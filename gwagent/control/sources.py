@@ -123,7 +123,8 @@ def parse_site(data: object, origin: str = "<site>") -> SiteSnapshot:
     for key in ("host", "tunnel_ip", "transit_ip"):
         if key not in gw:
             raise ValidationError(f"gateway.{key}", None, "missing")
-    site = Site(data["site"], Gateway(gw["host"], gw["tunnel_ip"], gw["transit_ip"]))
+    site = Site(data["site"], Gateway(gw["host"], gw["tunnel_ip"], gw["transit_ip"],
+                                      gw.get("nodes") or ()))
     nets = data["networks"] or []
     if not isinstance(nets, list):
         raise ValidationError("networks", nets, "must be a list")
@@ -160,7 +161,8 @@ def site_to_dict(snap: SiteSnapshot) -> dict:
     gw = snap.site.gateway
     return {
         "site": snap.site.name,
-        "gateway": {"host": gw.host, "tunnel_ip": gw.tunnel_ip, "transit_ip": gw.transit_ip},
+        "gateway": {"host": gw.host, "tunnel_ip": gw.tunnel_ip, "transit_ip": gw.transit_ip,
+                    **({"nodes": list(gw.nodes)} if gw.nodes else {})},
         "networks": [dataclasses.asdict(n) for n in snap.networks],
         "endpoints": [endpoint_to_dict(ep) for ep in snap.endpoints],
         **({"vteps": list(snap.vteps)} if snap.vteps else {}),

@@ -432,6 +432,7 @@ def site_snapshot(topo: Topology, site_name: str) -> SiteSnapshot:
                  vtep=site.compute_ip(vm.compute), ips=(vm.ip,),
                  allowed_address_pairs=vm.allowed_address_pairs, port_id=vm.port_id)
         for vm in topo.vms if vm.site == site.name)
-    return SiteSnapshot(Site(site.name, Gateway(site.gateway, site.tunnel_ip, site.transit_ip)),
+    return SiteSnapshot(Site(site.name, Gateway(site.gateway, site.tunnel_ip, site.transit_ip,
+                                                site.gateways if site.ha else ())),
                         networks, endpoints,
                         vteps=tuple(site.compute_ip(c) for c in site.computes))

@@ -137,7 +137,8 @@ def test_a_standby_programs_everything_and_writes_nothing(tmp_path):
     assert all(p.vtep == GATEWAYS["a"].tunnel_ip for p in registry.remote_ports())
     assert agent.status()["ha"] == {"mode": "vrrp", "node": "a-gw2", "role": "active",
                                     "since": agent.role_since,
-                                    "addresses": list(SITE_ADDRESSES), "error": None}
+                                    "addresses": list(SITE_ADDRESSES), "nodes": [],
+                                    "error": None}
 
 
 def test_holding_one_address_of_two_is_standby(tmp_path):
@@ -180,3 +181,25 @@ def test_a_sites_only_gateway_is_always_active(tmp_path):
     agent, registry = ha_agent(tmp_path, None)
     assert agent.run_pass("start").registered == 2
     assert agent.status()["ha"]["mode"] == "none" and agent.role == "active"
+
+
+def test_the_inventory_may_name_the_two_nodes_and_a_stranger_is_told(tmp_path):
+    from gwagent.control.sources import parse_site, site_to_dict
+    from gwagent.model import Gateway, ValidationError
+    gw = Gateway("a-gw", "198.18.1.1", "198.18.0.1", ["a-gw1", "a-gw2"])
+    assert gw.nodes == ("a-gw1", "a-gw2")
+    for bad in (["a-gw1"], ["x", "x"], ["a", "b", "c"], "a-gw1"):
+        with pytest.raises(ValidationError, match="gateway.nodes"):
+            Gateway("a-gw", "198.18.1.1", "198.18.0.1", bad)
+    snap = topo_mod.site_snapshot(topo_mod.load(HA), "a")
+    assert snap.site.gateway.nodes == ("a-gw1", "a-gw2")
+    assert parse_site(site_to_dict(snap)) == snap
+    assert "nodes" not in site_to_dict(topo_mod.site_snapshot(topo_mod.load(HA), "b"))["gateway"]
+
+    agent, _ = ha_agent(tmp_path, Addresses(*SITE_ADDRESSES))
+    data = site_to_dict(site_of("a", [endpoint("a", "red", 1)]))
+    data["gateway"]["nodes"] = ["gw-a1", "gw-a3"]
+    (tmp_path / "a.yaml").write_text(json.dumps(data))
+    agent.run_pass("start")
+    assert "a-gw2' is not one of the site's gateway nodes (gw-a1, gw-a3)" in \
+        agent.status()["ha"]["error"]
