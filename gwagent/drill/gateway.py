@@ -37,7 +37,7 @@ from gwagent.drill import report
 from gwagent.drill.check import Check
 from gwagent.drill.garp import LEAD, TAIL, wait_settled
 from gwagent.drill.probes import PORT, Prober
-from gwagent.drill.scenario import DrillError
+from gwagent.drill.scenario import DrillError, drilled_network
 from gwagent.drill.vrrp import GarpWatch
 from gwagent.lab import build, gateways, probe, vrrp
 from gwagent.lab.namespaces import ipr as open_ipr
@@ -74,12 +74,7 @@ def plan(lab, site_name: str | None = None, network: str | None = None) -> Plan:
             raise DrillError(f"site {site.name} has one gateway node ({site.gateways[0]}); "
                              "a gateway drill needs two ('gateways: [N1, N2]' in the "
                              "topology)")
-    network = network or topo.networks[0].name
-    try:
-        topo.network(network)
-    except KeyError:
-        raise DrillError(f"no network {network!r} in the lab (networks: "
-                         f"{', '.join(n.name for n in topo.networks)})") from None
+    network = drilled_network(topo, network)
     here = [vm for vm in topo.vms if vm.network == network and vm.site == site.name]
     there = [vm for vm in topo.vms if vm.network == network and vm.site != site.name]
     if not here or not there:

@@ -122,6 +122,17 @@ def _free_ips(lab: Lab, network: str, count: int) -> list[str]:
     return free[:count]
 
 
+def drilled_network(topo, network: str | None) -> str:
+    """The network a drill runs on: ``network``, or the lab's first."""
+    network = network or topo.networks[0].name
+    try:
+        topo.network(network)
+    except KeyError:
+        raise DrillError(f"no network {network!r} in the lab (networks: "
+                         f"{', '.join(n.name for n in topo.networks)})") from None
+    return network
+
+
 def prepare(lab: Lab, network: str | None = None, vrid: int = VRID,
             progress=lambda msg: None, timeout: float = 60.0) -> Scenario:
     """Add the drill's VMs to the lab and wait until every client reaches
@@ -129,12 +140,7 @@ def prepare(lab: Lab, network: str | None = None, vrid: int = VRID,
     topo = lab.topology
     if len(topo.sites) < 2:
         raise DrillError("a drill needs a lab with at least two sites")
-    network = network or topo.networks[0].name
-    try:
-        topo.network(network)
-    except KeyError:
-        raise DrillError(f"no network {network!r} in the lab (networks: "
-                         f"{', '.join(n.name for n in topo.networks)})") from None
+    network = drilled_network(topo, network)
     if any(vm.name.startswith("dr-") for vm in topo.vms):
         raise DrillError("the lab already has drill VMs (dr-*): another drill is running, "
                          "or one was interrupted; remove them with "
