@@ -84,7 +84,7 @@ def build_sources(conf: cfg.ConfigOpts):
 def neutron_sources(conf: cfg.ConfigOpts):
     n = conf.neutron
 
-    def site(name, group, cloud_group):
+    def site(name, group, cloud_group, nodes=()):
         missing = [opt for opt in ("cloud", "network_ids", "gateway_host", "gateway_tunnel_ip",
                                    "gateway_transit_ip") if not cloud_group[opt]]
         if missing:
@@ -96,7 +96,7 @@ def neutron_sources(conf: cfg.ConfigOpts):
                              f"mismatch: {', '.join(unknown)}")
         try:
             gw = Gateway(cloud_group.gateway_host, cloud_group.gateway_tunnel_ip,
-                         cloud_group.gateway_transit_ip)
+                         cloud_group.gateway_transit_ip, nodes)
             return NeutronSite(NeutronClient(cloud_group.cloud, cloud_group.clouds_file,
                                              timeout=(n.api_connect_timeout,
                                                       n.api_read_timeout)),
@@ -112,7 +112,7 @@ def neutron_sources(conf: cfg.ConfigOpts):
     except ValueError:
         raise SystemExit(f"gwagent: [neutron] networks: transit VNIs must be integers: "
                          f"{n.networks}") from None
-    local = site(n.site_name, "neutron", n)
+    local = site(n.site_name, "neutron", n, n.gateway_nodes)
     peers = []
     for peer in n.peers:
         group = config.PEER_GROUP.format(peer)

@@ -110,6 +110,11 @@ neutron_opts = [
                     "registers, and the owner mark on them."),
     cfg.StrOpt("gateway_tunnel_ip", help="This site's gateway VTEP facing its computes."),
     cfg.StrOpt("gateway_transit_ip", help="This site's gateway address facing peer gateways."),
+    cfg.ListOpt("gateway_nodes", default=[],
+                help="With two gateway nodes per site ([gateway] high_availability = vrrp): "
+                     "their two names, as each one's [gateway] node says; empty for a site's "
+                     "only gateway. gateway_host stays the site's gateway as Neutron knows it, "
+                     "the same on both nodes."),
     cfg.ListOpt("peers", default=[],
                 help="Peer site names; each has a group [neutron_peer_<name>] with cloud, "
                      "clouds_file, network_ids, gateway_host, gateway_tunnel_ip and "

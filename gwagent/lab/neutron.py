@@ -535,7 +535,8 @@ def config_sections(lab, site) -> str:
             f"gateway_host = {site.gateway}\n"
             f"gateway_tunnel_ip = {site.tunnel_ip}\n"
             f"gateway_transit_ip = {site.transit_ip}\n"
-            f"peers = {','.join(p.name for p in peers)}\n"
+            + (f"gateway_nodes = {','.join(site.gateways)}\n" if site.ha else "")
+            + f"peers = {','.join(p.name for p in peers)}\n"
             "poll_interval = 0.5\n")
     for peer in peers:
         text += (f"\n[neutron_peer_{peer.name}]\n"

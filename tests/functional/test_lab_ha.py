@@ -134,3 +134,27 @@ def test_a_takeover_writes_nothing_to_neutron(backend):
         assert_clean(moves, extra)
         ports = lab.truth.remote_ports("a")
         assert {p.vtep for p in ports} == {"198.18.1.1"} and len(ports) == 3
+
+
+def test_both_nodes_configurations_name_one_gateway_and_this_node(tmp_path):
+    """Without root or servers: the lab writes the two nodes of a Neutron
+    site the same sources, the same gateway, and each its own node."""
+    from gwagent import cli
+    from gwagent.lab.record import Lab
+    ids = {site: {net: {"id": f"{net}-{site}-uuid"} for net in ("red", "blue")}
+           for site in ("a", "b")}
+    lab = Lab("gwx-", tmp_path, topo_mod.load(HA), source="neutron",
+              neutron={"sites": {site: {"networks": nets} for site, nets in ids.items()}})
+    build.write_agent_configs(lab)
+    seen = []
+    for node in ("a-gw1", "a-gw2"):
+        conf = cli.load_conf([str(lab.agent_conf("a", node))])
+        assert (conf.gateway.high_availability, conf.gateway.node) == ("vrrp", node)
+        assert conf.gateway.netns == f"gwx-{node}"
+        _, peers, registry = cli.build_sources(conf)
+        seen.append((registry.owner, registry.site.gateway, registry.network_ids,
+                     [p.source.site for p in peers]))
+    assert seen[0] == seen[1]
+    assert seen[0][0] == "a-gw" and seen[0][1].nodes == ("a-gw1", "a-gw2")
+    conf = cli.load_conf([str(lab.agent_conf("b"))])
+    assert conf.gateway.high_availability == "none"
