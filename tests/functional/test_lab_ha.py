@@ -158,3 +158,25 @@ def test_both_nodes_configurations_name_one_gateway_and_this_node(tmp_path):
     assert seen[0][0] == "a-gw" and seen[0][1].nodes == ("a-gw1", "a-gw2")
     conf = cli.load_conf([str(lab.agent_conf("b"))])
     assert conf.gateway.high_availability == "none"
+
+
+def test_the_holder_reads_the_addresses_from_the_kernel_as_vrrp_moves_them():
+    """gwagent.dataplane.addresses on a real namespace: an address added or
+    removed (what keepalived does) is seen on the next question."""
+    from gwagent.dataplane.addresses import AddressHolder
+    from netns import run, throwaway_netns
+    with throwaway_netns("gwt-") as ns:
+        run(ns, "ip", "link", "add", "vip-site", "type", "dummy")
+        run(ns, "ip", "addr", "add", "198.18.1.2/24", "dev", "vip-site")
+        holder = AddressHolder(ns)
+        try:
+            site = ("198.18.1.1", "198.18.0.1")
+            assert not holder.holds(site) and holder.holds(["198.18.1.2"])
+            run(ns, "ip", "addr", "add", "198.18.1.1/24", "dev", "vip-site")
+            assert not holder.holds(site)  # one of two: standby
+            run(ns, "ip", "addr", "add", "198.18.0.1/24", "dev", "vip-site")
+            assert holder.holds(site)
+            run(ns, "ip", "addr", "del", "198.18.0.1/24", "dev", "vip-site")
+            assert not holder.holds(site)
+        finally:
+            holder.close()
