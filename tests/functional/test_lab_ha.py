@@ -166,7 +166,7 @@ def test_the_holder_reads_the_addresses_from_the_kernel_as_vrrp_moves_them():
     from gwagent.dataplane.addresses import AddressHolder
     from netns import run, throwaway_netns
     with throwaway_netns("gwt-") as ns:
-        run(ns, "ip", "link", "add", "vip-site", "type", "dummy")
+        run(ns, "ip", "link", "add", "vip-site", "type", "bridge")
         run(ns, "ip", "addr", "add", "198.18.1.2/24", "dev", "vip-site")
         holder = AddressHolder(ns)
         try:
