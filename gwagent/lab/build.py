@@ -215,10 +215,10 @@ def write_agent_configs(lab: Lab) -> None:
         for node in site.gateways:
             gateway = {**lab.truth.gateway_options(site),
                        "netns": lab.ns(node),
-                       "state_dir": str(lab.state_dir(site.name, node))}
+                       "state_dir": str(lab.state_dir(site.name, node)),
+                       "node": node}
             if site.ha:
                 gateway["high_availability"] = "vrrp"
-                gateway["node"] = node
             openflow = ""
             if lab.backend == "openflow":
                 gateway["backend"] = "openflow"

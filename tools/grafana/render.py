@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if prometheus is None:
         raise SystemExit("render: needs Prometheus (apt-get install prometheus)")
     lab = Lab.load(default_lab_dir(args.prefix))
-    targets = [u for u in (build.metrics_url(lab, s.name) for s in lab.topology.sites) if u]
+    # every gateway node's agent (two in a site with active/standby)
+    targets = [u for u in (build.metrics_url(lab, s.name, n) for s in lab.topology.sites
+                           for n in s.gateways) if u]
     if not targets:
         raise SystemExit("render: the lab's agents export no metrics")
     port = build.free_port()
