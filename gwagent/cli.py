@@ -185,7 +185,7 @@ def cmd_run(args) -> int:
     m = conf.mobility
     agent = Agent(local, peers, registry, backend, status_path=status_path,
                   resync_interval=a.resync_interval, poll_interval=a.poll_interval,
-                  backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
+                  audit_interval=a.audit_interval, backoff_initial=a.backoff_initial, backoff_max=a.backoff_max,
                   mobility=MobilityTable(m.max_moves, m.move_window, m.freeze_time),
                   read_deadline=a.source_deadline, pass_budget=a.pass_budget,
                   ingress_filter=conf.gateway.ingress_filter,
@@ -218,6 +218,7 @@ def cmd_run(args) -> int:
             n = new.agent
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
             agent.pass_budget = n.pass_budget
+            agent.mirror.audit_interval = n.audit_interval
             agent.ingress_filter = new.gateway.ingress_filter
             agent.mac_guard = new.gateway.mac_guard
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max

@@ -56,6 +56,7 @@ from typing import Callable, Sequence
 
 from gwagent.control import planner, registrar
 from gwagent.control.mobility import Decision, MobilityTable
+from gwagent.control.observed import Mirror, desired_part, index
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.control.views import Reader, SourceView
 from gwagent.model import Desired, Site, ValidationError
@@ -117,7 +118,7 @@ class Agent:
                  mobility: MobilityTable | None = None,
                  read_deadline: float = 10.0, pass_budget: float = 1.0,
                  ingress_filter: bool = False, mac_guard: bool = False,
-                 holder=None, node: str = "",
+                 holder=None, node: str = "", audit_interval: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
         self.backend = backend
@@ -147,6 +148,11 @@ class Agent:
         self.mobile: dict = {}
         self.static_dp: GatewayState | None = None
         self.desired_dp: GatewayState | None = None
+        #: The observed dataplane between audits (gwagent.control.observed)
+        self.mirror = Mirror(audit_interval, clock)
+        self._planned: tuple | None = None   # (static, mobile, their MACs by key) last planned whole
+        self._planned_locs: dict = {}
+        self._counts: tuple = (0, 0, 0, 0, None)  # status's per-network counts, and what they are of
         #: Held by whoever changes the desired state, mobile MACs' entries or
         #: the mobility table.
         self.lock = threading.RLock()
@@ -455,22 +461,59 @@ class Agent:
                                "retrying": len(self.port_items)}
 
     def _sync_dataplane(self, result: PassResult, now: float) -> None:
-        observed = self.backend.observe()
+        """Plan and apply what differs from the desired state: the whole
+        state after a full read of the dataplane (an audit, or the mirror
+        not to be trusted) or a new desired state; else only what changed
+        since the last pass (events, moves, retries)."""
+        mirror = self.mirror
+        take = getattr(self.backend, "take_changes", None)
+        if take is not None:
+            self._drain_kernel()
+            mirror.changed(take())
+        why = mirror.dump_due() if take is not None else "no events from this backend"
+        if why:
+            mirror.load(self.backend.observe(), why)
         with self.lock:
             locations = self.mobility.locations()
             seqs = {key: self.mobility.seq(key) for key in self.mobile}
             static, mobile, desired, unknown = (self.static_dp, self.mobile, self.desired,
                                                 self.unknown)
-        desired_dp = with_mobile(static, mobile, locations)
-        if unknown:
-            desired_dp = _keep_unknown(desired_dp, observed, desired)
-        self.desired_dp = desired_dp
-        ops = planner.plan(desired_dp, observed)
+        locs = {key: locations.get(key, spec.home) for key, spec in mobile.items()}
+        planned = self._planned
+        if (not why and not unknown and planned is not None and planned[0] is static
+                and planned[1] is mobile and set(mirror.networks) == set(static.networks)):
+            keys, floods = mirror.take_dirty()
+            moved = {key for key in mobile if locs[key] != self._planned_locs.get(key)}
+            if moved:
+                self.desired_dp = with_mobile(static, mobile, locations)
+                for key in moved:
+                    planned[2].setdefault(key[0], {}).pop(key[1], None)
+                    entry = mobile_entry(mobile[key], locs[key])
+                    if entry is not None and static.network(entry.network) is not None:
+                        planned[2][key[0]][key[1]] = entry
+            keys |= moved
+            ops = planner.plan(desired_part(planned[2], self.desired_dp, keys, floods),
+                               mirror.observed(keys, floods))
+        else:
+            mirror.take_dirty()  # the whole plan covers them
+            observed = mirror.snapshot()
+            desired_dp = with_mobile(static, mobile, locations)
+            if unknown:
+                desired_dp = _keep_unknown(desired_dp, observed, desired)
+            self.desired_dp = desired_dp
+            ops = planner.plan(desired_dp, observed)
+            self._planned = None if unknown else (static, mobile, index(desired_dp))
+        self._planned_locs = locs
         ready, not_done = [], []
         for op in ops:
             (ready if self.items.ready(op.key, now) else not_done).append(op)
         result.deferred += len(not_done)
         failures = self._apply(ready, seqs) if ready else []
+        for op in not_done:  # planned again next pass
+            if isinstance(op, MacOp):
+                mirror.dirty.add((op.entry.network, op.entry.mac))
+            elif not isinstance(op, NetworkOp):
+                mirror.dirty_floods.add(op.entry)
         result.failed = dict(collections.Counter(f.op.action for f in failures))
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)
@@ -562,19 +605,25 @@ class Agent:
 
     def _apply(self, ops: list, seqs: dict) -> list:
         """Apply a pass's operations; those about a mobile MAC under the
-        lock, and only if no move happened since the plan was made."""
+        lock, and only if no move happened since the plan was made. The
+        mirror learns what was written."""
         if not self.mobile:
-            return self.backend.apply(ops)
+            return self._write(ops)
         plain, mobile = [], []
         for op in ops:
             key = (op.entry.network, op.entry.mac) if isinstance(op, MacOp) else None
             (mobile if key in self.mobile else plain).append((key, op))
-        failures = self.backend.apply([op for _, op in plain]) if plain else []
+        failures = self._write([op for _, op in plain]) if plain else []
         if mobile:
             with self.lock:
                 current = [op for key, op in mobile if self.mobility.seq(key) == seqs.get(key)]
                 if current:
-                    failures += self.backend.apply(current)
+                    failures += self._write(current)
+        return failures
+
+    def _write(self, ops: list) -> list:
+        failures = self.backend.apply(ops)
+        self.mirror.applied(ops, failures)
         return failures
 
     def apply_move(self, decision: Decision) -> list:
@@ -590,12 +639,13 @@ class Agent:
         if new == old:
             return []
         op = MacOp("set", new, old) if new is not None else MacOp("delete", old)
-        return self.backend.move([op])
+        failures = self.backend.move([op])
+        self.mirror.applied([op], failures)
+        return failures
 
     def _log(self, r: PassResult) -> str:
         d = self.desired
-        local = len(d.local.endpoints) if d else 0
-        remote = sum(1 for _ in d.remote_endpoints()) if d else 0
+        _, local, remote, _ = self._network_counts()
         ops = " ".join(f"{k}={v}" for k, v in r.ops.items()) or "none"
         line = (f"pass {'ok' if r.ok else 'FAILED'} reason={r.reason} "
                 f"networks={len(d.networks) if d else 0} local={local} remote={remote} "
@@ -612,13 +662,18 @@ class Agent:
         return line
 
     # -- status -------------------------------------------------------------
-    def status(self) -> dict:
+    def _network_counts(self) -> tuple[list, int, int, int]:
+        """Per network: endpoints and entries programmed; computed again
+        only when the desired state or what is not programmed changed."""
         d = self.desired
+        dp = self.desired_dp or self.static_dp
+        missing = frozenset(getattr(self, "unprogrammed", ()))
+        broken = frozenset(getattr(self, "broken_networks", ()))
+        cached = self._counts
+        if cached[0] is d and cached[1] is dp and cached[2] == missing and cached[3] == broken:
+            return cached[4]
         networks, local_n, remote_n, programmed = [], 0, 0, 0
         if d is not None:
-            dp = self.desired_dp or self.static_dp
-            missing = getattr(self, "unprogrammed", set())
-            broken = getattr(self, "broken_networks", set())
             per_net = collections.Counter(e.network for e in dp.macs if e not in missing)
             per_net.update(e.network for e in dp.floods if e not in missing)
             remote = collections.Counter(ep.network for _, ep in d.remote_endpoints())
@@ -632,6 +687,13 @@ class Agent:
                     "entries": entries})
                 programmed += entries
             local_n, remote_n = sum(local.values()), sum(remote.values())
+        counts = (networks, local_n, remote_n, programmed)
+        self._counts = (d, dp, missing, broken, counts)
+        return counts
+
+    def status(self) -> dict:
+        d = self.desired
+        networks, local_n, remote_n, programmed = self._network_counts()
         last = dataclasses.asdict(self.last) if self.last else None
         with self.lock:
             mobility = self.mobility.status(self.clock(), self.wall() - self.clock())
@@ -655,6 +717,7 @@ class Agent:
                                 "freeze_time": self.mobility.hold},
             "sources": [view.status() for view in self.views],
             "registry": dict(self.registry_state) if self.registry is not None else None,
+            "dataplane_audit": self.mirror.status(),
             "ingress": dict(self.ingress),
             "mac_guard": dict(self.guard_status),
             "ha": {"mode": "none" if self.holder is None else "vrrp", "node": self.node,

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Callable, Collection, Protocol, Sequence
 
-from gwagent.state import GatewayState, MacOp, Op, OpError
+from gwagent.state import FloodEntry, GatewayState, MacOp, Op, OpError
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +43,30 @@ class Backend(Protocol):
     def drain_events(self) -> bool:
         """Read pending change reports; True if any concerned owned objects."""
 
+    def take_changes(self) -> "Changes":
+        """What the change reports said since the last call."""
+
     def close(self) -> None: ...
+
+
+class Changes:
+    """What a backend saw change behind the agent's back since it was last
+    asked: ``full`` (state unknown: dump), MACs whose entries changed (their
+    state is unknown: they are set again), flood destinations found added
+    (True) or deleted (False)."""
+
+    __slots__ = ("full", "macs", "floods")
+
+    def __init__(self, full: str | None = None):
+        self.full: str | None = full
+        self.macs: set[tuple[str, str]] = set()
+        self.floods: dict[FloodEntry, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.full or self.macs or self.floods)
+
+    def lose(self, why: str) -> None:
+        self.full = self.full or why
 
 
 class AuditedSet:

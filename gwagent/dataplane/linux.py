@@ -77,11 +77,11 @@ import threading
 import time
 from typing import Iterable, NamedTuple, Sequence
 
-from gwagent.dataplane import AuditedSet
+from gwagent.dataplane import AuditedSet, Changes
 from gwagent.dataplane.capture import MobilityTap
 from gwagent.dataplane.guard import NftGuard
 from gwagent.dataplane.ingress import IngressError, NftIngress
-from gwagent.dataplane.netlink import (NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
+from gwagent.dataplane.netlink import (WINDOW, NTF_EXT_LEARNED, NTF_MASTER, RTM_DELLINK, RTM_DELNEIGH,
                                        RTM_NEWNEIGH, FdbRecord, FdbRequest, Link, Monitor,
                                        Netlink, NetlinkError)
 from gwagent.hotpath import gc_paused, without_gc
@@ -433,6 +433,14 @@ class LinuxBackend:
         self._fast_index: dict[str, int] = {}
         self._devices: dict[str, NetworkDevices] = {}  # network name -> devices
         self._broken: dict[tuple[str, str], list[FdbEntry]] = {}
+        self._where: dict[int, tuple[str, str]] = {}  # port ifindex -> (network, side)
+        self._changes = Changes()
+
+    def _locate(self) -> None:
+        self._where = {self._fast_index[spec.name]: (devs.network, side)
+                       for devs in self._devices.values()
+                       for side, spec in ((SITE, devs.site_side), (TRANSIT, devs.transit_side))
+                       if spec is not None and spec.name in self._fast_index}
 
     # observe --------------------------------------------------------------
 
@@ -445,6 +453,7 @@ class LinuxBackend:
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
             macs, floods, self._broken = normalise(records, owned, networks)
         self._devices = {devs.network: devs for devs in networks if devs.network}
+        self._locate()
         return GatewayState(tuple(sorted(network_spec(d) for d in networks)), macs, floods)
 
     # apply -------------------------------------------------------------------
@@ -480,6 +489,7 @@ class LinuxBackend:
                 # the fast path may move a MAC onto them before the next observe()
                 self._devices = {**self._devices, devs.network: devs}
                 self._fast_index = {**self._fast_index, **made}
+                self._locate()
                 self._guard_audit.forget()  # the guard's members hold the ports' indexes
             elif op.action == "remove":
                 for spec in devs.sides:
@@ -527,6 +537,8 @@ class LinuxBackend:
             failed = nl.fdb_bulk(reqs)
         except (NetlinkError, OSError) as exc:
             return errors + [OpError(op, f"{describe(op)}: {exc}") for op in dict.fromkeys(owner)]
+        if len(reqs) > WINDOW:  # a long write: its first echoes count from its end
+            self._expect(reqs)
         reported = set()
         for i, exc in sorted(failed.items()):
             op = owner[i]
@@ -600,32 +612,61 @@ class LinuxBackend:
                 self._expected[(req.ifindex, req.mac, mtype)] = until
 
     def drain_events(self) -> bool:
-        """Read every pending link/FDB event; True if one concerned an owned
-        device and is not the echo of a change of ours (an FDB event of the
+        """Read every pending link/FDB event; True if one concerned what we
+        own and is not the echo of a change of ours (an FDB event of the
         kind we caused, new or deleted, for an entry we changed in the last
         ``ECHO_SECONDS``: a foreign delete right after our add still
-        counts), or if events were
-        lost (the socket overflowed)."""
-        events, concerned = self._monitor.drain()
+        counts; any event of an owned device, ours too, which is rare),
+        or if events were lost (the socket overflowed). What they say
+        waits in :meth:`take_changes`."""
+        events, overflow = self._monitor.drain()
+        changes = self._changes
+        concerned = overflow
+        if overflow:
+            changes.lose("kernel events lost (socket overflow)")
         now = self.clock()
         with self._expected_lock:
             expected = self._expected
             if expected:
                 for key in [k for k, until in expected.items() if until < now]:
                     del expected[key]
-            for mtype, ifindex, name in events:
+            for mtype, ifindex, what in events:
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
-                    if name is not None and is_owned_name(name):
-                        concerned = True
+                    owned = what is not None and is_owned_name(what)
+                    if owned:
                         if mtype == RTM_NEWLINK:
                             self._owned_ifindexes.add(ifindex)
                         else:
                             self._owned_ifindexes.discard(ifindex)
-                    elif ifindex in self._owned_ifindexes:
+                    if owned or ifindex in self._owned_ifindexes:  # ours too: rare, read
                         concerned = True
-                elif ifindex in self._owned_ifindexes and (ifindex, name, mtype) not in expected:
+                        changes.lose(f"owned device {what or ifindex} changed")
+                elif (ifindex in self._owned_ifindexes and what is not None
+                      and what.flags & NTF_EXT_LEARNED
+                      and (ifindex, what.mac, mtype) not in expected):
                     concerned = True
+                    self._foreign(mtype, ifindex, what, changes)
         return concerned
+
+    def _foreign(self, mtype: int, ifindex: int, rec, changes: Changes) -> None:
+        at = self._where.get(ifindex)
+        if at is None:
+            changes.lose(f"an entry of ours on device {ifindex} changed")
+            return
+        network, side = at
+        if rec.mac == FLOOD_MAC and rec.dst is not None:
+            changes.floods[FloodEntry(network, side, rec.dst)] = mtype == RTM_NEWNEIGH
+            return
+        changes.macs.add((network, rec.mac))
+        if mtype == RTM_NEWNEIGH:  # to clear when the MAC is set again
+            dev = self._devices[network].device(side)
+            self._broken.setdefault((network, rec.mac), []).append(
+                FdbEntry(dev, rec.mac, None if rec.master or rec.flags & NTF_MASTER else rec.dst))
+
+    def take_changes(self) -> Changes:
+        """What changed behind the agent's back since the last call."""
+        changes, self._changes = self._changes, Changes()
+        return changes
 
     def tap(self, local_ips: Sequence[str]):
         """The mobility tap on this namespace's underlay (see capture)."""

@@ -526,11 +526,11 @@ def _link_of(msg) -> Link:
 
 class Monitor:
     """A socket subscribed to link and neighbour (FDB) changes in the
-    namespace. Events only wake the reconcile loop; they carry no state."""
+    namespace: what the kernel reports, decoded as dumps are."""
 
-    def __init__(self, netns: str | None = None):
+    def __init__(self, netns: str | None = None, rcvbuf: int = EVENT_RCVBUF):
         self._sock = open_route_socket(netns, RTMGRP_LINK | RTMGRP_NEIGH)
-        _size_buffers(self._sock, 0, EVENT_RCVBUF)
+        _size_buffers(self._sock, 0, rcvbuf)
         self._sock.setblocking(False)
         self._buf = bytearray(1 << 16)
 
@@ -540,12 +540,12 @@ class Monitor:
     def close(self) -> None:
         self._sock.close()
 
-    def drain(self) -> tuple[list[tuple[int, int, str | None]], bool]:
+    def drain(self) -> tuple[list[tuple[int, int, object]], bool]:
         """Read every pending message without blocking. Returns the events
-        as (message type, ifindex, link name for a link event or MAC for
-        an FDB event, or None) and whether the kernel dropped some (ENOBUFS:
-        the socket overflowed)."""
-        events: list[tuple[int, int, str | None]] = []
+        as (message type, ifindex, the link's name for a link event, the
+        entry (FdbRecord) for an FDB event, or None) and whether the kernel
+        dropped some (ENOBUFS: the socket overflowed)."""
+        events: list[tuple[int, int, object]] = []
         overflow = False
         while True:
             try:
@@ -572,20 +572,12 @@ def _decode_events(buf, n: int, events: list) -> None:
             events.append((mtype, index, _ifname(buf, off + 32, off + length)))
         elif mtype in (RTM_NEWNEIGH, RTM_DELNEIGH) and length >= 28:
             index = _NDMSG.unpack_from(buf, off + 16)[1]
-            events.append((mtype, index, _lladdr(buf, off + 28, off + length)))
+            msg = bytearray(buf[off:off + length])
+            msg[4:6] = _U16.pack(RTM_NEWNEIGH)  # a deleted entry is laid out as a new one
+            records: list[FdbRecord] = []
+            decode_fdb_dump(bytes(msg), records)
+            events.append((mtype, index, records[0] if records else None))
         off += (length + 3) & ~3
-
-
-def _lladdr(buf, a: int, end: int) -> str | None:
-    """The MAC (NDA_LLADDR) of a neighbour message, as the model writes it."""
-    while a + 4 <= end:
-        alen, atype = _ATTR.unpack_from(buf, a)
-        if alen < 4:
-            break
-        if atype & 0x3FFF == NDA_LLADDR and alen == 10:
-            return sys.intern(bytes(buf[a + 4:a + 10]).hex(":"))
-        a += (alen + 3) & ~3
-    return None
 
 
 def _ifname(buf, a: int, end: int) -> str | None:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 from os_ken.ofproto import ofproto_v1_4 as ofp
 
-from gwagent.dataplane import AuditedSet
+from gwagent.dataplane import AuditedSet, Changes
 from gwagent.dataplane.capture import MobilityTap
 from gwagent.hotpath import without_gc
 from gwagent.openflow import flows as fl
@@ -77,6 +77,7 @@ class OpenFlowBackend:
         self.clock = clock
         self._expected: dict[tuple[int, str | None], float] = {}  # (vni, MAC|None) -> until
         self._seen_changes = self.switch.changes
+        self._changes = Changes()
         self._guard_audit = AuditedSet("MAC guard (table GUARD)", clock=clock)
         self._guard_encoders: dict[int, fl.GuardFlowBytes] = {}
         self._guard_want: tuple = (None, None, frozenset())
@@ -387,11 +388,13 @@ class OpenFlowBackend:
         flow of ours was deleted by someone else: a removal the switch
         reports that is not the echo of a delete of ours from the last
         ``ECHO_SECONDS``: one per MAC flow we deleted, any of a network we
-        removed."""
+        removed. What they say waits in :meth:`take_changes`."""
         if not self.switch.drain():
             return False
         changes = self.switch.changes
         concerned = changes != self._seen_changes
+        if concerned:
+            self._changes.lose("the switch connected again")
         self._seen_changes = changes
         now = self.clock()
         self._expected = {k: until for k, until in self._expected.items() if until >= now}
@@ -401,7 +404,17 @@ class OpenFlowBackend:
                 continue
             if self._expected.pop((vni, mac), None) is None:
                 concerned = True
+                net = self._nets.get(vni)
+                if mac is None or net is None or not net.name:
+                    self._changes.lose(f"a flow of ours (transit VNI {vni}) was deleted")
+                else:
+                    self._changes.macs.add((net.name, mac))
         return concerned
+
+    def take_changes(self) -> Changes:
+        """What changed behind the agent's back since the last call."""
+        changes, self._changes = self._changes, Changes()
+        return changes
 
     def _expect_removed(self, vni: int, mac: str | None) -> None:
         self._expected[(vni, mac)] = self.clock() + self.ECHO_SECONDS

@@ -266,7 +266,7 @@ def test_a_pass_that_hangs_stops_the_watchdog_and_one_that_ends_feeds_it_again(t
     backend = StuckBackend()
     local = FileInventory(a)
     agent = Agent(local, [FileInventory(b)], local, backend, resync_interval=0.05,
-                  poll_interval=0.01)
+                  poll_interval=0.01, audit_interval=0.05)  # each audit reads the backend
     notifier = Notifier({"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "100000"})
     agent.on_loop = notifier.tick
     agent.on_pass = lambda result, line: notifier.passed(not result.errors, line)
