@@ -427,7 +427,7 @@ class LinuxBackend:
         self._monitor = monitor if monitor is not None else Monitor(netns)
         self._owned_ifindexes = {link.index for link in self.nl.links()
                                  if is_owned_name(link.name)}
-        self._expected: dict[tuple[int, str, int], float] = {}  # (ifindex, mac, type) -> until
+        self._expected: dict[tuple, float] = {}  # (ifindex, mac, dst, type) -> until
         self._expected_lock = threading.Lock()
         self._fast_nl: Netlink | None = None
         self._fast_index: dict[str, int] = {}
@@ -609,7 +609,7 @@ class LinuxBackend:
         with self._expected_lock:
             for req in reqs:
                 mtype = RTM_DELNEIGH if req.action == "delete" else RTM_NEWNEIGH
-                self._expected[(req.ifindex, req.mac, mtype)] = until
+                self._expected[(req.ifindex, req.mac, req.dst, mtype)] = until
 
     def drain_events(self) -> bool:
         """Read every pending link/FDB event; True if one concerned what we
@@ -643,7 +643,7 @@ class LinuxBackend:
                         changes.lose(f"owned device {what or ifindex} changed")
                 elif (ifindex in self._owned_ifindexes and what is not None
                       and what.flags & NTF_EXT_LEARNED
-                      and (ifindex, what.mac, mtype) not in expected):
+                      and (ifindex, what.mac, _dst(what), mtype) not in expected):
                     concerned = True
                     self._foreign(mtype, ifindex, what, changes)
         return concerned
@@ -661,7 +661,7 @@ class LinuxBackend:
         if mtype == RTM_NEWNEIGH:  # to clear when the MAC is set again
             dev = self._devices[network].device(side)
             self._broken.setdefault((network, rec.mac), []).append(
-                FdbEntry(dev, rec.mac, None if rec.master or rec.flags & NTF_MASTER else rec.dst))
+                FdbEntry(dev, rec.mac, _dst(rec)))
 
     def take_changes(self) -> Changes:
         """What changed behind the agent's back since the last call."""
@@ -687,6 +687,12 @@ class LinuxBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _dst(rec: FdbRecord) -> str | None:
+    """The destination a request of ours names for this entry (none for a
+    bridge entry)."""
+    return None if rec.master or rec.flags & NTF_MASTER else rec.dst
 
 
 def compile_op(op: MacOp | FloodOp, devs: NetworkDevices,

@@ -332,8 +332,9 @@ class OpenFlowBackend:
                                 frozenset(g for g in guards or () if g.network in self._vni))
         want = self._guard_want[2]  # computed once per change of the guards or networks
         have = self._guard_audit.have(self._guards_there)
-        gone, add = have - want, want - have
+        gone, add = (have - want, want - have) if have is not want else ((), ())
         if not (gone or add):
+            self._guard_audit.wrote(want)  # (equal as read: the same object from now on)
             return counters if guards is not None else GuardCounters()
         if want:
             msgs = [fl.delete_guard(self._vni[g.network], g.side, g.mac) for g in sorted(gone)

@@ -271,6 +271,7 @@ def test_owned_entries_and_a_network_broken_by_hand_are_restored(lab):
     b1, a2 = lab.topology.vm("b1-red"), lab.topology.vm("a2-red")
     transit_b = lab.topology.site("b").transit_ip
     assert gateways.place_of(lab, "a", "red", b1.mac) == {("transit", transit_b)}
+    before = build.agent_status(lab, "a")["dataplane_audit"]
     gateways.delete_by_hand(lab, "a", "red", b1.mac)
     # (No check that it is gone: the agent hears the kernel and may already
     # have put it back; the delete succeeding is the proof.)
@@ -278,7 +279,12 @@ def test_owned_entries_and_a_network_broken_by_hand_are_restored(lab):
     def entry_back():
         """the deleted MAC's place is back"""
         return gateways.place_of(lab, "a", "red", b1.mac) == {("transit", transit_b)}
-    wait_for(entry_back, build.AGENT_RESYNC + 2.5)
+    wait_for(entry_back, 2.5)
+    # by the event path: the change was reported, and no audit (the lab's
+    # come a minute apart) read the dataplane for it
+    after = build.agent_status(lab, "a")["dataplane_audit"]
+    assert after["foreign_changes"] > before["foreign_changes"]
+    assert after["drift"] == before["drift"]
 
     gateways.break_network_by_hand(lab, "a", "red")
 

@@ -414,6 +414,59 @@ def test_events_report_a_foreign_delete_of_an_owned_entry(ns, backend):
     assert backend.drain_events() is False
 
 
+def test_events_say_which_mac_and_flood_changed_behind_our_back(ns, backend):
+    """What a foreign change reports (Backend.take_changes): the MAC whose
+    entry went, a flood destination gone or added; our own writes none."""
+    reconcile(backend, STATE_A)
+    wait_for_quiet(backend)
+    assert not backend.take_changes()
+    red2 = ep("b", "red", 2)
+    sh(ns, f"bridge fdb del {red2.mac} dev gwa-vt-5001 dst 198.18.200.2 self")
+    sh(ns, "bridge fdb append 00:00:00:00:00:00 dev gwa-vt-5001 dst 198.18.200.9 self "
+           "extern_learn")
+    sh(ns, "bridge fdb del 00:00:00:00:00:00 dev gwa-vt-5001 dst 198.18.200.2 self")
+    changes = backend.take_changes() if backend.drain_events() else None
+    assert changes is not None and not changes.full
+    assert changes.macs == {("red", red2.mac)}
+    assert changes.floods == {FloodEntry("red", TRANSIT, "198.18.200.9"): True,
+                              FloodEntry("red", TRANSIT, "198.18.200.2"): False}
+
+
+def test_lost_events_say_so_and_a_read_is_due(ns):
+    """An event socket too small for a burst (ENOBUFS): the backend says
+    events were lost, so the agent reads everything at once."""
+    be = LinuxBackend(ns, monitor=netlink.Monitor(ns, rcvbuf=4096))
+    try:
+        many = dataplane([], [Endpoint(site="b", network="red", vtep="198.18.2.11",
+                                       mac=f"fa:16:3e:09:{i >> 8:02x}:{i & 255:02x}",
+                                       port_id=f"p{i}") for i in range(3000)])
+        reconcile(be, many)
+        be.drain_events()
+        be.take_changes()
+        batch = "".join(f"fdb del {m.mac} dev gwa-vt-5001 dst {m.vtep} self\n"
+                        for m in many.macs)
+        subprocess.run(["ip", "netns", "exec", ns, "bridge", "-batch", "-"], input=batch,
+                       text=True, check=True)
+        assert be.drain_events() is True
+        assert "lost" in (be.take_changes().full or "")
+    finally:
+        be.close()
+
+
+def wait_for_quiet(backend, quiet: float = 0.3, deadline: float = 10.0) -> None:
+    """Drain events until none came for ``quiet`` seconds (the kernel's
+    linkwatch reports link changes late), then forget what they said."""
+    import select
+    import time
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        backend.drain_events()
+        if not select.select([backend.fileno()], [], [], quiet)[0]:
+            backend.take_changes()
+            return
+    raise AssertionError(f"events kept coming for {deadline}s")
+
+
 def test_events_report_owned_link_changes(ns, backend):
     reconcile(backend, STATE_A)
     backend.drain_events()
