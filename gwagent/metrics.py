@@ -131,6 +131,17 @@ class _AgentCollector:
             for side, n in sorted((state.get("dropped") or {}).items()):
                 drops.add_metric([side], n)
             yield drops
+        audit = a.mirror
+        for name, what, n in (
+                ("audits", "Full reads of the dataplane (audits, and reads made at once when "
+                           "events were lost or a write failed)", audit.audits),
+                ("drift", "Entries an audit found changed with no event seen (repaired)",
+                 audit.drift),
+                ("foreign_changes", "Changes behind the agent's back reported by events "
+                                    "(repaired without a read)", audit.foreign),
+                ("events_lost", "Times events were lost or the switch reconnected (a full "
+                                "read followed)", audit.lost)):
+            yield CounterMetricFamily(f"gwagent_dataplane_{name}", what, value=n)
         active = GaugeMetricFamily("gwagent_gateway_active",
                                    "1 if this node holds the site's addresses and writes its "
                                    "registry (always 1 for a site's only gateway), by node",

@@ -183,6 +183,8 @@ def test_the_agents_metrics_say_what_their_status_says(lab):
                  if name == "gwagent_source_fresh"}
         assert len(fresh) == 2 and all(v == 1 for v in fresh.values()), fresh
         assert time.time() - metrics[("gwagent_last_successful_pass_timestamp_seconds", ())] < 60
+        assert metrics[("gwagent_dataplane_audits_total", ())] >= 1
+        assert metrics[("gwagent_dataplane_drift_total", ())] == status["dataplane_audit"]["drift"]
 
 
 @pytest.mark.parametrize("src, dst, other", [
