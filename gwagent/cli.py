@@ -327,6 +327,15 @@ def format_status(status: dict, pid: int | None) -> str:
         f" items retrying: {status.get('retrying', 0)}",
         f"last error: {status.get('last_error') or 'none'}",
     ]
+    audit = status.get("dataplane_audit")
+    if audit:
+        read = (f", the last {time.time() - audit['last_audit']:.0f}s ago "
+                f"({audit.get('last_dump_reason')})" if audit.get("last_audit") else "")
+        lines.append(f"dataplane: {audit['audits']} full reads{read}, every "
+                     f"{audit['audit_interval']:g}s; drift found {audit['drift']}"
+                     f"{' (changed with no event seen: see the log)' if audit['drift'] else ''}; "
+                     f"foreign changes reported {audit['foreign_changes']}; events lost "
+                     f"{audit['events_lost']}")
     ha = status.get("ha") or {}
     if ha.get("mode") == "vrrp":
         since = f", since {time.time() - ha['since']:.0f}s ago" if ha.get("since") else ""

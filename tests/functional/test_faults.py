@@ -6,7 +6,7 @@ RabbitMQ stopped, an API answering 500s, an API answering 3 s late), while
 sequence-numbered probes cross the gateways every millisecond:
 
 * no probe is lost (on OpenFlow's userspace datapath: no gap of more than
-  300 ms, see the test);
+  1 s, see the test);
 * an owned MAC place (FDB entry or flow) deleted behind gateway a's back is
   repaired within 2.5 s (the fault's own delay is 3 s);
 * a VM added in a healthy cloud is reachable from the other healthy site;
@@ -218,9 +218,11 @@ def test_a_fault_of_one_cloud_stalls_no_gateway(flab, fault, site, observer, hea
             # -m) and none on Linux in the same runs. A gateway stalled by a
             # fault would lose seconds of probes: no gap may come near that.
             # (RabbitMQ's restart once cost 3% in one CI run: its reconnection
-            # storm is the heaviest CPU load of the matrix)
+            # storm is the heaviest CPU load of the matrix; in another its
+            # longest burst was 303 ms). A stall is seconds: 1 s keeps the
+            # two apart.
             assert stats.lost <= stats.expected // 20, (pair, stats.to_dict())
-            assert stats.longest_gap < 300, (pair, stats.to_dict())
+            assert stats.longest_gap < 1000, (pair, stats.to_dict())
 
     def syncs():
         """{site: start} of each gateway's last registry sync, if each

@@ -130,3 +130,15 @@ def test_a_failed_write_is_read_again_and_retried(tmp_path):
     clock.now += 10                              # past the retry's backoff
     assert agent.run_pass().ops == {"set": 1}
     assert dp.reads == reads + 1 and entry in dp.observe().macs
+
+
+def test_status_says_what_the_audits_found(tmp_path):
+    from gwagent.cli import format_status
+    agent, dp, clock = make(tmp_path)
+    drop_by_hand(dp, remote_mac(agent))
+    clock.now += 61
+    agent.run_pass()
+    text = format_status(agent.status(), None)
+    line = next(x for x in text.splitlines() if x.startswith("dataplane:"))
+    assert "2 full reads" in line and "(audit)" in line and "every 60s" in line
+    assert "drift found 2 (changed with no event seen" in line
