@@ -509,11 +509,7 @@ class Agent:
             (ready if self.items.ready(op.key, now) else not_done).append(op)
         result.deferred += len(not_done)
         failures = self._apply(ready, seqs) if ready else []
-        for op in not_done:  # planned again next pass
-            if isinstance(op, MacOp):
-                mirror.dirty.add((op.entry.network, op.entry.mac))
-            elif not isinstance(op, NetworkOp):
-                mirror.dirty_floods.add(op.entry)
+        mirror.again(not_done)
         result.failed = dict(collections.Counter(f.op.action for f in failures))
         for failure in failures:
             delay = self.items.failed(failure.op.key, now)

@@ -105,6 +105,15 @@ class Mirror:
             self.dirty, self.dirty_floods = set(), set()
             return keys, floods
 
+    def again(self, ops) -> None:
+        """Plan these (deferred) operations' keys again next pass."""
+        with self.lock:
+            for op in ops:
+                if isinstance(op, MacOp):
+                    self.dirty.add((op.entry.network, op.entry.mac))
+                elif isinstance(op, FloodOp):
+                    self.dirty_floods.add(op.entry)
+
     def observed(self, keys: Iterable[tuple[str, str]], floods: Iterable[FloodEntry]
                  ) -> GatewayState:
         """The part of the mirror about ``keys`` and ``floods``."""
