@@ -282,10 +282,14 @@ def test_owned_entries_and_a_network_broken_by_hand_are_restored(lab):
         """the deleted MAC's place is back"""
         return gateways.place_of(lab, "a", "red", b1.mac) == {("transit", transit_b)}
     wait_for(entry_back, 2.5)
+
+    def reported():
+        """the pass that put it back wrote its status (after the write)"""
+        after = (build.agent_status(lab, "a") or {}).get("dataplane_audit") or {}
+        return after.get("foreign_changes", 0) > before["foreign_changes"] and after
     # by the event path: the change was reported, and no audit (the lab's
     # come a minute apart) read the dataplane for it
-    after = build.agent_status(lab, "a")["dataplane_audit"]
-    assert after["foreign_changes"] > before["foreign_changes"]
+    after = wait_for(reported, 2.5)
     assert after["drift"] == before["drift"]
 
     gateways.break_network_by_hand(lab, "a", "red")
