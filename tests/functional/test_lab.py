@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pyroute2 import IPRoute, netns
 
-from labs import BACKENDS, lab_up, scrape
+from labs import BACKENDS, lab_up, scrape, wait_for
 from gwagent.control.sources import FileInventory
 from gwagent.lab import build, gateways, probe
 from gwagent.lab import topology as topo_mod
@@ -27,17 +27,6 @@ from gwagent.lab.names import vxlan_name
 from gwagent.lab.processes import python_env
 
 NTF_EXT_LEARNED = 0x10
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> float:
-    """Seconds until ``predicate()`` held; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while True:
-        if predicate():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
-        time.sleep(interval)
 
 
 def fdb(ns: str, dev: str) -> dict[tuple[str, str | None], int]:
