@@ -33,7 +33,7 @@ VERSION = gwagent.__version__
 # What each extra must bring (distribution names), and what the base install
 # must not: a Linux-backend gateway has none of it.
 EXTRAS = {
-    "neutron": {"openstacksdk"},
+    "neutron": {"openstacksdk", "kombu"},
     "openflow": {"os-ken", "ovsdbapp"},
     "drills": {"scapy", "matplotlib", "gwagent"},  # gwagent[lab]: a drill runs on a lab
 }
