@@ -203,8 +203,13 @@ class Agent:
         for view in views:
             if view.initial_label in old and old[view.initial_label].role == view.role:
                 view.adopt(old[view.initial_label])
+        gone = [v.source for v in self.views if all(v.source is not n.source for n in views)]
         self.views = views
         self.local, self.peers, self.registry = local, list(peers), registry
+        for source in gone:  # their notification feeds, say
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         self._built = None
         self._registry_version = None
         if running:
@@ -744,6 +749,10 @@ class Agent:
         finally:
             self._stop_readers()
             self._stop_registrar()
+            for view in self.views:
+                close = getattr(view.source, "close", None)
+                if close is not None:
+                    close()
 
     def _loop(self, on_reload) -> None:
         due = self.clock()

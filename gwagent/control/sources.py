@@ -56,7 +56,10 @@ class Throttled:
     """A source whose ``version()`` asks at most every ``interval`` seconds.
 
     The agent polls versions often (a file's is a stat); a Neutron's costs a
-    request, so between two real asks the last answer stands.
+    request, so between two real asks the last answer stands. A source whose
+    notifications are heard (``events_live()``) is asked every time: its
+    version costs nothing. Whatever else the source offers (its registry,
+    its status, ``close``) passes through.
     """
 
     def __init__(self, source: SiteSource, interval: float, clock=time.monotonic):
@@ -66,7 +69,15 @@ class Throttled:
     def snapshot(self) -> SiteSnapshot:
         return self.source.snapshot()
 
+    def __getattr__(self, name):
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
     def version(self) -> object:
+        live = getattr(self.source, "events_live", None)
+        if live is not None and live():
+            return self.source.version()  # free: what its notifications said
         now = self.clock()
         if self._asked is None or now - self._asked >= self.interval:
             self._asked = now

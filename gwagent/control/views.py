@@ -162,7 +162,15 @@ class SourceView:
             "reading_for": round(now - since, 3) if since is not None else None,
             "deadline": self.deadline, "failures": self.failures,
             "endpoints": len(self.snapshot.endpoints) if self.snapshot else None,
+            "notifications": self._events_status(),
         }
+
+    def _events_status(self) -> dict | None:
+        events = getattr(self.source, "events_status", None)
+        try:
+            return events() if events is not None else None
+        except Exception:  # noqa: BLE001 - status never fails for a source's sake
+            return None
 
 
 class Reader(threading.Thread):
