@@ -39,7 +39,7 @@ from gwagent.control.agent import Agent, MobilityWorker
 from gwagent.control.mobility import MobilityTable
 from gwagent.control.sources import FileInventory, Throttled
 from gwagent.drill.cli import add_parser as add_drill_parser
-from gwagent.extras import MissingExtra
+from gwagent.extras import MissingExtra, require
 from gwagent.model import Gateway, Site, ValidationError
 from gwagent.neutron.source import NeutronClient, NeutronSite
 from gwagent.service import Notifier
@@ -97,10 +97,19 @@ def neutron_sources(conf: cfg.ConfigOpts):
         try:
             gw = Gateway(cloud_group.gateway_host, cloud_group.gateway_tunnel_ip,
                          cloud_group.gateway_transit_ip, nodes)
+            feed = None
+            if cloud_group.notification_url:
+                require("neutron", "kombu", feature="Neutron notifications "
+                                                    "([neutron] notification_url)")
+                from gwagent.neutron.notifications import Feed
+                feed = Feed(cloud_group.notification_url, cloud_group.notification_exchange,
+                            cloud_group.notification_topic, name=f"gwagent-{n.site_name}-{name}")
             return NeutronSite(NeutronClient(cloud_group.cloud, cloud_group.clouds_file,
                                              timeout=(n.api_connect_timeout,
                                                       n.api_read_timeout)),
-                               Site(name, gw), networks, cloud_group.network_ids)
+                               Site(name, gw), networks, cloud_group.network_ids,
+                               feed=feed, audit_interval=n.audit_interval,
+                               probe_interval=n.poll_interval)
         except ValidationError as exc:
             raise SystemExit(f"gwagent: [{group}] {exc}") from None
 
@@ -301,6 +310,22 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _notifications_detail(src: dict) -> str:
+    """A source's notification feed, in words (Neutron sources with
+    [neutron] notification_url)."""
+    n = src.get("notifications")
+    if not n:
+        return ""
+    reads = n.get("reads") or {}
+    if n.get("live"):
+        how = (f"notifications heard ({n.get('kept', 0)} kept of {n.get('messages', 0)}); "
+               f"reads by ID {reads.get('by_id', 0)}, full listings {reads.get('full', 0)}"
+               f" every {n.get('audit_interval', 0):g}s")
+    else:
+        how = f"notifications NOT heard, listing every change check: {n.get('error') or 'connecting'}"
+    return how
+
+
 def format_status(status: dict, pid: int | None) -> str:
     last = status.get("last_pass") or {}
     ago = f"{time.time() - last['at']:.0f}s ago" if last.get("at") else "never"
@@ -365,6 +390,7 @@ def format_status(status: dict, pid: int | None) -> str:
                 detail = "no good read yet: what it owns is left alone"
             if src["state"] in ("hung", "failing", "stale") and ago is not None:
                 detail += "; its last good snapshot stays in force"
+            detail = "; ".join(d for d in (detail, _notifications_detail(src)) if d)
             eps = "-" if src.get("endpoints") is None else src["endpoints"]
             lines.append(f"{src['name'][:16]:<16} {src['role']:<6} {src['state'].upper() if src['state'] != 'fresh' else 'fresh':<8} "
                          f"{good:>10} {eps:>9}  {detail}")

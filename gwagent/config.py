@@ -134,8 +134,29 @@ neutron_opts = [
                  help="Seconds a Neutron API may take to answer one request once connected "
                       "(a read of a site is a few requests)."),
     cfg.FloatOpt("poll_interval", default=0.5, min=0.05,
-                 help="Seconds between the cheap change checks against each Neutron (a "
-                      "narrow port listing); a change starts a pass at once."),
+                 help="Seconds between the cheap checks against each Neutron: a narrow "
+                      "port listing where its notifications are not heard (a change starts "
+                      "a pass at once), a read of the stretched networks where they are "
+                      "(the API's health, shown by status within a poll)."),
+    cfg.StrOpt("notification_url", secret=True,
+               help="Transport URL of the cloud's message bus, where Neutron publishes its "
+                    "notifications (as Neutron's own [oslo_messaging_notifications] "
+                    "transport_url, or its [DEFAULT] transport_url: rabbit://user:pass@host:"
+                    "5672/vhost). Needs Neutron's [oslo_messaging_notifications] driver = "
+                    "messagingv2. Set: the gateway reads only the ports it hears changed and "
+                    "lists them all every audit_interval. Empty: every change check is a "
+                    "listing (works, slower)."),
+    cfg.StrOpt("notification_exchange", default="neutron",
+               help="The exchange of those notifications: Neutron's [DEFAULT] "
+                    "control_exchange."),
+    cfg.StrOpt("notification_topic", default="notifications",
+               help="The topic of those notifications: Neutron's "
+                    "[oslo_messaging_notifications] topics (its first)."),
+    cfg.FloatOpt("audit_interval", default=300.0, min=1.0,
+                 help="With notifications heard: seconds between full listings of each "
+                      "cloud's ports and of the remote ports this gateway owns (the audit of "
+                      "what the events said; a listing is made at once after the bus "
+                      "reconnected, when events may have been lost)."),
 ]
 
 openflow_opts = [
@@ -191,6 +212,20 @@ neutron_peer_opts = [
     cfg.StrOpt("gateway_transit_ip",
                help="The peer gateway's transit address: where this gateway sends the "
                     "peer's MACs."),
+    cfg.StrOpt("notification_url", secret=True,
+               help="Transport URL of the peer cloud's message bus, where Neutron publishes its "
+                    "notifications (as Neutron's own [oslo_messaging_notifications] "
+                    "transport_url, or its [DEFAULT] transport_url: rabbit://user:pass@host:"
+                    "5672/vhost). Needs Neutron's [oslo_messaging_notifications] driver = "
+                    "messagingv2. Set: this gateway reads only the ports it hears changed and "
+                    "lists them all every audit_interval. Empty: every change check is a "
+                    "listing (works, slower)."),
+    cfg.StrOpt("notification_exchange", default="neutron",
+               help="The exchange of those notifications: Neutron's [DEFAULT] "
+                    "control_exchange."),
+    cfg.StrOpt("notification_topic", default="notifications",
+               help="The topic of those notifications: Neutron's "
+                    "[oslo_messaging_notifications] topics (its first)."),
 ]
 
 PEER_GROUP = "neutron_peer_{}"
