@@ -537,7 +537,8 @@ def config_sections(lab, site) -> str:
             f"gateway_transit_ip = {site.transit_ip}\n"
             + (f"gateway_nodes = {','.join(site.gateways)}\n" if site.ha else "")
             + f"peers = {','.join(p.name for p in peers)}\n"
-            "poll_interval = 0.5\n")
+            "poll_interval = 0.5\n"
+            + _notifications_option(lab, site.name))
     for peer in peers:
         text += (f"\n[neutron_peer_{peer.name}]\n"
                  f"cloud = {cloud_name(peer.name)}\n"
@@ -545,8 +546,20 @@ def config_sections(lab, site) -> str:
                  f"network_ids = {_ids_option(lab, peer.name)}\n"
                  f"gateway_host = {peer.gateway}\n"
                  f"gateway_tunnel_ip = {peer.tunnel_ip}\n"
-                 f"gateway_transit_ip = {peer.transit_ip}\n")
+                 f"gateway_transit_ip = {peer.transit_ip}\n"
+                 + _notifications_option(lab, peer.name))
     return text
+
+
+def _notifications_option(lab, site: str) -> str:
+    """Where the gateways hear a site's Neutron notifications: its virtual
+    host on the lab's broker, its control exchange."""
+    info = lab.neutron["sites"][site]
+    url = info.get("transport_url") or "fake:"
+    if url.startswith("fake:"):
+        return ""  # a lab without a broker: the gateways list
+    return (f"notification_url = {url}\n"
+            f"notification_exchange = {info['exchange']}\n")
 
 
 def status(lab) -> dict:

@@ -11,7 +11,9 @@ state in ``workdir``: configuration, an SQLite database (tables created from
 the models and stamped, since SQLite cannot run the migrations) and logs.
 Restarting a server on the same ``workdir`` keeps its ports.
 
-With a ``transport_url`` (RabbitMQ), an RPC server (``neutron-rpc-server``)
+With a ``transport_url`` (RabbitMQ), Neutron also publishes its
+notifications there (``driver = messagingv2``), as a deployer enables them
+for Ceilometer or for gateways; and an RPC server (``neutron-rpc-server``)
 runs beside the API: it is what L2 agents talk to (``report_state``,
 ``update_device_up``), and it is where Neutron tells the mechanism drivers
 that a device came up on an agent. Without one, ``fake://`` is used and the
@@ -102,7 +104,12 @@ def _conf(site: str, workdir: Path, port: int, transport_url: str, vni_range: st
 
         [agent]
         report_interval = 0
-        """)
+        """) + ("" if transport_url.startswith("fake:") else textwrap.dedent("""
+        [oslo_messaging_notifications]
+        # port.create.end, port.update.end, port.delete.end on the topic
+        # "notifications" of the control exchange: what gateways hear
+        driver = messagingv2
+        """))
 
 
 _DB_SCRIPT = """
