@@ -101,6 +101,28 @@ mobility_opts = [
                       "may move again."),
 ]
 
+
+def notification_opts(whose: str) -> list:
+    """Where a cloud's Neutron notifications are heard (the local and each
+    peer group: the same three options)."""
+    return [
+        cfg.StrOpt("notification_url", secret=True,
+                   help=f"Transport URL of {whose}'s message bus, where Neutron publishes "
+                        "its notifications (as Neutron's own [oslo_messaging_notifications] "
+                        "transport_url, or its [DEFAULT] transport_url: rabbit://user:pass@"
+                        "host:5672/vhost). Needs Neutron's [oslo_messaging_notifications] "
+                        "driver = messagingv2. Set: the gateway reads only the ports it hears "
+                        "changed and lists them all every [neutron] audit_interval. Empty: "
+                        "every change check is a listing (works, slower)."),
+        cfg.StrOpt("notification_exchange", default="neutron",
+                   help="The exchange of those notifications: Neutron's [DEFAULT] "
+                        "control_exchange."),
+        cfg.StrOpt("notification_topic", default="notifications",
+                   help="The topic of those notifications: Neutron's "
+                        "[oslo_messaging_notifications] topics (its first)."),
+    ]
+
+
 neutron_opts = [
     cfg.StrOpt("cloud", help="clouds.yaml entry of the local cloud (as openstack --os-cloud)."),
     cfg.StrOpt("clouds_file",
@@ -138,20 +160,7 @@ neutron_opts = [
                       "port listing where its notifications are not heard (a change starts "
                       "a pass at once), a read of the stretched networks where they are "
                       "(the API's health, shown by status within a poll)."),
-    cfg.StrOpt("notification_url", secret=True,
-               help="Transport URL of the cloud's message bus, where Neutron publishes its "
-                    "notifications (as Neutron's own [oslo_messaging_notifications] "
-                    "transport_url, or its [DEFAULT] transport_url: rabbit://user:pass@host:"
-                    "5672/vhost). Needs Neutron's [oslo_messaging_notifications] driver = "
-                    "messagingv2. Set: the gateway reads only the ports it hears changed and "
-                    "lists them all every audit_interval. Empty: every change check is a "
-                    "listing (works, slower)."),
-    cfg.StrOpt("notification_exchange", default="neutron",
-               help="The exchange of those notifications: Neutron's [DEFAULT] "
-                    "control_exchange."),
-    cfg.StrOpt("notification_topic", default="notifications",
-               help="The topic of those notifications: Neutron's "
-                    "[oslo_messaging_notifications] topics (its first)."),
+    *notification_opts("the cloud"),
     cfg.FloatOpt("audit_interval", default=300.0, min=1.0,
                  help="With notifications heard: seconds between full listings of each "
                       "cloud's ports and of the remote ports this gateway owns (the audit of "
@@ -212,20 +221,7 @@ neutron_peer_opts = [
     cfg.StrOpt("gateway_transit_ip",
                help="The peer gateway's transit address: where this gateway sends the "
                     "peer's MACs."),
-    cfg.StrOpt("notification_url", secret=True,
-               help="Transport URL of the peer cloud's message bus, where Neutron publishes its "
-                    "notifications (as Neutron's own [oslo_messaging_notifications] "
-                    "transport_url, or its [DEFAULT] transport_url: rabbit://user:pass@host:"
-                    "5672/vhost). Needs Neutron's [oslo_messaging_notifications] driver = "
-                    "messagingv2. Set: this gateway reads only the ports it hears changed and "
-                    "lists them all every audit_interval. Empty: every change check is a "
-                    "listing (works, slower)."),
-    cfg.StrOpt("notification_exchange", default="neutron",
-               help="The exchange of those notifications: Neutron's [DEFAULT] "
-                    "control_exchange."),
-    cfg.StrOpt("notification_topic", default="notifications",
-               help="The topic of those notifications: Neutron's "
-                    "[oslo_messaging_notifications] topics (its first)."),
+    *notification_opts("the peer cloud"),
 ]
 
 PEER_GROUP = "neutron_peer_{}"
