@@ -495,6 +495,8 @@ class LinuxBackend:
                 for spec in devs.sides:
                     VxlanDevice(self.nl, spec).remove()
                 BridgeDevice(self.nl, devs.bridge, devs.network).remove()
+                self._fast_index = {name: index for name, index in self._fast_index.items()
+                                    if name not in devs.names}
             else:
                 return OpError(op, f"unknown network action {op.action!r}")
         except (NetlinkError, OSError) as exc:
@@ -514,8 +516,13 @@ class LinuxBackend:
     def _fdb(self, ops: Sequence[MacOp | FloodOp], index: dict[str, int] | None = None,
              nl: Netlink | None = None) -> list[OpError]:
         nl = nl or self.nl
+        # The devices' indexes as of the last observe() and the networks made
+        # since (a change to an owned link forces the next observe): a dump
+        # of every link here cost a pass 1 s at 1000 networks for one entry.
+        # A device not in them is looked up once by a dump.
+        final = index is not None
         if index is None:
-            index = {link.name: link.index for link in nl.links() if is_owned_name(link.name)}
+            index = self._fast_index
         devices, broken = self._devices, self._broken
         errors, reqs, owner = [], [], []
         for op in ops:
@@ -526,26 +533,34 @@ class LinuxBackend:
                 continue
             entries = compile_op(op, net, broken)
             missing = sorted({e[1].dev for e in entries if e[1].dev not in index})
+            if missing and not final:
+                index, final = self._link_index(nl), True
+                missing = sorted({e[1].dev for e in entries if e[1].dev not in index})
             if missing:
                 errors.append(OpError(op, f"{describe(op)}: device {missing[0]} does not exist"))
                 continue
             for action, e in entries:
                 reqs.append(FdbRequest(action, index[e.dev], e.mac, e.dst))
-                owner.append(op)
+                owner.append((op, e.dev))
         self._expect(reqs)
         try:
             failed = nl.fdb_bulk(reqs)
         except (NetlinkError, OSError) as exc:
-            return errors + [OpError(op, f"{describe(op)}: {exc}") for op in dict.fromkeys(owner)]
+            return errors + [OpError(op, f"{describe(op)}: {exc}")
+                             for op in dict.fromkeys(op for op, _ in owner)]
         if len(reqs) > WINDOW:  # a long write: its first echoes count from its end
             self._expect(reqs)
         reported = set()
         for i, exc in sorted(failed.items()):
-            op = owner[i]
+            op, dev = owner[i]
             if id(op) not in reported:
                 reported.add(id(op))
-                errors.append(OpError(op, f"{describe(op)}: {exc}"))
+                errors.append(OpError(op, f"{describe(op)}: device {dev}: {exc}"))
         return errors
+
+    @staticmethod
+    def _link_index(nl: Netlink) -> dict[str, int]:
+        return {link.name: link.index for link in nl.links() if is_owned_name(link.name)}
 
     # ownership -------------------------------------------------------------
 
