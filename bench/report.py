@@ -52,6 +52,30 @@ def agent_pass_rows(figures: dict) -> list[Row]:
     return rows
 
 
+def scaling_rows(figures: dict) -> list[Row]:
+    """bench/test_scaling.py: the speed issue's targets on the curve (10
+    networks; the whole curve is bench/results/scaling.md)."""
+    rows = []
+    points = {(p["backend"], p["networks"], p["endpoints"]): p
+              for p in figures.get("scaling", {}).get("points", [])}
+    for backend in ("linux", "openflow"):
+        p = points.get((backend, 10, 100_000))
+        if p:
+            rows.append(Row(f"{backend}: pass with nothing to change, 100,000 endpoints (curve)",
+                            f"{p['idle_s'] * 1000:.1f} ms", target="< 50 ms",
+                            met="yes" if p["idle_s"] < 0.05 else "NO"))
+        p = points.get((backend, 10, 1_000_000))
+        if p:
+            rows.append(Row(f"{backend}: cold reconcile, 1,000,000 endpoints", f"{p['cold_s']:.1f} s",
+                            target="< 10 s", met="yes" if p["cold_s"] < 10 else "NO"))
+            rows.append(Row(f"{backend}: agent peak RSS, 1,000,000 endpoints",
+                            f"{p['rss_peak_mib']:,.0f} MiB", target="< 1024 MiB",
+                            met="yes" if p["rss_peak_mib"] < 1024 else "NO"))
+            rows.append(Row(f"{backend}: one endpoint changed, 1,000,000 endpoints",
+                            f"{p['change_s'] * 1000:,.0f} ms"))
+    return rows
+
+
 def build_rows(figures: dict) -> list[Row]:
     """Rows for whatever was measured; ``figures`` maps a key to
     {"seconds": median seconds, "entries": how many entries}."""
@@ -89,6 +113,7 @@ def build_rows(figures: dict) -> list[Row]:
                            f" load {entry['load_average']:.1f} on {entry['cpus']} CPUs)")
             rows.append(Row(name, figure, target=target, met=met))
     rows += agent_pass_rows(figures)
+    rows += scaling_rows(figures)
     rows += openflow_rows(figures)
     bulk, naive = figures.get("neutron/bulk"), figures.get("neutron/naive")
     if bulk:

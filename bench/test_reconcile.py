@@ -39,7 +39,7 @@ def build_desired(endpoints: int = ENDPOINTS, networks: int = NETWORKS) -> Desir
         return tuple(Network(f"net{i}", base + i, 5001 + i) for i in range(networks))
 
     local = SiteSnapshot(Site("a", Gateway("gw-a", "198.18.1.1", "198.18.200.1")), nets(1001),
-                         tuple(Endpoint(site="a", network=f"net{i}", mac=f"fa:16:3e:00:00:{i:02x}",
+                         tuple(Endpoint(site="a", network=f"net{i}", mac=f"fa:16:3e:00:{i >> 8:02x}:{i & 255:02x}",
                                         vtep="198.18.1.11") for i in range(networks)))
     peer_eps = tuple(
         Endpoint(site="b", network=f"net{i % networks}", vtep=f"198.18.2.{10 + i % 50}",
