@@ -227,7 +227,7 @@ def cmd_run(args) -> int:
             n = new.agent
             agent.resync_interval, agent.poll_interval = n.resync_interval, n.poll_interval
             agent.pass_budget = n.pass_budget
-            agent.mirror.audit_interval = n.audit_interval
+            agent.audit_interval = n.audit_interval
             agent.ingress_filter = new.gateway.ingress_filter
             agent.mac_guard = new.gateway.mac_guard
             agent.items.initial, agent.items.cap = n.backoff_initial, n.backoff_max

@@ -150,6 +150,7 @@ class Agent:
         self.desired_dp: GatewayState | None = None
         #: The observed dataplane between audits (gwagent.control.observed)
         self.mirror = Mirror(audit_interval, clock)
+        self.audit_interval = audit_interval
         self._planned: tuple | None = None   # (static, mobile, their MACs by key) last planned whole
         self._planned_locs: dict = {}
         self._counts: tuple = (0, 0, 0, 0, None)  # status's per-network counts, and what they are of
@@ -188,6 +189,19 @@ class Agent:
         self._registry_due = threading.Event()
         self._sources_changed = threading.Event()
         self.configure(local, peers, registry)
+
+    @property
+    def audit_interval(self) -> float:
+        return self.mirror.audit_interval
+
+    @audit_interval.setter
+    def audit_interval(self, seconds: float) -> None:
+        """[agent] audit_interval: the full reads of the dataplane, and of
+        the backend's other sets it audits (the MAC guard's members: at 1M
+        a read of them takes minutes on Linux, see the README)."""
+        self.mirror.audit_interval = seconds
+        for audited in getattr(self.backend, "audited", ()):
+            audited.interval = seconds
 
     def configure(self, local: SiteSource, peers: Sequence[SiteSource],
                   registry: Registry | None) -> None:

@@ -97,6 +97,12 @@ class AuditedSet:
         return self._have
 
     def wrote(self, value: Collection) -> None:
+        """What is there now, as written. Written whole (nothing known
+        before: the container made again) is as good as a read, so the
+        audit's timer starts here: a million members read at once after
+        the cold start cost minutes."""
+        if self._have is None:
+            self._next = self.clock() + self.interval
         self._have = frozenset(value)
 
     def forget(self) -> None:

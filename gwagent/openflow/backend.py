@@ -79,6 +79,8 @@ class OpenFlowBackend:
         self._seen_changes = self.switch.changes
         self._changes = Changes()
         self._guard_audit = AuditedSet("MAC guard (table GUARD)", clock=clock)
+        #: what this backend reads in full only on the agent's audit timer
+        self.audited = (self._guard_audit,)
         self._guard_encoders: dict[int, fl.GuardFlowBytes] = {}
         self._guard_want: tuple = (None, None, frozenset())
 

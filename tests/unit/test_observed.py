@@ -142,3 +142,32 @@ def test_status_says_what_the_audits_found(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("dataplane:"))
     assert "2 full reads" in line and "(audit)" in line and "every 60s" in line
     assert "drift found 2 (changed with no event seen" in line
+
+
+def test_an_audited_set_written_whole_is_read_only_when_its_audit_is_due():
+    """The MAC guard's members (a million at scale, minutes to read on
+    Linux): made whole, they are known as written until the audit timer,
+    which starts at that write; a write on top keeps the timer; an audit
+    that finds other than what was written counts the drift; forget() reads
+    at the next look."""
+    from gwagent.dataplane import AuditedSet
+    clock, there, reads = Clock(), {"a", "b"}, []
+
+    def read():
+        reads.append(clock.now)
+        return set(there)
+    audited = AuditedSet("test set", interval=60.0, clock=clock)
+    audited.wrote({"a", "b"})                  # the container made whole
+    clock.now += 59
+    assert audited.have(read) == {"a", "b"} and reads == []
+    audited.wrote({"a", "b", "c"})             # added on top of what was there
+    there.add("c")
+    clock.now += 1
+    assert audited.have(read) == {"a", "b", "c"} and reads == [160.0]
+    there.discard("a")                         # behind the agent's back
+    clock.now += 30
+    assert audited.have(read) == {"a", "b", "c"} and audited.drift == 0
+    clock.now += 30
+    assert audited.have(read) == {"b", "c"} and audited.drift == 1
+    audited.forget()
+    assert audited.have(read) == {"b", "c"} and reads == [160.0, 220.0, 220.0]
