@@ -483,8 +483,10 @@ class Switch:
         first = pending.xids[0]
         return {x - first: e for x, e in pending.errors.items() if 0 <= x - first < len(msgs)}
 
-    def dump_flows(self, cookie: int, mask: int) -> list:
-        req = parser.OFPFlowStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+    def dump_flows(self, cookie: int, mask: int, table: int = ofp.OFPTT_ALL) -> list:
+        """The flows whose cookie matches; in one ``table`` if given (the
+        switch then scans that table only, not every flow of the bridge)."""
+        req = parser.OFPFlowStatsRequest(DP, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                          cookie, mask, parser.OFPMatch())
         pending = self._wait(self._send([req]), "flow dump")
         return [stat for reply in pending.replies for stat in reply.body]

@@ -163,8 +163,9 @@ class FakeSwitch:
         self.reported.extend(removed)
         return {}
 
-    def dump_flows(self, cookie, mask):
-        return [s for s in self.flows.values() if s.cookie & mask == cookie & mask]
+    def dump_flows(self, cookie, mask, table=ofp.OFPTT_ALL):
+        return [s for s in self.flows.values() if s.cookie & mask == cookie & mask
+                and table in (ofp.OFPTT_ALL, s.table_id)]
 
     def dump_groups(self):
         return list(self.groups.values())
