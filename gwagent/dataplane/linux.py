@@ -423,6 +423,7 @@ class LinuxBackend:
                                        clock=clock)
         #: what this backend reads in full only on the agent's audit timer
         self.audited = (self._guard_audit,)
+        self._guard_indexes: dict[str, int | None] = {}  # the ports' as the guard last synced
         self.clock = clock
         self.learning = bool(learning)
         self.nl = nl if nl is not None else Netlink(netns)  # a model of the kernel in unit tests
@@ -492,9 +493,6 @@ class LinuxBackend:
                 self._devices = {**self._devices, devs.network: devs}
                 self._fast_index = {**self._fast_index, **made}
                 self._locate()
-                # The guard's members hold the ports' indexes: the next sync
-                # replaces those of a port made again by a diff against what
-                # was written (reading them all cost minutes at 1M).
             elif op.action == "remove":
                 for spec in devs.sides:
                     VxlanDevice(self.nl, spec).remove()
@@ -616,7 +614,17 @@ class LinuxBackend:
         devices = {(devs.network, side): devs.device(side)
                    for devs in self._devices.values() for side in (SITE, TRANSIT)
                    if devs.device(side)}
-        return self._mac_guard().sync(guards, devices, f"{PREFIX}vl-")
+        # The members hold the ports' indexes (nftables resolves the names
+        # when they are added): a port made again, by us or anyone, needs
+        # them read and written again. A new network's are only added, by
+        # the diff against what was written (reading them all after every
+        # network made cost minutes at 1M).
+        indexes = {name: self._fast_index.get(name) for name in devices.values()}
+        if any(self._guard_indexes.get(name, index) != index for name, index in indexes.items()):
+            self._guard_audit.forget()
+        counters = self._mac_guard().sync(guards, devices, f"{PREFIX}vl-")
+        self._guard_indexes = indexes
+        return counters
 
     # events ----------------------------------------------------------------
 
