@@ -14,7 +14,8 @@ own, both removed at the end. It prints one JSON object:
 * ``change_s``: one more remote endpoint in the peer's snapshot (a VM
   booted there), from the new snapshot to its entry in the dataplane
   (median of 3; each checked afterwards by a read of that one device or
-  flow);
+  flow; ``change_full_reads``: why the dataplane was read whole in those
+  passes, if it was);
 * ``rss_peak_mib``: the process's peak resident memory (the world, the
   agent's state, everything);
 * ``dataplane_mib``: what the entries cost the kernel (its slab, before and
@@ -161,14 +162,17 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
                 idle.append(time.perf_counter() - start)
                 if result.ops:
                     raise RuntimeError(f"an idle pass planned {result.ops}")
-            changes = []
+            changes, reads = [], []
             snap = peer
             for i in range(CHANGES):
+                audits = agent.mirror.audits
                 snap, ep = _added(snap, i, networks)
                 start = time.perf_counter()
                 peer_source.replace(snap)
                 result = _pass(agent, "source")
                 changes.append(time.perf_counter() - start)
+                if agent.mirror.audits != audits:  # a full read in the change's pass: why
+                    reads.append(agent.mirror.last_dump_reason)
                 if not result.ops:
                     raise RuntimeError("the new endpoint planned nothing")
                 if not _in_dataplane(backend, ns, agent, ep, ovs):
@@ -177,12 +181,19 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
                 "backend": backend, "endpoints": endpoints, "networks": networks,
                 "cold_s": cold_s, "idle_s": statistics.median(idle),
                 "change_s": statistics.median(changes), "change_ops": result.ops,
+                "change_full_reads": reads,
                 "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "dataplane_mib": dataplane_kib / 1024,
             }
         finally:
             gc.unfreeze()
             if be is not None:
+                # Removing a namespace with 3,000 links left the kernel
+                # unregistering them for ~19 s, holding the next point's
+                # first netlink socket past pyroute2's deadline: remove
+                # them here, before the namespace goes.
+                if backend == "linux":
+                    be.remove_all()
                 be.close()
             if ovs is not None:
                 ovs.stop()
