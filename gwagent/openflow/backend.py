@@ -161,10 +161,8 @@ class OpenFlowBackend:
                                           f"has no flows on the switch"))
                 continue
             batches.setdefault(vni, []).append(op)
-        names: dict[int, str | None] = {}
         for vni, batch in batches.items():
-            errors.extend(self._network_batch(vni, batch, names))
-        self.bridge.set_network_names(names)
+            errors.extend(self._network_batch(vni, batch))
         return errors
 
     def move(self, ops: Sequence[MacOp]) -> list[OpError]:
@@ -185,9 +183,7 @@ class OpenFlowBackend:
         return [OpError(op, f"{describe(op)}: {failed[i]}") for i, op in enumerate(ops)
                 if i in failed]
 
-    def _network_batch(self, vni: int, ops: list[Op], names: dict) -> list[OpError]:
-        """One network's operations in one bundle; the names of networks
-        made or removed go into ``names``, written together by apply()."""
+    def _network_batch(self, vni: int, ops: list[Op]) -> list[OpError]:
         msgs, owner = [], []
         removed = named = encoder = None
         touched: set[str] = set()
@@ -237,12 +233,12 @@ class OpenFlowBackend:
                 self._groups |= {fl.group_id(vni, SITE), fl.group_id(vni, TRANSIT)}
                 self._nets[vni] = named
                 self._vni[named.name] = vni
-                names[vni] = named.name
+                self.bridge.set_network_name(vni, named.name)
             if removed is not None:
                 self._groups -= {fl.group_id(vni, SITE), fl.group_id(vni, TRANSIT)}
                 self._nets.pop(vni, None)
                 self._vni.pop(removed.name, None)
-                names[vni] = None
+                self.bridge.set_network_name(vni, None)
             return []
         # The bundle is atomic: nothing of it landed. The refused message's
         # own reason goes to its operations, the others say they rolled back.

@@ -253,12 +253,11 @@ class FakeBridge:
     def network_names(self):
         return dict(self.names)
 
-    def set_network_names(self, names):
-        for vni, name in names.items():
-            if name is None:
-                self.names.pop(vni, None)
-            else:
-                self.names[vni] = name
+    def set_network_name(self, vni, name):
+        if name is None:
+            self.names.pop(vni, None)
+        else:
+            self.names[vni] = name
 
     def close(self):
         pass
