@@ -63,8 +63,8 @@ agent_opts = [
                  help="Seconds between full reconcile passes when nothing changes."),
     cfg.FloatOpt("audit_interval", default=60.0, min=0.1,
                  help="Seconds between full reads of the dataplane (every FDB entry or flow "
-                      "the gateway owns, and the MAC guard's members). In between, passes trust what the agent wrote and "
-                      "what the kernel's or the switch's events report, and plan only what "
+                      "the gateway owns, and the MAC guard's members). In between, passes "
+                      "trust what the agent wrote and what the kernel's or the switch's events report, and plan only what "
                       "changed; a read is made at once when events were lost, an owned "
                       "device changed or a write failed. What an audit finds changed "
                       "without an event is logged, counted (status: dataplane_audit.drift) "
