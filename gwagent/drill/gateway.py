@@ -92,16 +92,14 @@ def _links(lab, node: str, up: bool) -> float:
     return before
 
 
-def registry_marks(lab) -> tuple[dict[str, frozenset], int]:
+def registry_marks(lab) -> tuple[dict[str, frozenset], dict[str, int]]:
     """Every site's registered remote ports, whole (a write changes one),
-    and the write requests (POST, PUT, DELETE) every gateway agent has
-    sent to a Neutron (its metrics; none on a file lab): a write that
+    and the write requests (POST, PUT, DELETE) each gateway agent has sent
+    to a Neutron (its metrics; none on a file lab), by node: a write that
     changed nothing shows there."""
     ports = {s.name: frozenset(lab.truth.remote_ports(s.name)) for s in lab.topology.sites}
-    requests = 0
-    for site in lab.topology.sites:
-        for node in site.gateways:
-            requests += _write_requests(build.metrics_url(lab, site.name, node))
+    requests = {node: _write_requests(build.metrics_url(lab, site.name, node))
+                for site in lab.topology.sites for node in site.gateways}
     return ports, requests
 
 
@@ -116,11 +114,13 @@ def _write_requests(url: str | None) -> int:
                    and s.labels.get("method") in ("POST", "PUT", "DELETE")))
 
 
-def _writes(before: tuple, after: tuple) -> int:
+def _writes(before: tuple, after: tuple) -> tuple[int, str]:
     """Remote ports created, changed or deleted between two marks, or the
-    write requests sent meanwhile if they are more."""
+    write requests sent meanwhile if they are more; and who sent them."""
     changed = sum(len(before[0][s] ^ after[0][s]) for s in before[0])
-    return max(changed, after[1] - before[1])
+    sent = {node: n - before[1].get(node, 0) for node, n in after[1].items()}
+    who = ", ".join(f"{node} sent {n}" for node, n in sorted(sent.items()) if n)
+    return max(changed, sum(sent.values())), who or f"{changed} remote ports differ"
 
 
 def wait_active(lab, site, node: str, timeout: float) -> bool:
@@ -206,11 +206,11 @@ def run(lab, site_name: str | None = None, network: str | None = None, runs: int
                     # The new active node's registrar has run by now (it starts
                     # at once on becoming active); what it wrote shows here.
                     _settle_registrar(lab, site, taker, failed, timeout)
-                    n_writes = _writes(marks, registry_marks(lab))
+                    n_writes, who = _writes(marks, registry_marks(lab))
                     writes.append(n_writes)
                     if n_writes:
                         checks.append(Check(site.name, "registry writes after the move", "0",
-                                            str(n_writes)))
+                                            f"{n_writes} ({who})"))
                     move = report.Move(
                         "gw", mode, "cross", i, dead, taker, results, checks,
                         failure_ms=round((failed - ref) * 1000, 3),

@@ -287,7 +287,8 @@ def agent_status(lab: Lab, site: str, node: str | None = None) -> dict | None:
 
 def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> None:
     """Wait until every agent reported a good pass (newer than ``since``, wall
-    time) and every site's registry holds the peers' VMs."""
+    time) and every site's registry holds the peers' VMs, its active
+    registrar's last sync without an error."""
     deadline = time.monotonic() + timeout
     pending = [s.name for s in lab.topology.sites]
     why: dict[str, str] = {}
@@ -320,7 +321,12 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
             except Exception as exc:  # noqa: BLE001 - a registry being rewritten: look again
                 why[site] = f"its registry unreadable: {exc}"
                 continue
-            if have == want:
+            registry = (status or {}).get("registry") or {}
+            if have == want and registry.get("state") != "ok":
+                # the ports are there, but its registrar has not yet synced
+                # without an error: a lab is up when nothing is left to do
+                why[site] = f"{have} of {want} remote ports registered; registry {registry}"
+            elif have == want:
                 pending.remove(site)
             else:
                 why[site] = (f"{have} of {want} remote ports registered; registry "

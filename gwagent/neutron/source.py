@@ -61,7 +61,9 @@ Changes by events, listings as audit
     newer revision, or a delete of a port it still holds). Full listings
     stay as the audit: every ``audit_interval`` seconds, after the feed
     (re)connected (events may have been lost meanwhile), after a network or
-    subnet changed. Without a feed, or while it is not connected, every
+    subnet changed, and after a write of ours failed (a bulk create that
+    answered 500 once left its ports in Neutron, unbound and never
+    notified: the cache would have retried them as new, 409 after 409). Without a feed, or while it is not connected, every
     read lists, as before: slower, never wrong.
 
 Cost
@@ -677,6 +679,7 @@ class NeutronSite:
                 except SourceError as exc:
                     LOG.warning("site %s: remote port %s is %s and could not be bound again: %s",
                                 self.site.name, port["id"], port["binding:vif_type"], exc)
+                    self._unsure([exc], "a binding repair of ours failed")
         return asked
 
     def _body(self, rp: RemotePort, net: _LocalNet) -> dict:
@@ -747,7 +750,17 @@ class NeutronSite:
         for key, msg in errors.items():
             LOG.warning("site %s: remote port %s not registered: %s", self.site.name,
                         "/".join(key), msg)
+        self._unsure(errors, "a write of ours failed")
         return errors
+
+    def _unsure(self, errors, why: str) -> None:
+        """After a failed write, what Neutron holds is not known: a bulk
+        create that answers 500 may have made its ports all the same (its
+        rollback failed), and no notification says so. The next read of
+        the owned ports is a full listing, not the cache."""
+        if errors:
+            with self._lock:
+                self._owned_full = self._owned_full or why
 
     def _update(self, cur: dict, body: dict, net: _LocalNet, conditional: bool) -> bool:
         """Bring port ``cur`` to ``body``; True if it must be (re)created.
@@ -806,6 +819,7 @@ class NeutronSite:
                     self._cached(gone=cur["id"])
             except SourceError as exc:
                 errors[rp.key] = str(exc)
+        self._unsure(errors, "a delete of ours failed")
         return errors
 
 

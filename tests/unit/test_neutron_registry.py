@@ -1,0 +1,123 @@
+"""The registry's cache of owned remote ports, against a fake Neutron that
+models what a real one does with the gateway's requests (ports kept by ID,
+filters, a MAC used once per network) and one behaviour seen in the lab: a
+bulk create that answers 500 after its ports were made (its rollback
+failed), with no notification of them. After such a failed write the
+registry must list again rather than trust its cache: else it retries
+the ports as new, 409 after 409, and leaves them unbound for the next
+active node to repair."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+from gwagent.model import Endpoint, Gateway, RemotePort, Site
+from gwagent.neutron.source import NeutronError, NeutronSite
+
+NET = "net-red"
+
+
+class FakeNeutron:
+    """Ports, networks and subnets by ID; ``fail_after_create`` makes the
+    next POST /ports create its ports, then answer 500."""
+
+    def __init__(self):
+        self.ports: dict[str, dict] = {}
+        self.networks = {NET: {"id": NET, "name": "red", "project_id": "p",
+                               "provider:network_type": "vxlan",
+                               "provider:segmentation_id": 1001}}
+        self.subnets = [{"network_id": NET, "cidr": "198.19.10.0/24"}]
+        self.ids = itertools.count(1)
+        self.fail_after_create = False
+        self.writes = []
+
+    def list(self, collection, **params):
+        items = {"ports": list(self.ports.values()), "networks": list(self.networks.values()),
+                 "subnets": self.subnets, "agents": []}[collection]
+        for key, want in params.items():
+            if key == "fields":
+                continue
+            want = want if isinstance(want, list) else [want]
+            items = [i for i in items if i.get(key) in want]
+        return copy.deepcopy(items)
+
+    def _create(self, body):
+        if any(p["mac_address"] == body["mac_address"] and p["network_id"] == body["network_id"]
+               for p in self.ports.values()):
+            raise NeutronError(409, f"The mac address {body['mac_address']} is in use.")
+        port = dict(copy.deepcopy(body), id=f"port-{next(self.ids)}", revision_number=1,
+                    **{"binding:vif_type": "ovs"})
+        self.ports[port["id"]] = port
+        return copy.deepcopy(port)
+
+    def request(self, method, path, body=None, params=None, headers=None):
+        self.writes.append((method, path))
+        if method == "POST" and "ports" in body:
+            made = [self._create(b) for b in body["ports"]]
+            if self.fail_after_create:
+                self.fail_after_create = False
+                for p in made:
+                    self.ports[p["id"]]["binding:vif_type"] = "binding_failed"
+                raise NeutronError(500, "Request Failed: internal server error")
+            return {"ports": made}
+        if method == "POST":
+            return {"port": self._create(body["port"])}
+        pid = path.rsplit("/", 1)[1]
+        if method == "DELETE":
+            self.ports.pop(pid)
+            return {}
+        port = self.ports[pid]
+        if method == "PUT":
+            port.update(copy.deepcopy(body["port"]))
+            port["revision_number"] += 1
+            port["binding:vif_type"] = "ovs"  # ML2 binds it again
+        return {"port": copy.deepcopy(port)}
+
+
+class QuietFeed:
+    """A live notification feed that hears nothing (what a failed bulk sends)."""
+    ident = "quiet"
+
+    def live(self):
+        return True
+
+    def take(self):
+        return None
+
+    def stop(self):
+        pass
+
+
+def remote(mac: str, port_id: str) -> RemotePort:
+    origin = Endpoint(site="b", network="red", mac=mac, vtep="198.18.2.11",
+                      ips=("198.19.10.21",), port_id=port_id)
+    return RemotePort(origin, "198.18.1.1", "a-gw")
+
+
+def test_after_a_bulk_create_that_failed_with_its_ports_made_the_registry_lists_again():
+    neutron = FakeNeutron()
+    site = Site("a", Gateway("a-gw", "198.18.1.1", "198.18.0.1"))
+    reg = NeutronSite(neutron, site, {"red": 5001}, {"red": NET}, feed=QuietFeed(),
+                      audit_interval=3600.0)
+    reg.snapshot()
+    assert reg.remote_ports() == []
+    want = [remote("fa:16:3e:00:00:01", "b1"), remote("fa:16:3e:00:00:02", "b2")]
+    neutron.fail_after_create = True
+    errors = reg.register(want)
+    assert set(errors) == {p.key for p in want}  # the gateway was told 500, port by port 409
+    assert len(neutron.ports) == 2
+
+    # The next sync: the ports are found, nothing is created twice, and the
+    # ones Neutron left unbound are bound again.
+    found = reg.remote_ports()
+    assert {p.key for p in found} == {p.key for p in want}
+    neutron.writes.clear()
+    assert reg.repair_bindings() == 2
+    assert reg.register([]) == {} and not any(m == "POST" for m, _ in neutron.writes)
+    assert {p["binding:vif_type"] for p in neutron.ports.values()} == {"ovs"}
+
+    # and once known, the cache serves again: no listing, no write
+    neutron.writes.clear()
+    listed = reg.reads["owned_full"]
+    assert {p.key for p in reg.remote_ports()} == {p.key for p in want}
+    assert reg.reads["owned_full"] == listed and neutron.writes == []
