@@ -381,6 +381,9 @@ def format_status(status: dict, pid: int | None) -> str:
             detail = ""
             if src["state"] in ("hung", "stale") and src.get("reading_for") is not None:
                 detail = f"a read has run {src['reading_for']:.0f}s (deadline {src['deadline']:.0f}s)"
+            elif src["state"] == "stale" and (src.get("last_read_s") or 0) > src["deadline"]:
+                detail = (f"answers too late: its last read took {src['last_read_s']:.1f}s "
+                          f"(deadline {src['deadline']:g}s)")
             elif src["state"] == "stale":
                 detail = f"no answer for longer than its deadline ({src['deadline']:.0f}s)"
             elif src["state"] == "failing":

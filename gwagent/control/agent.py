@@ -305,8 +305,10 @@ class Agent:
                 bad.append(f"{view.role} {view.label}: {view.error}")
             elif state in ("hung", "stale"):
                 since = view.reading_since
+                slow = view.last_read_s
                 what = (f"a read has run {view.clock() - since:.1f}s" if since is not None
-                        else "no answer")
+                        else f"its last read took {slow:.1f}s (deadline {view.deadline:g}s)"
+                        if slow is not None and slow > view.deadline else "no answer")
                 bad.append(f"{view.role} {view.label}: {state}: {what} (last good "
                            f"{view.status()['seconds_since_good']}s ago)")
         if self.desired_error:

@@ -17,7 +17,10 @@ Health, as ``gwagent status`` shows it
     * ``hung``: a read has been running for longer than its deadline (a
       call that does not return; Neutron's own socket deadlines end it
       eventually, a file on a dead mount may never);
-    * ``stale``: no answer for longer than the deadline (reads too slow);
+    * ``stale``: no answer for longer than the deadline, or the last answer
+      took longer than the deadline (an API that answers, but too late:
+      each read is slower than the deadline, so it is never ``hung`` for
+      long, and never ``fresh`` until a read is quick again);
     * ``unknown``: no good read yet (at start, or after a reload): what the
       source owned is neither programmed anew nor withdrawn until it answers.
 
@@ -64,6 +67,7 @@ class SourceView:
         self.error: str | None = None
         self.error_since: float | None = None  # wall
         self.reading_since: float | None = None  # monotonic, while a read runs
+        self.last_read_s: float | None = None    # how long the last answer took
         self.failures = 0
         self.reads = 0
         self._bad_logged = False
@@ -74,13 +78,13 @@ class SourceView:
         """Ask the source; True if a new good snapshot was taken or the source
         recovered. A change
         token that did not move skips the full read unless ``force``."""
-        self.reading_since = self.clock()
+        self.reading_since = started = self.clock()
         try:
             version = self.source.version()
             if (not force and self.snapshot is not None and version is not None
                     and version == self.version and self.error is None):
                 self.good_at, self.good_mono = self.wall(), self.clock()  # it answered
-                return False
+                return self._answered(self.clock() - started)
             snap = self.source.snapshot()
         except Exception as exc:  # noqa: BLE001 - any failure of a source is its own
             self._failed(exc)
@@ -97,9 +101,7 @@ class SourceView:
             self.error = self.error_since = None
             self.failures = 0
             self.reads += 1
-        if recovered or self._bad_logged:
-            LOG.warning("source %s (%s) recovered: reading again", self.label, self.role)
-            self._bad_logged = False
+        if self._answered(self.clock() - started) or recovered:
             return True  # news for the loop (and status) even if the snapshot is the same
         return changed
 
@@ -112,6 +114,25 @@ class SourceView:
         """Keep what a view of the same source knew (a reload)."""
         self.snapshot, self.generation = old.snapshot, old.generation
         self.good_at, self.good_mono = old.good_at, old.good_mono
+
+    def _answered(self, took: float) -> bool:
+        """Note how long an answer took: one log line when answers become
+        slower than the deadline, one when a quick one follows a bad spell
+        (slow, hung or failing). True if it recovered."""
+        self.last_read_s = took
+        if took > self.deadline:
+            if not self._bad_logged:
+                self._bad_logged = True
+                LOG.error("source %s (%s) slow: a read took %.1f s (deadline %.1f s); "
+                          "status shows it stale until a read is quicker", self.label,
+                          self.role, took, self.deadline)
+            return False
+        if self._bad_logged and self.error is None:
+            LOG.warning("source %s (%s) recovered: its read took %.2f s", self.label,
+                        self.role, took)
+            self._bad_logged = False
+            return True
+        return False
 
     def _failed(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
@@ -148,6 +169,8 @@ class SourceView:
             return "unknown"
         if self.good_mono is not None and now - self.good_mono > self.deadline:
             return "stale"
+        if self.last_read_s is not None and self.last_read_s > self.deadline:
+            return "stale"
         return "fresh"
 
     def status(self) -> dict:
@@ -160,6 +183,7 @@ class SourceView:
             if self.good_mono is not None else None,
             "error": self.error, "error_since": self.error_since,
             "reading_for": round(now - since, 3) if since is not None else None,
+            "last_read_s": round(self.last_read_s, 3) if self.last_read_s is not None else None,
             "deadline": self.deadline, "failures": self.failures,
             "endpoints": len(self.snapshot.endpoints) if self.snapshot else None,
             "notifications": self._events_status(),

@@ -78,3 +78,38 @@ def test_a_read_past_its_deadline_shows_hung_then_failing():
     view.source.release.set()
     reader.join(5)
     assert view.state() == "failing" and view.error == "released"
+
+
+class Late:
+    """A source that answers, each answer ``delay`` seconds of the view's
+    clock late (an API answering every request late)."""
+
+    def __init__(self, now, snap):
+        self.now, self.snap, self.delay = now, snap, 3.5
+
+    def version(self):
+        self.now[0] += self.delay
+        return "v1"
+
+    def snapshot(self):
+        self.now[0] += self.delay
+        return self.snap
+
+
+def test_an_api_answering_later_than_the_deadline_is_stale_until_quick_again(caplog):
+    from gwagent.model import Gateway, Site, SiteSnapshot
+    now = [0.0]
+    snap = SiteSnapshot(Site("b", Gateway("b-gw", "198.18.2.1", "198.18.0.2")), (), ())
+    source = Late(now, snap)
+    view = SourceView(source, "peer", deadline=3.0, clock=lambda: now[0])
+    assert view.refresh(force=True) and view.snapshot == snap
+    # it answered, but each read took past the deadline: never hung for
+    # long (the read ends), never fresh either
+    assert view.state() == "stale" and view.status()["last_read_s"] == 7.0
+    view.refresh()
+    assert view.state() == "stale" and view.status()["last_read_s"] == 3.5
+    assert sum("slow" in r.getMessage() for r in caplog.records) == 1  # one line, not one a read
+    source.delay = 0.2
+    assert view.refresh() is True  # recovered: news for the loop
+    assert view.state() == "fresh"
+    assert any("recovered" in r.getMessage() for r in caplog.records)
