@@ -22,6 +22,7 @@ in bulk or not (see gwagent/neutron/source.py, "Cost").
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -61,11 +62,12 @@ def _add_agent(db: Path, host: str, tunnel_ip: str) -> None:
              json.dumps({"tunneling_ip": tunnel_ip, "tunnel_types": ["vxlan"]})))
 
 
-@pytest.fixture(scope="module")
-def bench_sites(tmp_path_factory):
+@contextlib.contextmanager
+def two_sites(base: Path, transport=lambda site: "fake://", timeout: float = 120):
+    """Neutron servers ``site-a`` and ``site-b`` (with compute ``cn-a1``'s
+    L2 agent in A): yields (clouds.yaml, {site: client})."""
     if not (nserver.DEFAULT_VENV / "bin" / "uwsgi").exists():
         pytest.fail("no Neutron venv: run make setup (tools/setup-neutron-venv.sh)")
-    base = tmp_path_factory.mktemp("neutron-bench")
     ports = {"site-a": _free_port(), "site-b": _free_port()}
     clouds = base / "clouds.yaml"
     clouds.write_text("clouds:\n" + "".join(
@@ -75,6 +77,7 @@ def bench_sites(tmp_path_factory):
     try:
         for name, port in ports.items():
             servers[name] = nserver.prepare(name, base / name, port,
+                                            transport_url=transport(name),
                                             vni_range="1000:1999" if name == "site-a"
                                             else "2000:2999")
         _add_agent(servers["site-a"].workdir / "neutron.db", "cn-a1", "198.18.1.1")
@@ -82,10 +85,16 @@ def bench_sites(tmp_path_factory):
             srv.spawn()
         for srv in servers.values():
             srv.wait_ready(60)
-        yield {n: NeutronClient(n, str(clouds), timeout=120) for n in ports}
+        yield clouds, {n: NeutronClient(n, str(clouds), timeout=timeout) for n in ports}
     finally:
         for srv in servers.values():
             srv.stop()
+
+
+@pytest.fixture(scope="module")
+def bench_sites(tmp_path_factory):
+    with two_sites(tmp_path_factory.mktemp("neutron-bench")) as (_, clients):
+        yield clients
 
 
 def _network(client, name, cidr):
