@@ -54,8 +54,11 @@ def lab():
         build.down(prefix)
 
 
-def iperf(lab: build.Lab, src: str, dst: str, seconds: int = SECONDS) -> float:
-    """Bits per second received by ``dst`` from one TCP stream from ``src``."""
+def iperf(lab: build.Lab, src: str, dst: str, seconds: int = SECONDS,
+          udp_len: int | None = None) -> float:
+    """Bits per second received by ``dst`` from one TCP stream from ``src``;
+    with ``udp_len``: packets per second received of a UDP stream of
+    payloads that long, sent as fast as iperf3 can (``-b 0``)."""
     server = subprocess.Popen(["ip", "netns", "exec", lab.ns(dst), "iperf3", "-s", "-1",
                                "-p", str(PORT)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -63,10 +66,14 @@ def iperf(lab: build.Lab, src: str, dst: str, seconds: int = SECONDS) -> float:
         time.sleep(0.3)
         out = subprocess.run(["ip", "netns", "exec", lab.ns(src), "iperf3", "-c",
                               lab.topology.vm(dst).ip, "-p", str(PORT), "-t", str(seconds),
-                              "-J"], capture_output=True, text=True, timeout=seconds + 20)
+                              "-J", *(("-u", "-l", str(udp_len), "-b", "0") if udp_len else ())],
+                             capture_output=True, text=True, timeout=seconds + 20)
         result = json.loads(out.stdout)
         if "error" in result:
             raise RuntimeError(f"iperf3 {src} -> {dst}: {result['error']}")
+        if udp_len:  # the receiver's count, which the client reports at the end
+            total = result["end"]["sum"]
+            return (total["packets"] - total["lost_packets"]) / total["seconds"]
         return result["end"]["sum_received"]["bits_per_second"]
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -169,3 +176,33 @@ def test_throughput_with_the_filter_on_vs_off(benchmark, filter_lab, figures, wh
           f"{info['off_gbit_s']} Gbit/s, ratio {info['ratio']} (target >= {FILTER_TARGET}); "
           f"runs {info['runs']}")
     assert on_bps > 0 and off_bps > 0
+
+
+SMALL, SMALL_TARGET = 64, 0.8
+
+
+def test_small_packets_through_gateways_vs_direct_vxlan(benchmark, filter_lab, figures):
+    """UDP packets per second, 64-byte payloads (the VNFs' signalling and
+    media are small packets), a1-red -> b1-red through both gateways
+    against a1-red -> a2-red direct, alternately, RUNS_PER_PATH each, on
+    both backends (target: >= 0.8x direct)."""
+    lab, direct, gateway = filter_lab, [], []
+
+    def measure():
+        for _ in range(RUNS_PER_PATH):
+            direct.append(iperf(lab, "a1-red", "a2-red", udp_len=SMALL))
+            gateway.append(iperf(lab, "a1-red", "b1-red", udp_len=SMALL))
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    direct_pps, gateway_pps = sum(direct) / len(direct), sum(gateway) / len(gateway)
+    info = {"direct_kpps": round(direct_pps / 1e3, 1), "gateway_kpps": round(gateway_pps / 1e3, 1),
+            "ratio": round(gateway_pps / direct_pps, 3), "target": SMALL_TARGET,
+            "runs": {"direct": [round(p / 1e3, 1) for p in direct],
+                     "gateway": [round(p / 1e3, 1) for p in gateway]},
+            "iperf3": f"UDP, -l {SMALL} -b 0, -t {SECONDS}, {RUNS_PER_PATH} runs per path"}
+    benchmark.extra_info.update(info)
+    figures[f"throughput/small-packets/{lab.backend}"] = info
+    print(f"\nsmall packets ({lab.backend}): direct {info['direct_kpps']} kpps, through "
+          f"gateways {info['gateway_kpps']} kpps, ratio {info['ratio']} (target >= "
+          f"{SMALL_TARGET}); runs {info['runs']}")
+    assert gateway_pps > 0 and direct_pps > 0
