@@ -131,6 +131,7 @@ def build_rows(figures: dict) -> list[Row]:
             rows.append(Row(f"Neutron one change to its remote port ({key.split('/')[1]}, "
                             f"{entry['entries']:,} ports)", f"{entry['one_change_s']:.2f} s",
                             target="< 2 s", met="yes" if entry["one_change_s"] < 2 else "NO"))
+    rows += neutron_events_rows(figures)
     rows += failover_rows(figures)
     tput = figures.get("throughput/vm-to-vm")
     if tput:
@@ -139,6 +140,14 @@ def build_rows(figures: dict) -> list[Row]:
                         f"{tput['gateway_gbit_s']} Gbit/s", f"{tput['direct_gbit_s']} Gbit/s",
                         f"{ratio:.2f}x", f">= {tput.get('target', 0.8)}x",
                         "yes" if ratio >= tput.get("target", 0.8) else "NO"))
+    for backend in ("linux", "openflow"):
+        small = figures.get(f"throughput/small-packets/{backend}")
+        if small:
+            rows.append(Row(f"UDP 64-byte packets VM to VM ({backend}): through the gateways "
+                            "vs direct VXLAN", f"{small['gateway_kpps']} kpps",
+                            f"{small['direct_kpps']} kpps", f"{small['ratio']:.2f}x",
+                            f">= {small['target']}x",
+                            "yes" if small["ratio"] >= small["target"] else "NO"))
     for (key, what), backend in itertools.product(
             (("ingress-filter", "ingress filter"), ("mac-guard", "MAC guard")),
             ("linux", "openflow")):
@@ -148,6 +157,25 @@ def build_rows(figures: dict) -> list[Row]:
                             f"{fil['on_gbit_s']} Gbit/s", f"{fil['off_gbit_s']} Gbit/s",
                             f"{fil['ratio']:.2f}x", f">= {fil['target']}x",
                             "yes" if fil["ratio"] >= fil["target"] else "NO"))
+    return rows
+
+
+def neutron_events_rows(figures: dict) -> list[Row]:
+    """bench/test_neutron_events.py: by notifications, per size."""
+    rows = []
+    for key in sorted((k for k in figures if k.startswith("neutron-events/")),
+                      key=lambda k: figures[k]["entries"]):
+        e = figures[key]
+        rows.append(Row(f"Neutron cold sync by the gateway, {e['ports']:,} ports: ours vs "
+                        "Neutron's bulk create for a plain client",
+                        f"{e['cold_s']:.1f} s", f"{e['floor_s']:.1f} s",
+                        f"{e['cold_vs_floor']:.2f}x", "<= 1.2x",
+                        "yes" if e["cold_vs_floor"] <= 1.2 else "NO"))
+        rows.append(Row(f"Neutron one port created, {e['ports']:,} ports a site, by "
+                        "notifications: to the peer's dataplane and registry",
+                        f"{e['change_s']:.2f} s (dataplane {e['change_dataplane_s']:.2f} s, "
+                        f"registry {e['change_registry_s']:.2f} s; max {e['change_max_s']:.2f} s)",
+                        target="< 1 s", met="yes" if e["change_s"] < 1 else "NO"))
     return rows
 
 
