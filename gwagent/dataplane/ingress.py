@@ -41,12 +41,13 @@ back at the next pass (``sync``), as the FDB is.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import importlib.util
 import json
 import logging
+import queue
 import sys
+import threading
 from pathlib import Path
 
 from gwagent.state import Admission, IngressCounters
@@ -178,6 +179,57 @@ def expected(adm: Admission) -> dict:
             "sets": {f"{side}_admit": sorted(sources) for side, _, sources in adm.sides()}}
 
 
+class NsThread:
+    """One thread that enters ``netns`` (None: stays here) and runs the
+    calls it is given, one at a time, in order; ``call`` returns what the
+    call returned or raises what it raised.
+
+    Not a ``concurrent.futures`` executor: its ``submit`` holds a global
+    lock across the start of its worker thread, a lock that fork handlers
+    take too, and pyroute2 opens its namespace sockets by forking from the
+    agent's other threads. The agent's first pass once failed there with
+    "release unlocked lock" (a restarted agent, 1 run in about 12 on a
+    loaded machine)."""
+
+    def __init__(self, netns: str | None, name: str):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._entered: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, args=(netns,), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self, netns: str | None) -> None:
+        try:
+            if netns:
+                from pyroute2 import netns as pyroute2_netns
+                pyroute2_netns.pushns(netns)
+        except BaseException as exc:  # noqa: BLE001 - said by every call
+            self._entered = exc
+        while (item := self._calls.get()) is not None:
+            func, args, box, done = item
+            try:
+                if self._entered is not None:
+                    raise self._entered
+                box.append((True, func(*args)))
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                box.append((False, exc))
+            done.set()
+
+    def call(self, func, *args):
+        box: list = []
+        done = threading.Event()
+        self._calls.put((func, args, box, done))
+        done.wait()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._thread.join()
+
+
 class NftIngress:
     """The table in one network namespace (None: this one).
 
@@ -189,14 +241,7 @@ class NftIngress:
     def __init__(self, netns: str | None = None):
         self.netns = netns
         nftables = _load_binding()
-
-        def enter():
-            if netns:
-                from pyroute2 import netns as pyroute2_netns
-                pyroute2_netns.pushns(netns)
-
-        self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="nft", initializer=enter)
+        self._worker = NsThread(netns, "nft")
 
         def make():
             nft = nftables.Nftables()
@@ -204,13 +249,13 @@ class NftIngress:
             nft.set_handle_output(False)
             return nft
         try:
-            self._nft = self._worker.submit(make).result()
+            self._nft = self._worker.call(make)
         except Exception as exc:  # noqa: BLE001 - the namespace or the library
-            self._worker.shutdown(wait=False)
+            self._worker.close()
             raise IngressError(f"nftables in {netns or 'this namespace'}: {exc}") from None
 
     def run(self, commands: list[dict]) -> list[dict]:
-        rc, out, err = self._worker.submit(self._nft.json_cmd, {"nftables": commands}).result()
+        rc, out, err = self._worker.call(self._nft.json_cmd, {"nftables": commands})
         if rc != 0:
             raise IngressError(f"nftables refused: {str(err).strip()[:500]}")
         if isinstance(out, str):
@@ -218,7 +263,7 @@ class NftIngress:
         return [item for item in (out or {}).get("nftables", ()) if "metainfo" not in item]
 
     def close(self) -> None:
-        self._worker.shutdown(wait=True)
+        self._worker.close()
 
     def _listing(self) -> list[dict] | None:
         try:

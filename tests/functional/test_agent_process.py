@@ -110,8 +110,9 @@ def test_sighup_reloads_peers_and_sigterm_leaves_the_dataplane(gateway):
     start()
     wait_for(lambda: status(conf)["agent_pid"] and (status(conf)["status"]["last_pass"] or {})
              .get("reason") in ("start", "resync", "kernel"))
-    first = status(conf)["status"]["last_pass"]
-    assert first["ok"] and first["ops"] == {}
+    st = status(conf)["status"]
+    first = st["last_pass"]
+    assert first["ok"] and first["ops"] == {}, (first, st.get("last_error"))
 
 
 def test_cleanup_removes_only_what_the_gateway_owns(gateway, tmp_path):
