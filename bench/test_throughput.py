@@ -85,15 +85,22 @@ def iperf(lab: build.Lab, src: str, dst: str, seconds: int = SECONDS,
             server.wait()
 
 
-def test_throughput_through_gateways_vs_direct_vxlan(benchmark, lab, figures):
+def direct_and_through(benchmark, lab, **kwargs) -> tuple[list, list]:
+    """iperf3 a1-red -> a2-red (direct) and a1-red -> b1-red (through both
+    gateways), alternately, RUNS_PER_PATH each, as one benchmark round."""
     direct, gateway = [], []
 
     def measure():
         for _ in range(RUNS_PER_PATH):
-            direct.append(iperf(lab, "a1-red", "a2-red"))
-            gateway.append(iperf(lab, "a1-red", "b1-red"))
+            direct.append(iperf(lab, "a1-red", "a2-red", **kwargs))
+            gateway.append(iperf(lab, "a1-red", "b1-red", **kwargs))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
+    return direct, gateway
+
+
+def test_throughput_through_gateways_vs_direct_vxlan(benchmark, lab, figures):
+    direct, gateway = direct_and_through(benchmark, lab)
     direct_bps = sum(direct) / len(direct)
     gateway_bps = sum(gateway) / len(gateway)
     ratio = gateway_bps / direct_bps
@@ -186,14 +193,8 @@ def test_small_packets_through_gateways_vs_direct_vxlan(benchmark, filter_lab, f
     media are small packets), a1-red -> b1-red through both gateways
     against a1-red -> a2-red direct, alternately, RUNS_PER_PATH each, on
     both backends (target: >= 0.8x direct)."""
-    lab, direct, gateway = filter_lab, [], []
-
-    def measure():
-        for _ in range(RUNS_PER_PATH):
-            direct.append(iperf(lab, "a1-red", "a2-red", udp_len=SMALL))
-            gateway.append(iperf(lab, "a1-red", "b1-red", udp_len=SMALL))
-
-    benchmark.pedantic(measure, rounds=1, iterations=1)
+    lab = filter_lab
+    direct, gateway = direct_and_through(benchmark, lab, udp_len=SMALL)
     direct_pps, gateway_pps = sum(direct) / len(direct), sum(gateway) / len(gateway)
     info = {"direct_kpps": round(direct_pps / 1e3, 1), "gateway_kpps": round(gateway_pps / 1e3, 1),
             "ratio": round(gateway_pps / direct_pps, 3), "target": SMALL_TARGET,
