@@ -7,7 +7,9 @@ toward the site's computes (the site's segmentation ID, on the tunnel IP)
 and ``gwa-vt-<transit VNI>`` toward the peer gateways (the transit VNI, on
 the transit IP); UDP port 4789, VXLAN learning off and bridge-port learning
 off on both (a learned frame would take over an entry we placed), everything
-up. A MAC's place is two FDB entries: a bridge entry sending it to the
+up. Each VXLAN device's MTU is its underlay link's less the encapsulation
+(:func:`vxlan_mtus`): the gateway carries what the underlay carries, as OVS
+does. A MAC's place is two FDB entries: a bridge entry sending it to the
 side's port and a VXLAN entry sending it to the VTEP (:func:`compile_op`);
 the all-zero MAC with a ``dst`` replicates floods to every listed VTEP.
 
@@ -47,7 +49,7 @@ One small type per kernel object (:class:`BridgeDevice`,
 :class:`VxlanDevice`) with idempotent ``ensure()``/``remove()``: an existing
 device that cannot be made right in place (wrong kind, VNI, local IP, UDP
 port, VXLAN learning) is logged with the reason and recreated, as flannel's
-``ensureLink`` does; a fixable one (master, port learning, alias, down) is
+``ensureLink`` does; a fixable one (master, port learning, MTU, alias, down) is
 fixed in place. FDB operations go through the adapter's bulk path, many per
 ``send()``, with an error per entry.
 
@@ -182,10 +184,12 @@ class BridgeDevice:
 
 class VxlanDevice:
     """One VXLAN port of a network's bridge; ``learning``: VXLAN and
-    bridge-port learning on (module docstring), else off."""
+    bridge-port learning on (module docstring), else off; ``mtu``: its
+    MTU (None: the kernel's default, 1450 without a lower device)."""
 
-    def __init__(self, nl: Netlink, spec: Vxlan, learning: bool = False):
-        self.nl, self.spec, self.learning = nl, spec, bool(learning)
+    def __init__(self, nl: Netlink, spec: Vxlan, learning: bool = False,
+                 mtu: int | None = None):
+        self.nl, self.spec, self.learning, self.mtu = nl, spec, bool(learning), mtu
 
     def ensure(self, bridge_index: int) -> int:
         """Make the device exist as specified, a port of the bridge that
@@ -202,8 +206,14 @@ class VxlanDevice:
         if created:
             self.nl.link_add(name, "vxlan", vxlan_id=self.spec.vni,
                              vxlan_local=self.spec.local_ip, vxlan_port=self.spec.port,
-                             vxlan_learning=int(self.learning), master=bridge_index)
+                             vxlan_learning=int(self.learning), master=bridge_index,
+                             **({"mtu": self.mtu} if self.mtu else {}))
             link = self.nl.link(name)
+        if self.mtu and link.mtu != self.mtu:
+            if not created:
+                log.warning("%s: MTU is %s, its underlay carries %s: setting it", name,
+                            link.mtu, self.mtu)
+            self.nl.link_set(link.index, mtu=self.mtu)
         if link.master != bridge_index:
             log.warning("%s: not a port of its bridge (master %s): enslaving it", name,
                         link.master)
@@ -241,7 +251,7 @@ def recreate_reasons(link: Link, spec: Vxlan, learning: bool = False) -> list[st
 
 
 def _unusable_reasons(link: Link | None, bridge: Link | None,
-                      learning: bool = False) -> list[str]:
+                      learning: bool = False, mtu: int | None = None) -> list[str]:
     """Why a VXLAN device is not a working port of its network, in words."""
     if link is None:
         return ["missing"]
@@ -252,15 +262,20 @@ def _unusable_reasons(link: Link | None, bridge: Link | None,
         reasons.append("not a port of the network's bridge")
     if bool(link.vxlan_learning) != learning or bool(link.port_learning) != learning:
         reasons.append("not learning" if learning else "learning")
+    if mtu and link.mtu != mtu:
+        reasons.append(f"MTU {link.mtu}, want {mtu}")
     if not link.up:
         reasons.append("down")
     return reasons
 
 
-def group_networks(owned: Iterable[Link], learning: bool = False) -> list[NetworkDevices]:
+def group_networks(owned: Iterable[Link], learning: bool = False,
+                   mtus: dict[str, int] | None = None) -> list[NetworkDevices]:
     """Group owned links into NetworkDevices by the transit VNI in their
     names, reporting unusable devices as differences and a network without
-    a transit port as one-sided (module docstring)."""
+    a transit port as one-sided (module docstring); ``mtus``: the MTU a
+    VXLAN device on each local address must have (:func:`vxlan_mtus`)."""
+    mtus = mtus or {}
     groups: dict[int, dict[str, Link]] = {}
     for link in owned:
         m = _NAME_RE.fullmatch(link.name)
@@ -276,12 +291,25 @@ def group_networks(owned: Iterable[Link], learning: bool = False) -> list[Networ
             name, link = f"{PREFIX}{role}-{vni}", g.get(role)
             if role == "vt" and link is None:
                 sides.append(None)
-            elif _unusable_reasons(link, br if usable else None, learning):
+            elif _unusable_reasons(link, br if usable else None, learning,
+                                   mtus.get(link.local or "") if link else None):
                 sides.append(Vxlan(name, 0, "", 0))
             else:
                 sides.append(Vxlan(name, link.vni, link.local or "", link.port))
         out.append(NetworkDevices(vni, network, f"{PREFIX}br-{vni}", sides[0], sides[1]))
     return sorted(out)
+
+
+def vxlan_mtus(address_mtus: dict[str, int]) -> dict[str, int]:
+    """The MTU of a VXLAN device on each local address: its underlay
+    link's, less the encapsulation (50 bytes over IPv4, 70 over IPv6), as
+    the kernel derives it for a device with a lower link. A frame that
+    fits the underlay crosses the gateway; one that does not is dropped
+    where it enters, as on OVS (measured: at the kernel's default of 1450,
+    a 9000-byte underlay's 8000-byte frames crossed the computes of a site
+    and were dropped at its gateway)."""
+    return {ip: mtu - (70 if ":" in ip else 50) for ip, mtu in address_mtus.items()
+            if mtu - (70 if ":" in ip else 50) >= 68}
 
 
 class FdbEntry(NamedTuple):
@@ -438,6 +466,7 @@ class LinuxBackend:
         self._broken: dict[tuple[str, str], list[FdbEntry]] = {}
         self._where: dict[int, tuple[str, str]] = {}  # port ifindex -> (network, side)
         self._changes = Changes()
+        self._mtus: dict[str, int] = {}  # local address -> its VXLAN devices' MTU
 
     def _locate(self) -> None:
         self._where = {self._fast_index[spec.name]: (devs.network, side)
@@ -448,10 +477,12 @@ class LinuxBackend:
     # observe --------------------------------------------------------------
 
     def observe(self) -> GatewayState:
-        owned = {link.index: link for link in self.nl.links() if is_owned_name(link.name)}
+        links = self.nl.links()
+        owned = {link.index: link for link in links if is_owned_name(link.name)}
         self._owned_ifindexes = set(owned)
         self._fast_index = {link.name: index for index, link in owned.items()}
-        networks = group_networks(owned.values(), self.learning)
+        self._mtus = vxlan_mtus(self.nl.address_mtus(links))
+        networks = group_networks(owned.values(), self.learning, self._mtus)
         with gc_paused():
             records = self.nl.fdb_dump(frozenset(owned), NTF_EXT_LEARNED)
             macs, floods, self._broken = normalise(records, owned, networks)
@@ -464,6 +495,11 @@ class LinuxBackend:
     @without_gc
     def apply(self, ops: Sequence[Op]) -> list[OpError]:
         errors: list[OpError] = []
+        if any(isinstance(op, NetworkOp) and op.action == "ensure" and any(
+                seg.local_ip not in self._mtus for seg in (op.network.site, op.network.transit)
+                if seg is not None) for op in ops):
+            # an address gained since the last observe() (a standby's, by VRRP)
+            self._mtus = vxlan_mtus(self.nl.address_mtus())
         i = 0
         while i < len(ops):
             if isinstance(ops[i], NetworkOp):
@@ -486,7 +522,8 @@ class LinuxBackend:
                 index = BridgeDevice(self.nl, devs.bridge, devs.network).ensure()
                 made = {devs.bridge: index}
                 for spec in devs.sides:
-                    made[spec.name] = VxlanDevice(self.nl, spec, self.learning).ensure(index)
+                    made[spec.name] = VxlanDevice(self.nl, spec, self.learning,
+                                                  self._mtus.get(spec.local_ip)).ensure(index)
                 if devs.transit_side is None:  # one-sided: no transit port
                     VxlanDevice(self.nl, Vxlan(devs.transit_name, 0, "")).remove()
                 # the fast path may move a MAC onto them before the next observe()

@@ -170,6 +170,7 @@ class Link:
     port: int | None = None
     vxlan_learning: bool | None = None
     port_learning: bool | None = None
+    mtu: int | None = None
 
 
 class FdbRecord(NamedTuple):
@@ -378,6 +379,16 @@ class Netlink:
                 raise
         return _link_of(msgs[0])
 
+    def address_mtus(self, links: Sequence[Link] | None = None) -> dict[str, int]:
+        """Each local address of the namespace and the MTU of the link
+        that holds it (``links``: as just dumped, else dumped here)."""
+        with _translated():
+            mtus = ({link.index: link.mtu for link in links} if links is not None else
+                    {msg["index"]: msg.get("mtu") for msg in self.ipr.link("dump")})
+            return {msg.get("local") or msg.get("address"): mtus.get(msg["index"])
+                    for msg in self.ipr.addr("dump")
+                    if mtus.get(msg["index"]) and (msg.get("local") or msg.get("address"))}
+
     def link_add(self, name: str, kind: str, **attrs) -> None:
         with _translated():
             self.ipr.link("add", ifname=name, kind=kind, **attrs)
@@ -521,7 +532,8 @@ def _link_of(msg) -> Link:
         port_learning = bool(slave.get("IFLA_BRPORT_LEARNING"))
     return Link(index=msg["index"], name=msg.get("ifname"), kind=kind,
                 up=bool(msg["flags"] & 1), master=msg.get("master") or None,
-                alias=msg.get("ifalias"), port_learning=port_learning, **vxlan)
+                alias=msg.get("ifalias"), port_learning=port_learning, mtu=msg.get("mtu"),
+                **vxlan)
 
 
 class Monitor:

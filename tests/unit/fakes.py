@@ -29,7 +29,8 @@ class FakeKernel:
         self.vxlan_fdb: dict[tuple[str, str], list] = {}   # (vxlan, mac) -> dsts
         self.fail_devices: set[str] = set()
         self.foreign = {("eth0", "02:00:00:00:00:99")}       # never to be touched
-        self.add_link(Link(1, "eth0", None, True, None))
+        self.add_link(Link(1, "eth0", None, True, None, mtu=1500))
+        self.addresses: dict[str, str] = {}  # local address -> the link holding it
 
     # what the backend calls ---------------------------------------------
     def add_link(self, link: Link) -> None:
@@ -44,17 +45,24 @@ class FakeKernel:
     def links(self):
         return list(self.table.values())
 
+    def address_mtus(self, links=None):
+        return {ip: self.by_name(dev).mtu for ip, dev in self.addresses.items()
+                if self.by_name(dev) is not None and self.by_name(dev).mtu}
+
     def link_add(self, name, kind, vxlan_id=None, vxlan_local=None, vxlan_port=None,
-                 vxlan_learning=None, master=None):
+                 vxlan_learning=None, master=None, mtu=None):
         if any(name.startswith(d) for d in self.fail_devices):
             raise NetlinkError(errno.EPERM, f"cannot create {name}")
         self._next += 1
         self.table[self._next] = Link(self._next, name, kind, False, master, None, vxlan_id,
                                       vxlan_local, vxlan_port, bool(vxlan_learning),
-                                      True if kind == "vxlan" else None)
+                                      True if kind == "vxlan" else None,
+                                      mtu or (1450 if kind == "vxlan" else 1500))
 
-    def link_set(self, index, ifalias=None, state=None, master=None):
+    def link_set(self, index, ifalias=None, state=None, master=None, mtu=None):
         link = self.table[index]
+        if mtu is not None:
+            link = dataclasses.replace(link, mtu=mtu)
         if ifalias is not None:
             link = dataclasses.replace(link, alias=ifalias)
         if state is not None:
