@@ -66,7 +66,6 @@ from gwagent.lab.processes import (log_tail, proc_start_time, process_alive, sta
 from gwagent.lab.record import Lab
 from gwagent.lab.topology import Topology, Vm
 
-VM_MTU = 1450
 AGENT_RESYNC = 2.0
 SOURCE_DEADLINE = 3.0  # a lab's sources answer in milliseconds
 # Drills move VIPs back and forth many times a minute: duplicate detection
@@ -102,14 +101,15 @@ def _build_site(lab: Lab, site) -> None:
             gw_ns = lab.ns(node)
             new_namespace(gw_ns)
             ports = _switch_ports(site, node)
+            mtu = lab.topology.mtu
             uplink(sw, ports[0], f"br-site{site.number}", gw_ns, "eth0",
-                   site.node_tunnel_ip(node))
-            uplink(sw, ports[1], "br-transit", gw_ns, "eth1", site.node_transit_ip(node))
+                   site.node_tunnel_ip(node), mtu)
+            uplink(sw, ports[1], "br-transit", gw_ns, "eth1", site.node_transit_ip(node), mtu)
         for j, compute in enumerate(site.computes, 1):
             cn_ns = lab.ns(compute)
             new_namespace(cn_ns)
             uplink(sw, f"c{site.number}-{j}", f"br-site{site.number}", cn_ns, "eth0",
-                   site.compute_ip(compute))
+                   site.compute_ip(compute), lab.topology.mtu)
             l2pop.build_compute(l2pop.compute_of(lab, site.name, compute))
 
 
@@ -144,7 +144,8 @@ def _build_gateway_ovs(lab: Lab, site, node: str) -> None:
     for nic, bridge, address, far in (("eth0", "ul-site", site.node_tunnel_ip(node), ports[0]),
                                       ("eth1", "ul-transit", site.node_transit_ip(node),
                                        ports[1])):
-        ovs.attach_underlay(bridge, nic, f"{address}/24", (lab.ns(SWITCH), far))
+        ovs.attach_underlay(bridge, nic, f"{address}/24", (lab.ns(SWITCH), far),
+                            lab.topology.mtu)
 
 
 def _resolve_underlay(lab: Lab) -> None:
@@ -186,10 +187,10 @@ def plug_vm(lab: Lab, vm: Vm) -> None:
     with open_ipr(lab.ns(vm.compute)) as cn:
         cn.link("add", ifname=tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": vm_ns})
         cn.link("set", index=index(cn, tap), master=index(cn, bridge_name(seg)),
-                mtu=VM_MTU, state="up")
+                mtu=lab.topology.vm_mtu, state="up")
     with open_ipr(vm_ns) as ipr:
         idx = index(ipr, "eth0")
-        ipr.link("set", index=idx, address=vm.mac, mtu=VM_MTU)
+        ipr.link("set", index=idx, address=vm.mac, mtu=lab.topology.vm_mtu)
         ipr.addr("add", index=idx, address=vm.ip, prefixlen=lab.topology.prefixlen(vm.network))
         ipr.link("set", index=idx, state="up")
 

@@ -54,11 +54,12 @@ def new_namespace(ns: str) -> None:
 
 
 def uplink(sw: IPRoute, sw_port: str, bridge: str, ns: str, ifname: str,
-           address: str) -> None:
-    """A veth from the switch's ``bridge`` to ``ifname`` in ``ns`` with ``address``/24."""
+           address: str, mtu: int = 1500) -> None:
+    """A veth from the switch's ``bridge`` to ``ifname`` in ``ns`` with
+    ``address``/24, both ends at ``mtu``."""
     sw.link("add", ifname=sw_port, kind="veth", peer={"ifname": ifname, "net_ns_fd": ns})
-    sw.link("set", index=index(sw, sw_port), master=index(sw, bridge), state="up")
+    sw.link("set", index=index(sw, sw_port), master=index(sw, bridge), mtu=mtu, state="up")
     with ipr(ns) as sock:
         idx = index(sock, ifname)
         sock.addr("add", index=idx, address=address, prefixlen=24)
-        sock.link("set", index=idx, state="up")
+        sock.link("set", index=idx, mtu=mtu, state="up")

@@ -100,11 +100,14 @@ class Ovs:
             _stop(self.pid(name), signal.SIGTERM, 10.0)
 
     def attach_underlay(self, bridge: str, nic: str, address: str,
-                        far_end: tuple[str, str] | None = None) -> None:
+                        far_end: tuple[str, str] | None = None, mtu: int = 1500) -> None:
         """Put ``nic`` into an underlay bridge whose internal port carries
-        ``address`` (CIDR), so OVS's native tunnels route through it."""
+        ``address`` (CIDR), so OVS's native tunnels route through it; both
+        at ``mtu``."""
         self.vsctl("--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
-                   "datapath_type=netdev", "--", "--may-exist", "add-port", bridge, nic)
+                   "datapath_type=netdev", "--", "--may-exist", "add-port", bridge, nic,
+                   "--", "set", "interface", nic, f"mtu_request={mtu}",
+                   "--", "set", "interface", bridge, f"mtu_request={mtu}")
         subprocess.run(["ip", "-n", self.netns, "addr", "flush", "dev", nic], check=True)
         # The userspace datapath reads the NIC by a packet socket: the kernel
         # still sees its frames and would answer ARP for the bridge's

@@ -66,6 +66,9 @@ TENANT_SPACE = ipaddress.ip_network("198.19.0.0/16")
 TRANSIT_SEGMENT = ipaddress.ip_network("198.18.0.0/24")
 MAX_SITES = 250
 MAX_COMPUTES = 200
+#: the underlay's MTU (``mtu:`` in a topology file): every veth of the
+#: switch, the computes and the gateways; the VMs get it less VXLAN's 50
+UNDERLAY_MTU, UNDERLAY_MTUS = 1500, (1280, 9216)
 MAX_HA_SITES = 127  # node transit addresses 198.18.255.<2n-1>, <2n>
 HA_TRANSIT_SUBNET = ipaddress.ip_network("198.18.255.0/24")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -159,6 +162,12 @@ class Topology:
     networks: tuple[LabNetwork, ...]
     sites: tuple[LabSite, ...]
     vms: tuple[Vm, ...]
+    mtu: int = UNDERLAY_MTU  # the underlay's
+
+    @property
+    def vm_mtu(self) -> int:
+        """The VMs' MTU: the underlay's less VXLAN over IPv4."""
+        return self.mtu - 50
 
     def site(self, name: str) -> LabSite:
         for site in self.sites:
@@ -247,7 +256,7 @@ def parse(data: object) -> Topology:
     """Validate a topology's parsed content; raise TopologyError naming the field."""
     if not isinstance(data, dict):
         raise TopologyError("a topology must be a mapping with networks, sites and vms")
-    _unknown_keys(data, {"networks", "sites", "vms"}, "topology")
+    _unknown_keys(data, {"networks", "sites", "vms", "mtu"}, "topology")
     try:
         return _parse(data)
     except ValidationError as exc:
@@ -329,7 +338,12 @@ def _parse(data: dict) -> Topology:
         _unknown_keys(item, {"name", "site", "compute", "network", "ip", "mac", "port_id",
                              "allowed_address_pairs"}, where)
         vms.append(_vm(item, where, networks, sites, nodes, ips, macs))
-    topo = Topology(tuple(networks), tuple(sites), tuple(vms))
+    mtu = data.get("mtu", UNDERLAY_MTU)
+    if (not isinstance(mtu, int) or isinstance(mtu, bool)
+            or not UNDERLAY_MTUS[0] <= mtu <= UNDERLAY_MTUS[1]):
+        raise TopologyError(f"mtu: {mtu!r}: the underlay's MTU, an integer from "
+                            f"{UNDERLAY_MTUS[0]} to {UNDERLAY_MTUS[1]}")
+    topo = Topology(tuple(networks), tuple(sites), tuple(vms), mtu)
     for site in topo.sites:
         site_snapshot(topo, site.name)  # the model's own checks (VNI reuse and the like)
     return topo
@@ -412,6 +426,7 @@ def to_dict(topo: Topology) -> dict:
                    "computes": list(s.computes),
                    "segmentation_ids": dict(s.segmentation_ids)} for s in topo.sites],
         "vms": vms,
+        **({"mtu": topo.mtu} if topo.mtu != UNDERLAY_MTU else {}),
     }
 
 

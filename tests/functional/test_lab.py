@@ -95,6 +95,8 @@ def test_default_topology_is_two_sites_with_overlapping_networks():
     (lambda d: d["vms"][0].update(mac="fa:16:3e:a8:b2:0c", network="blue", ip="198.19.10.99"),
      "already used on network 'blue'"),
     (lambda d: d.update(extra=1), "unknown key 'extra'"),
+    (lambda d: d.update(mtu=1000), "mtu: 1000: the underlay's MTU"),
+    (lambda d: d.update(mtu="9000"), "an integer from 1280 to 9216"),
 ])
 def test_topology_errors_name_the_field(change, message):
     data = topo_mod.to_dict(topo_mod.load())
