@@ -411,6 +411,10 @@ class Agent:
         if role == self.role and self.role_since is not None:
             return False
         old, self.role, self.role_since = self.role, role, self.wall()
+        moved = getattr(self.backend, "underlay_changed", None)
+        if old is not None and moved is not None and moved():
+            self.mirror.invalidate("the node's addresses moved (its devices' MTU follows "
+                                   "their underlay)")
         if self._node_problem():
             LOG.warning("%s", self._node_problem())
         if self.holder is not None:
@@ -787,6 +791,7 @@ class Agent:
                 self.on_loop()
             if self.check_role():
                 self.write_status()
+                reason = reason or "role"
             if self.reload_requested and on_reload is not None:
                 self.reload_requested = False
                 on_reload()

@@ -468,6 +468,12 @@ class LinuxBackend:
         self._changes = Changes()
         self._mtus: dict[str, int] = {}  # local address -> its VXLAN devices' MTU
 
+    def underlay_changed(self) -> bool:
+        """Whether the MTUs of the underlay addresses here differ from the
+        last observe()'s (an address gained or lost by VRRP, a link's MTU
+        changed)."""
+        return vxlan_mtus(self.nl.address_mtus()) != self._mtus
+
     def _locate(self) -> None:
         self._where = {self._fast_index[spec.name]: (devs.network, side)
                        for devs in self._devices.values()

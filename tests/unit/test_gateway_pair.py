@@ -2,6 +2,7 @@
 configuration the lab writes, and the agent's role by the site's addresses
 (a standby never writes to its registry; the active one does, and stops
 writing the moment it loses them)."""
+import dataclasses
 import json
 
 import pytest
@@ -139,6 +140,27 @@ def test_a_standby_programs_everything_and_writes_nothing(tmp_path):
                                     "since": agent.role_since,
                                     "addresses": list(SITE_ADDRESSES), "nodes": [],
                                     "error": None}
+
+
+def test_a_takeover_on_a_jumbo_underlay_gives_the_transit_devices_its_mtu(tmp_path):
+    """A standby does not hold the transit address: its transit devices
+    cannot know their underlay until VRRP brings it, and then take it at
+    the next pass, not at the next audit."""
+    holder = Addresses("198.18.1.3")
+    agent, _ = ha_agent(tmp_path, holder)
+    kernel = agent.backend.kernel
+    kernel.table[1] = dataclasses.replace(kernel.table[1], mtu=9000)
+    kernel.addresses = {"198.18.1.3": "eth0"}
+    assert agent.run_pass("start").ok
+    agent.check_role()
+    vt = [link for link in kernel.links() if link.name.startswith("gwa-vt-")]
+    assert vt and {link.mtu for link in vt} == {1450}
+    holder.addresses.update(SITE_ADDRESSES)
+    kernel.addresses.update({ip: "eth0" for ip in SITE_ADDRESSES})
+    assert agent.check_role() and agent.role == "active"
+    assert agent.run_pass("role").ok
+    assert {link.mtu for link in kernel.links() if link.name.startswith(("gwa-vt-", "gwa-vl-"))
+            } == {8950}
 
 
 def test_holding_one_address_of_two_is_standby(tmp_path):
