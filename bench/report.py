@@ -148,6 +148,7 @@ def build_rows(figures: dict) -> list[Row]:
                             f"{small['direct_kpps']} kpps", f"{small['ratio']:.2f}x",
                             f">= {small['target']}x",
                             "yes" if small["ratio"] >= small["target"] else "NO"))
+    rows += forwarding_rows(figures)
     for (key, what), backend in itertools.product(
             (("ingress-filter", "ingress filter"), ("mac-guard", "MAC guard")),
             ("linux", "openflow")):
@@ -157,6 +158,21 @@ def build_rows(figures: dict) -> list[Row]:
                             f"{fil['on_gbit_s']} Gbit/s", f"{fil['off_gbit_s']} Gbit/s",
                             f"{fil['ratio']:.2f}x", f">= {fil['target']}x",
                             "yes" if fil["ratio"] >= fil["target"] else "NO"))
+    return rows
+
+
+def forwarding_rows(figures: dict) -> list[Row]:
+    """bench/test_forwarding_settings.py: each setting on vs off (info:
+    what helps is set by the product, see the README)."""
+    rows = []
+    for key in sorted(k for k in figures if k.startswith("forwarding/")):
+        parts = key.split("/")  # forwarding/<backend>/<setting, may hold a />/<udp|tcp>
+        backend, setting, mode = parts[1], "/".join(parts[2:-1]), parts[-1]
+        f = figures[key]
+        what = "UDP 64-byte packets" if mode == "udp" else "TCP"
+        rows.append(Row(f"{what} through the gateways ({backend}): {setting} vs not",
+                        f"{f['on']} {f['unit']}", f"{f['off']} {f['unit']}",
+                        f"{f['ratio']:.2f}x", "(info)"))
     return rows
 
 
