@@ -366,25 +366,61 @@ class Netlink:
     # links ------------------------------------------------------------------
 
     def links(self) -> list[Link]:
-        with _translated():
-            return [_link_of(msg) for msg in self.ipr.link("dump")]
+        """Every link of the namespace, decoded by :func:`decode_link`."""
+        return self._get_links(NLM_F_REQUEST | NLM_F_DUMP, b"")
 
     def link(self, name: str) -> Link | None:
-        with _translated():
-            try:
-                msgs = self.ipr.link("get", ifname=name)
-            except Pyroute2Error as exc:
-                if abs(exc.code) in (errno.ENODEV, errno.ENOENT):
-                    return None
-                raise
-        return _link_of(msgs[0])
+        """The link named ``name``, or None."""
+        raw = name.encode() + b"\0"
+        attr = _ATTR.pack(4 + len(raw), IFLA_IFNAME) + raw + b"\0" * (-len(raw) % 4)
+        try:
+            found = self._get_links(NLM_F_REQUEST, attr)
+        except NetlinkError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise
+        return found[0] if found else None
+
+    def _get_links(self, flags: int, attrs: bytes) -> list[Link]:
+        """RTM_GETLINK (a dump, or one link by the attributes), without
+        statistics, on the bulk socket; its answers decoded."""
+        self._seq += 1
+        seq = self._seq
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _ATTR.pack(8, IFLA_EXT_MASK) \
+            + _U32.pack(RTEXT_FILTER_SKIP_STATS) + attrs
+        self._sock.send(_HDR.pack(16 + len(body), RTM_GETLINK, flags, seq, 0) + body)
+        out: list[Link] = []
+        self._sock.settimeout(10.0)
+        try:
+            while True:
+                buf = self._sock.recv(1 << 16)
+                off = 0
+                while off + 16 <= len(buf):
+                    length, mtype, _, mseq, _ = _HDR.unpack_from(buf, off)
+                    if length < 16:
+                        break
+                    if mseq == seq:
+                        if mtype == NLMSG_DONE:
+                            return out
+                        if mtype == NLMSG_ERROR:
+                            code = -_ERR.unpack_from(buf, off + 16)[0]
+                            if code:
+                                raise error_from(code, _extack_text(buf, off, length,
+                                                                    _HDR.unpack_from(buf, off)[2]))
+                            return out
+                        if mtype == RTM_NEWLINK:
+                            out.append(decode_link(buf, off, length))
+                            if not flags & NLM_F_DUMP:
+                                return out
+                    off += (length + 3) & ~3
+        finally:
+            self._sock.settimeout(None)
 
     def address_mtus(self, links: Sequence[Link] | None = None) -> dict[str, int]:
         """Each local address of the namespace and the MTU of the link
         that holds it (``links``: as just dumped, else dumped here)."""
         with _translated():
-            mtus = ({link.index: link.mtu for link in links} if links is not None else
-                    {msg["index"]: msg.get("mtu") for msg in self.ipr.link("dump")})
+            mtus = {link.index: link.mtu for link in (self.links() if links is None else links)}
             return {msg.get("local") or msg.get("address"): mtus.get(msg["index"])
                     for msg in self.ipr.addr("dump")
                     if mtus.get(msg["index"]) and (msg.get("local") or msg.get("address"))}
@@ -514,26 +550,75 @@ def _extack_text(buf, off: int, length: int, flags: int) -> str:
     return _string_attr(buf, off + 16 + 4 + 16, off + length, NLMSGERR_ATTR_MSG) or ""
 
 
-def _link_of(msg) -> Link:
-    info = msg.get("linkinfo")
-    kind = data = slave = None
-    if info is not None:
-        kind = info.get("kind")
-        data = info.get("data")
-        if info.get("slave_kind") == "bridge":
-            slave = info.get("slave_data")
+# ifinfomsg and the link attributes a Link needs (linux/if_link.h)
+_IFINFO = struct.Struct("=BxHiII")
+RTM_GETLINK = 18
+IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_EXT_MASK = 4, 10, 18, 20, 29
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 4, 7, 15
+IFLA_VXLAN_LOCAL6 = 17
+IFLA_BRPORT_LEARNING = 8
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+NLA_TYPE_MASK = 0x3FFF
+
+
+def _attrs(buf, a: int, end: int) -> dict[int, tuple[int, int]]:
+    """The attributes in buf[a:end]: type -> (start, end) of the payload."""
+    out = {}
+    while a + 4 <= end:
+        alen, atype = _ATTR.unpack_from(buf, a)
+        if alen < 4:
+            break
+        out[atype & NLA_TYPE_MASK] = (a + 4, a + alen)
+        a += (alen + 3) & ~3
+    return out
+
+
+def _text(buf, span) -> str:
+    return bytes(buf[span[0]:span[1]]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def decode_link(buf, off: int, length: int) -> Link:
+    """One RTM_NEWLINK message at ``off`` as a Link (what pyroute2 decoded
+    before: 2,000 links took it 3.5 s and ~100 MB at once, an audit's
+    first step on a gateway of 1000 networks)."""
+    _, _, index, flags, _ = _IFINFO.unpack_from(buf, off + 16)
+    top = _attrs(buf, off + 32, off + length)
+    u32 = _U32.unpack_from
+    name = sys.intern(_text(buf, top[IFLA_IFNAME])) if IFLA_IFNAME in top else None
+    kind = slave_kind = None
     vxlan: dict = {}
-    if kind == "vxlan" and data is not None:
-        vxlan = dict(vni=data.get("IFLA_VXLAN_ID"), local=data.get("IFLA_VXLAN_LOCAL"),
-                     port=data.get("IFLA_VXLAN_PORT"),
-                     vxlan_learning=bool(data.get("IFLA_VXLAN_LEARNING")))
     port_learning = None
-    if slave is not None:
-        port_learning = bool(slave.get("IFLA_BRPORT_LEARNING"))
-    return Link(index=msg["index"], name=msg.get("ifname"), kind=kind,
-                up=bool(msg["flags"] & 1), master=msg.get("master") or None,
-                alias=msg.get("ifalias"), port_learning=port_learning, mtu=msg.get("mtu"),
-                **vxlan)
+    if IFLA_LINKINFO in top:
+        info = _attrs(buf, *top[IFLA_LINKINFO])
+        if IFLA_INFO_KIND in info:
+            kind = _text(buf, info[IFLA_INFO_KIND])
+        if kind == "vxlan" and IFLA_INFO_DATA in info:
+            data = _attrs(buf, *info[IFLA_INFO_DATA])
+            local = None
+            if IFLA_VXLAN_LOCAL in data:
+                local = socket.inet_ntop(socket.AF_INET, bytes(buf[slice(*data[IFLA_VXLAN_LOCAL])]))
+            elif IFLA_VXLAN_LOCAL6 in data:
+                local = socket.inet_ntop(socket.AF_INET6,
+                                         bytes(buf[slice(*data[IFLA_VXLAN_LOCAL6])]))
+            vxlan = dict(
+                vni=u32(buf, data[IFLA_VXLAN_ID][0])[0] if IFLA_VXLAN_ID in data else None,
+                local=local,
+                port=(socket.ntohs(_U16.unpack_from(buf, data[IFLA_VXLAN_PORT][0])[0])
+                      if IFLA_VXLAN_PORT in data else None),
+                vxlan_learning=bool(buf[data[IFLA_VXLAN_LEARNING][0]])
+                if IFLA_VXLAN_LEARNING in data else False)
+        if IFLA_INFO_SLAVE_KIND in info:
+            slave_kind = _text(buf, info[IFLA_INFO_SLAVE_KIND])
+        if slave_kind == "bridge" and IFLA_INFO_SLAVE_DATA in info:
+            slave = _attrs(buf, *info[IFLA_INFO_SLAVE_DATA])
+            port_learning = (bool(buf[slave[IFLA_BRPORT_LEARNING][0]])
+                             if IFLA_BRPORT_LEARNING in slave else False)
+    alias = _text(buf, top[IFLA_IFALIAS]) if IFLA_IFALIAS in top else None
+    return Link(index=index, name=name, kind=kind, up=bool(flags & 1),
+                master=(u32(buf, top[IFLA_MASTER][0])[0] or None) if IFLA_MASTER in top else None,
+                alias=alias or None, port_learning=port_learning,
+                mtu=u32(buf, top[IFLA_MTU][0])[0] if IFLA_MTU in top else None, **vxlan)
 
 
 class Monitor:
