@@ -20,15 +20,13 @@ Figures go to ``figures["forwarding/<backend>/<setting>/<udp|tcp>"]``.
 """
 from __future__ import annotations
 
-import secrets
 import subprocess
 
 import pytest
 
 from gwagent.lab import build
-from gwagent.lab import topology as topo_mod
 
-from test_throughput import iperf
+from test_throughput import backend_lab, iperf
 
 RUNS = 3
 GATEWAYS = ("a-gw", "b-gw")
@@ -91,11 +89,8 @@ CASES = [(backend, name) for backend in build.BACKENDS for name in sorted(SETTIN
 
 @pytest.fixture(scope="module")
 def settings_lab(request):
-    prefix = f"gws-{secrets.token_hex(3)}-"
-    try:
-        yield build.up(topo_mod.load(), prefix, backend=request.param)
-    finally:
-        build.down(prefix)
+    with backend_lab(request.param, "gws") as built:
+        yield built
 
 
 @pytest.mark.parametrize("settings_lab, setting", CASES, indirect=["settings_lab"])

@@ -45,13 +45,21 @@ PORT = 5201
 TARGET, AIM = 0.8, 0.9
 
 
-@pytest.fixture(scope="module")
-def lab():
-    prefix = f"gwp-{secrets.token_hex(3)}-"
+@contextlib.contextmanager
+def backend_lab(backend: str = "linux", tag: str = "gwp"):
+    """The default topology's lab on ``backend``, prefix ``<tag>-<random>-``,
+    always brought down."""
+    prefix = f"{tag}-{secrets.token_hex(3)}-"
     try:
-        yield build.up(topo_mod.load(), prefix)
+        yield build.up(topo_mod.load(), prefix, backend=backend)
     finally:
         build.down(prefix)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with backend_lab() as built:
+        yield built
 
 
 def iperf(lab: build.Lab, src: str, dst: str, seconds: int = SECONDS,
@@ -123,11 +131,8 @@ FILTER_TARGET, FILTER_RUNS = 0.98, 4
 
 @pytest.fixture(scope="module", params=("linux", "openflow"))
 def filter_lab(request):
-    prefix = f"gwp-{secrets.token_hex(3)}-"
-    try:
-        yield build.up(topo_mod.load(), prefix, backend=request.param)
-    finally:
-        build.down(prefix)
+    with backend_lab(request.param) as built:
+        yield built
 
 
 #: (option of [gateway], its key in the agent's status): the ingress
