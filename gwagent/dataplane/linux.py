@@ -187,7 +187,7 @@ class BridgeDevice:
 class VxlanDevice:
     """One VXLAN port of a network's bridge; ``learning``: VXLAN and
     bridge-port learning on (module docstring), else off; ``mtu``: its
-    MTU (None: the kernel's default, 1450 without a lower device)."""
+    MTU (None: the kernel's default, 1500 without a lower device)."""
 
     def __init__(self, nl: Netlink, spec: Vxlan, learning: bool = False,
                  mtu: int | None = None):
@@ -307,7 +307,7 @@ def vxlan_mtus(address_mtus: dict[str, int]) -> dict[str, int]:
     link's, less the encapsulation (50 bytes over IPv4, 70 over IPv6), as
     the kernel derives it for a device with a lower link. A frame that
     fits the underlay crosses the gateway; one that does not is dropped
-    where it enters, as on OVS (measured: at the kernel's default of 1450,
+    where it enters, as on OVS (measured: at the kernel's default of 1500,
     a 9000-byte underlay's 8000-byte frames crossed the computes of a site
     and were dropped at its gateway)."""
     return {ip: mtu - (70 if ":" in ip else 50) for ip, mtu in address_mtus.items()

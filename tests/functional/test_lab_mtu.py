@@ -5,7 +5,7 @@ The lab's underlay at MTU 9000 (``mtu:`` in the topology), the VMs at 8950:
 a datagram of 8,000 bytes sent with DF from a1-red reaches a2-red (the
 computes' own VXLAN, no gateway) and b1-red (through both gateways). Before
 the Linux backend took its VXLAN devices' MTU from the underlay, both were
-dropped on Linux: its devices sat at the kernel's 1450, on the gateways and
+dropped on Linux: its devices sat at the kernel's 1500, on the gateways and
 on the lab's computes, which use the same backend (a real compute sets its
 own from the network's MTU)."""
 from __future__ import annotations

@@ -57,7 +57,7 @@ class FakeKernel:
         self.table[self._next] = Link(self._next, name, kind, False, master, None, vxlan_id,
                                       vxlan_local, vxlan_port, bool(vxlan_learning),
                                       True if kind == "vxlan" else None,
-                                      mtu or (1450 if kind == "vxlan" else 1500))
+                                      mtu or 1500)
 
     def link_set(self, index, ifalias=None, state=None, master=None, mtu=None):
         link = self.table[index]

@@ -55,7 +55,7 @@ def test_an_address_not_held_here_leaves_the_kernel_default():
     dp = gateway(9000, 9000)
     dp.nl.addresses.pop("198.18.0.1")  # a standby: the transit address is the active's
     assert dp.apply(plan(WANT, dp.observe())) == []
-    assert mtus(dp) == {"gwa-vl-5001": 8950, "gwa-vt-5001": 1450}
+    assert mtus(dp) == {"gwa-vl-5001": 8950, "gwa-vt-5001": 1500}
     dp.nl.addresses["198.18.0.1"] = "eth1"  # taken over
     assert dp.apply(plan(WANT, dp.observe())) == []
     assert mtus(dp)["gwa-vt-5001"] == 8950
