@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import logging
 import re
 import sys
@@ -99,7 +98,6 @@ FLOOD_MAC = "00:00:00:00:00:00"
 VXLAN_PORT = 4789
 _NAME_RE = re.compile(re.escape(PREFIX) + r"(br|vl|vt)-(\d+)")
 RTM_NEWLINK = 16
-NETWORKS_PER_COLLECTION = 20  # see apply()
 
 
 def is_owned_name(ifname: str) -> bool:
@@ -310,8 +308,8 @@ def vxlan_mtus(address_mtus: dict[str, int]) -> dict[str, int]:
     where it enters, as on OVS (measured: at the kernel's default of 1500,
     a 9000-byte underlay's 8000-byte frames crossed the computes of a site
     and were dropped at its gateway)."""
-    return {ip: mtu - (70 if ":" in ip else 50) for ip, mtu in address_mtus.items()
-            if mtu - (70 if ":" in ip else 50) >= 68}
+    inner = {ip: mtu - (70 if ":" in ip else 50) for ip, mtu in address_mtus.items()}
+    return {ip: mtu for ip, mtu in inner.items() if mtu >= 68}
 
 
 class FdbEntry(NamedTuple):
@@ -508,20 +506,13 @@ class LinuxBackend:
                 if seg is not None) for op in ops):
             # an address gained since the last observe() (a standby's, by VRRP)
             self._mtus = vxlan_mtus(self.nl.address_mtus())
-        i = made = 0
+        i = 0
         while i < len(ops):
             if isinstance(ops[i], NetworkOp):
                 error = self._network(ops[i])
                 if error:
                     errors.append(error)
                 i += 1
-                made += 1
-                if made % NETWORKS_PER_COLLECTION == 0:
-                    # pyroute2's calls leave reference cycles (its asyncio
-                    # requests), ~40 KiB a call, which wait for the held
-                    # collector: 1000 networks made in one pass had left
-                    # the agent at 500 MiB. Only the young are scanned.
-                    gc.collect(0)
                 continue
             j = i
             while j < len(ops) and not isinstance(ops[j], NetworkOp):
