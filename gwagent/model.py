@@ -320,6 +320,19 @@ class Desired:
         resolve_conflicts(self)
         object.__setattr__(self, "previous", None)  # never a chain of old states
 
+    @classmethod
+    def resolved(cls, local: SiteSnapshot, peers: tuple[SiteSnapshot, ...],
+                 rejected: tuple[Rejected, ...] = (), mobile: dict | None = None) -> "Desired":
+        """A desired state whose conflicts and mobile MACs are already
+        resolved (gwagent.control.world keeps them by changes); only the
+        operator's configuration across sites is validated here."""
+        desired = cls.__new__(cls)
+        for field, value in (("local", local), ("peers", tuple(peers)), ("previous", None),
+                             ("rejected", rejected), ("mobile", mobile or {})):
+            object.__setattr__(desired, field, value)
+        validate_desired(desired)
+        return desired
+
     @property
     def networks(self) -> tuple[Network, ...]:
         return self.local.networks
