@@ -31,3 +31,23 @@ def without_gc(func):
         with gc_paused():
             return func(*args, **kwargs)
     return wrapper
+
+
+def follow(last: tuple | None, source, derive, same: bool = True) -> frozenset:
+    """``derive(source)``, computed from the last one by what changed.
+
+    ``last`` is (the source, what ``derive`` made of it) of the previous
+    call, or None; ``derive`` maps each element of a set on its own (one
+    element to at most one, and distinct ones to distinct ones), so the
+    result follows a change of a few elements: those gone out, those come
+    in (two set differences in C, no Python work per element of the
+    world). ``same``: whatever else ``derive`` reads is as it was for
+    ``last`` (else everything is derived again)."""
+    source = source or frozenset()
+    if last is None or last[0] is None or not same:
+        return derive(source)
+    old, made = last
+    if old is source:
+        return made
+    gone, came = old - source, source - old
+    return (made - derive(gone)) | derive(came) if gone else made | derive(came)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Mapping
 
+from gwagent.hotpath import follow
 from gwagent.state import GuardCounters
 
 LOG = logging.getLogger(__name__)
@@ -182,7 +183,9 @@ class NftGuard:
             return GuardCounters()
         devices = devices or {}
         if self._want[0] is not guards or self._want[1] != devices:
-            self._want = (guards, dict(devices), elements(guards, devices))
+            made = follow(self._want[::2], guards, lambda gs: elements(gs, devices),
+                          same=self._want[1] == devices)
+            self._want = (guards, dict(devices), made)
         want = self._want[2]
         ports = {port: key for key, port in devices.items()}
         rules, counters = read_small(small, ports) if small is not None else ([], None)

@@ -29,7 +29,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 
 from gwagent.dataplane import AuditedSet, Changes
 from gwagent.dataplane.capture import MobilityTap
-from gwagent.hotpath import without_gc
+from gwagent.hotpath import follow, without_gc
 from gwagent.openflow import flows as fl
 from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
@@ -333,8 +333,11 @@ class OpenFlowBackend:
             if net and side and m.get("eth_src"):
                 counters.macs.setdefault(side, {})[(net, m["eth_src"])] = st.packet_count
         if self._guard_want[0] is not guards or self._guard_want[1] != self._vni:
-            self._guard_want = (guards, dict(self._vni),
-                                frozenset(g for g in guards or () if g.network in self._vni))
+            vnis = self._vni
+            made = follow(self._guard_want[::2], guards,
+                          lambda gs: frozenset(g for g in gs if g.network in vnis),
+                          same=self._guard_want[1] == vnis)
+            self._guard_want = (guards, dict(vnis), made)
         want = self._guard_want[2]  # computed once per change of the guards or networks
         have = self._guard_audit.have(self._guards_there)
         gone, add = (have - want, want - have) if have is not want else ((), ())
