@@ -95,12 +95,8 @@ class _AgentCollector:
         entries = GaugeMetricFamily("gwagent_entries_programmed",
                                     "MAC places and flood destinations programmed, by network "
                                     "and side", labels=["network", "side"])
-        dp, missing = a.desired_dp or a.static_dp, getattr(a, "unprogrammed", set())
-        if dp is not None:
-            count = collections.Counter((e.network, e.side) for e in dp.macs if e not in missing)
-            count.update((f.network, f.side) for f in dp.floods if f not in missing)
-            for (network, side), n in sorted(count.items()):
-                entries.add_metric([network, side], n)
+        for (network, side), n in sorted(a.programmed().items()):
+            entries.add_metric([network, side], n)
         yield entries
         rejected = GaugeMetricFamily("gwagent_conflicts",
                                      "Endpoints left out (conflicting or malformed), by site",

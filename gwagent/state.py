@@ -32,7 +32,7 @@ gwagent.dataplane, which now compiles this state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple, Union
+from typing import Iterable, Mapping, NamedTuple, Union
 
 from gwagent.model import Desired
 
@@ -263,14 +263,18 @@ class Admission:
                 (TRANSIT, self.transit_ip, self.transit_sources))
 
 
-def admission(desired: Desired, peer_transit_ips: frozenset[str] = frozenset()) -> Admission:
+def admission(desired: Desired, peer_transit_ips: frozenset[str] = frozenset(),
+              endpoint_vteps: Iterable[str] | None = None) -> Admission:
     """Who may send to the gateway of ``desired``: on the site side, the
     VTEPs its source knows (``vteps``: L2 agents' tunnel addresses, the
-    inventory's) and those of its endpoints; on the transit side, the
+    inventory's) and those of its endpoints (``endpoint_vteps``, when the
+    caller keeps them: gwagent.control.world); on the transit side, the
     peer gateways it knows, and ``peer_transit_ips`` (configured peers
     whose source has not answered yet)."""
     gw = desired.local.site.gateway
-    site = set(desired.local.vteps) | {ep.vtep for ep in desired.local.endpoints}
+    if endpoint_vteps is None:
+        endpoint_vteps = {ep.vtep for ep in desired.local.endpoints}
+    site = set(desired.local.vteps) | set(endpoint_vteps)
     transit = {peer.site.gateway.transit_ip for peer in desired.peers} | set(peer_transit_ips)
     if gw.tunnel_ip == gw.transit_ip:  # one address for both sides: either side's sources
         site = transit = site | transit

@@ -57,13 +57,14 @@ from typing import Callable, Sequence
 
 from gwagent.control import planner, registrar
 from gwagent.control.mobility import Decision, MobilityTable
-from gwagent.control.observed import Mirror, desired_part, index
+from gwagent.control.observed import Mirror, desired_part
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.control.views import Reader, SourceView
+from gwagent.control.world import World
 from gwagent.hotpath import gc_paused
 from gwagent.model import Desired, Site, ValidationError
 from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp, admission,
-                           gateway_mobile, guards, mobile_entry, static_dataplane, with_mobile)
+                           mobile_entry, with_mobile)
 
 LOG = logging.getLogger(__name__)
 
@@ -137,14 +138,13 @@ class Agent:
         self.ingress_filter = ingress_filter
         self.ingress: dict = {}
         self._offenders_logged: set[tuple[str, str]] = set()
-        #: [gateway] mac_guard: no MAC hijack across clouds (state.guards),
-        #: enforced by the backend's guard()
-        self.mac_guard = mac_guard
+        #: The desired state, kept by the sources' changes (gwagent.control.world)
+        self.world = World(mac_guard, getattr(backend, "guard_by_source", True))
+        self._mac_guard = mac_guard
         self.guard_status: dict = {}
         #: gwagent.metrics.Metrics, when [metrics] serves them
         self.metrics = None
         self.last_ok_wall: float | None = None
-        self._guards: tuple = (None, None)  # (the static state they are of, the guards)
         self._claims_logged: set[tuple[str, str, str]] = set()
         self.mobility = mobility or MobilityTable()
         self.mobile: dict = {}
@@ -153,8 +153,10 @@ class Agent:
         #: The observed dataplane between audits (gwagent.control.observed)
         self.mirror = Mirror(audit_interval, clock)
         self.audit_interval = audit_interval
-        self._planned: tuple | None = None   # (static, mobile, their MACs by key) last planned whole
+        self._planned: tuple | None = None   # (static, mobile) last planned, kept since
         self._planned_locs: dict = {}
+        #: keys and floods the desired state changed since the last plan
+        self._changed: tuple[set, set] = (set(), set())
         self._counts: tuple = (0, 0, 0, 0, None)  # status's per-network counts, and what they are of
         #: Held by whoever changes the desired state, mobile MACs' entries or
         #: the mobility table.
@@ -191,6 +193,19 @@ class Agent:
         self._registry_due = threading.Event()
         self._sources_changed = threading.Event()
         self.configure(local, peers, registry)
+
+    @property
+    def mac_guard(self) -> bool:
+        """[gateway] mac_guard: no MAC hijack across clouds (state.guards),
+        enforced by the backend's guard()."""
+        return self._mac_guard
+
+    @mac_guard.setter
+    def mac_guard(self, on: bool) -> None:
+        if on != self._mac_guard:  # the guards are kept by the World, or not at all
+            self._mac_guard = on
+            self.world = World(on, getattr(self.backend, "guard_by_source", True))
+            self._built = None
 
     @property
     def audit_interval(self) -> float:
@@ -261,21 +276,35 @@ class Agent:
             return False
         self._built = built
         known = [v for v in self.views[1:] if v.snapshot is not None]
+        world = self.world
         try:
-            desired = Desired(local, tuple(v.snapshot for v in known), previous=self.desired)
+            change = world.update(local, tuple(v.snapshot for v in known))
         except Exception as exc:  # noqa: BLE001 - operator data across sites, or a bug
+            if not isinstance(exc, ValidationError):
+                LOG.exception("the desired state could not be built; built whole next time")
+                self.world = World(self.mac_guard, world.by_source)
+                self._built = None
             self.desired_error = str(exc) or type(exc).__name__
             LOG.error("sources rejected together, keeping the last good state (%s): %s",
                       "none yet" if self.desired is None else "in force", exc)
             return False
         self.desired_error = None
         self.unknown = [v for v in self.views[1:] if v.snapshot is None]
-        self._take_desired(desired, now)
+        self._take_desired(world.desired, now, change)
         return True
 
-    def _take_desired(self, desired: Desired, now: float) -> None:
-        mobile = gateway_mobile(desired)
-        static = static_dataplane(desired, mobile)
+    def _take_desired(self, desired: Desired, now: float, change) -> None:
+        mobile, static = self.world.mobile, self.world.static
+        planned = self._planned
+        if change.full or planned is None or planned[0] is not self.static_dp:
+            self._planned = None  # planned whole in the next pass
+        elif static is not planned[0] or mobile is not planned[1]:
+            # the next pass plans the keys that changed (their entries: the World's)
+            for key in change.macs:
+                self._planned_locs.pop(key, None)  # a mobile one is placed again
+            self._planned = (static, mobile)
+            self._changed[0].update(change.macs)
+            self._changed[1].update(change.floods)
         with self.lock:
             self.desired, self.mobile, self.static_dp = desired, mobile, static
             self.mobility.update(mobile, now)
@@ -513,21 +542,30 @@ class Agent:
             static, mobile, desired, unknown = (self.static_dp, self.mobile, self.desired,
                                                 self.unknown)
         locs = {key: locations.get(key, spec.home) for key, spec in mobile.items()}
-        planned = self._planned
+        # An exception before the end plans the next pass whole: what was
+        # planned, and changed, is not known to be written.
+        planned, self._planned = self._planned, None
+        changed, self._changed = self._changed, (set(), set())
         if (not why and not unknown and planned is not None and planned[0] is static
                 and planned[1] is mobile and set(mirror.networks) == set(static.networks)):
             keys, floods = mirror.take_dirty()
+            keys |= changed[0]
+            floods |= changed[1]
             moved = {key for key in mobile if locs[key] != self._planned_locs.get(key)}
-            if moved:
+            if moved or changed[0] or changed[1]:
                 self.desired_dp = with_mobile(static, mobile, locations)
-                for key in moved:
-                    planned[2].setdefault(key[0], {}).pop(key[1], None)
-                    entry = mobile_entry(mobile[key], locs[key])
-                    if entry is not None and static.network(entry.network) is not None:
-                        planned[2][key[0]][key[1]] = entry
             keys |= moved
-            ops = planner.plan(desired_part(planned[2], self.desired_dp, keys, floods),
+            entries = self.world.entries
+            names = {net.name for net in static.networks}
+
+            def entry_of(key):
+                if key in mobile:
+                    entry = mobile_entry(mobile[key], locs[key])
+                    return entry if entry is not None and key[0] in names else None
+                return entries.get(key)
+            ops = planner.plan(desired_part(entry_of, self.desired_dp, keys, floods),
                                mirror.observed(keys, floods))
+            keep = planned
         else:
             mirror.take_dirty()  # the whole plan covers them
             observed = mirror.snapshot()
@@ -536,7 +574,7 @@ class Agent:
                 desired_dp = _keep_unknown(desired_dp, observed, desired)
             self.desired_dp = desired_dp
             ops = planner.plan(desired_dp, observed)
-            self._planned = None if unknown else (static, mobile, index(desired_dp))
+            keep = None if unknown or static is not self.world.static else (static, mobile)
         self._planned_locs = locs
         ready, not_done = [], []
         for op in ops:
@@ -560,6 +598,7 @@ class Agent:
                              if not isinstance(op, NetworkOp) and op.action != "delete"}
         self.broken_networks = {op.network.name for op in not_done
                                 if isinstance(op, NetworkOp) and op.action == "ensure"}
+        self._planned = keep
 
     def _sync_ingress(self) -> None:
         """The ingress filter as the desired state says (or none, when it
@@ -574,7 +613,9 @@ class Agent:
             # configured peers whose source has not answered yet
             waiting = frozenset(site.gateway.transit_ip for site in
                                 (_configured_site(v.source) for v in unknown) if site)
-            adm = admission(desired, waiting)
+            world = self.world
+            adm = admission(desired, waiting, world.local_vteps.keys()
+                            if world.desired is desired else None)
         # While a peer has not answered, whom it would admit is unknown: what
         # is admitted stays (a restarted agent must not drop its peers).
         counters = admit(adm, keep=bool(unknown))
@@ -605,12 +646,7 @@ class Agent:
             return
         want = None
         if self.mac_guard:
-            with self.lock:
-                static, mobile = self.static_dp, self.mobile
-            if self._guards[0] is not static:  # the guards change with the static state only
-                self._guards = (static, guards(static, mobile, getattr(
-                    self.backend, "guard_by_source", True)))
-            want = self._guards[1]
+            want = self.world.guards  # kept with the static state (gwagent.control.world)
         counters = guard(want)
         if want is None:
             self.guard_status = {"enabled": False}
@@ -692,6 +728,31 @@ class Agent:
         return line
 
     # -- status -------------------------------------------------------------
+    def programmed(self) -> collections.Counter:
+        """(network, side) -> the MAC places and flood destinations
+        programmed: the desired dataplane but what is not done. From the
+        World's counts and the mobile MACs, not a walk of the world (but
+        while a peer is unknown: its kept entries are counted whole)."""
+        dp = self.desired_dp or self.static_dp
+        missing = getattr(self, "unprogrammed", ())
+        world = self.world
+        if dp is None:
+            return collections.Counter()
+        if self.unknown or world.static is not self.static_dp:
+            count = collections.Counter((e.network, e.side) for e in dp.macs if e not in missing)
+            count.update((f.network, f.side) for f in dp.floods if f not in missing)
+            return count
+        count = collections.Counter({(net, side): c[side] for net, c in world.counts.items()
+                                     for side in (SITE, TRANSIT) if c[side]})
+        with self.lock:
+            locations, mobile = self.mobility.locations(), self.mobile
+        for key, spec in mobile.items():
+            where = locations.get(key, spec.home)
+            if where is not None and spec.network in world.counts:
+                count[(spec.network, where.side)] += 1
+        count.subtract((e.network, e.side) for e in missing)
+        return +count
+
     def _network_counts(self) -> tuple[list, int, int, int]:
         """Per network: endpoints and entries programmed; computed again
         only when the desired state or what is not programmed changed."""
@@ -704,19 +765,20 @@ class Agent:
             return cached[4]
         networks, local_n, remote_n, programmed = [], 0, 0, 0
         if d is not None:
-            per_net = collections.Counter(e.network for e in dp.macs if e not in missing)
-            per_net.update(e.network for e in dp.floods if e not in missing)
-            remote = collections.Counter(ep.network for _, ep in d.remote_endpoints())
-            local = collections.Counter(ep.network for ep in d.local.endpoints)
+            per_net = collections.Counter()
+            for (net, _), n in self.programmed().items():
+                per_net[net] += n
+            counts = self.world.counts
             for net in d.networks:
                 entries = 0 if net.name in broken else per_net[net.name]
+                of = counts.get(net.name) or collections.Counter()
+                local, remote = of["local"], of["remote"]
                 networks.append({
                     "name": net.name, "segmentation_id": net.segmentation_id,
                     "transit_vni": net.transit_vni,
-                    "local_endpoints": local[net.name], "remote_endpoints": remote[net.name],
-                    "entries": entries})
+                    "local_endpoints": local, "remote_endpoints": remote, "entries": entries})
                 programmed += entries
-            local_n, remote_n = sum(local.values()), sum(remote.values())
+                local_n, remote_n = local_n + local, remote_n + remote
         counts = (networks, local_n, remote_n, programmed)
         self._counts = (d, dp, missing, broken, counts)
         return counts

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable, Mapping
+from typing import Callable, Iterable
 
 from gwagent.dataplane import Changes
 from gwagent.state import SITE, FloodEntry, FloodOp, GatewayState, MacEntry, MacOp, NetworkOp
@@ -196,18 +196,11 @@ def _difference(a: GatewayState, b: GatewayState, keys, floods) -> int:
             + len(set(a.networks) ^ set(b.networks)))
 
 
-def desired_part(macs: Mapping[str, Mapping[str, MacEntry]], desired: GatewayState,
-                 keys: Iterable[tuple[str, str]], floods: Iterable[FloodEntry]) -> GatewayState:
+def desired_part(entry_of: Callable[[tuple[str, str]], MacEntry | None],
+                 desired: GatewayState, keys: Iterable[tuple[str, str]],
+                 floods: Iterable[FloodEntry]) -> GatewayState:
     """The part of the desired state about ``keys`` and ``floods``
-    (``macs``: the desired MACs by network and MAC)."""
+    (``entry_of``: the desired entry of a (network, MAC), or None)."""
     return GatewayState(desired.networks,
-                        frozenset(e for net, mac in keys
-                                  if (e := macs.get(net, {}).get(mac)) is not None),
+                        frozenset(e for key in keys if (e := entry_of(key)) is not None),
                         frozenset(f for f in floods if f in desired.floods))
-
-
-def index(state: GatewayState) -> dict[str, dict[str, MacEntry]]:
-    out: dict[str, dict[str, MacEntry]] = {}
-    for m in state.macs:
-        out.setdefault(m.network, {})[m.mac] = m
-    return out
