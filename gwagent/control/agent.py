@@ -179,6 +179,12 @@ class Agent:
         self.last: PassResult | None = None
         self.last_error: str | None = None
         self.registered_count = 0
+        #: the registry as the registrar last read and wrote it (key -> port),
+        #: trusted while its version says no one else changed it; and the
+        #: remote ports the desired state changed since (None: a full diff)
+        self._registered: dict | None = None
+        self._registered_until = 0.0
+        self._port_changes: dict | None = None
         self.registry_state: dict = {"state": "idle"}
         self.mobility_counters: collections.Counter = collections.Counter()
         self.stopping = False
@@ -305,9 +311,14 @@ class Agent:
             self._planned = (static, mobile)
             self._changed[0].update(change.macs)
             self._changed[1].update(change.floods)
+        ports = self.world.take_ports()
         with self.lock:
             self.desired, self.mobile, self.static_dp = desired, mobile, static
             self.mobility.update(mobile, now)
+            if ports is None or self._port_changes is None:
+                self._port_changes = None  # the registrar diffs everything
+            else:
+                self._port_changes.update(ports)
         self._log_rejected(desired)
         self._registry_due.set()
         if self.on_mobility_change is not None:
@@ -464,31 +475,64 @@ class Agent:
     def _sync_registry(self, result: PassResult, now: float) -> None:
         with self.lock:
             desired, unknown = self.desired, list(self.unknown)
+            changes, self._port_changes = self._port_changes, {}
+        try:
+            self._sync_ports(result, now, desired, unknown, changes)
+        except BaseException:
+            with self.lock:
+                self._port_changes = None  # not known what was done: a full diff next
+            raise
+        if result.errors:
+            with self.lock:
+                self._port_changes = None
+
+    def _sync_ports(self, result: PassResult, now: float, desired: Desired, unknown: list,
+                    changes: dict | None) -> None:
+        """Register and unregister what differs. The whole registry is read
+        and diffed when it may have changed behind the registrar's back
+        (its version moved, or it has none), after a full change of the
+        desired state, while ports await a retry, and at least every
+        ``audit_interval``; else only the ports the desired state changed
+        are compared with what it last held."""
         since = self.wall()
         if not self.holds_addresses():
             # The fence: a standby never writes (the active one does; the
             # same ports, the same VTEP, so a takeover finds nothing to do).
             self.registry_state = {"state": "standby", "since": since, "at": self.wall(),
                                    "error": self.role_error}
+            self._registered = None
             return
         self.registry_state = {"state": "syncing", "since": since}
-        try:
-            registered = self.registry.remote_ports()
-        except Exception as exc:  # noqa: BLE001 - a registry is a source too
-            result.errors.append(f"registry: {exc}")
-            self.registry_state = {"state": "failing", "error": str(exc), "since": since,
-                                   "at": self.wall()}
-            return
-        register, unregister = registrar.diff(desired.remote_ports(), registered)
+        known = self._registered
+        if (changes is not None and known is not None and not len(self.port_items)
+                and self.clock() < self._registered_until and not self._registry_changed()):
+            register = [p for key, p in sorted(changes.items(), key=lambda kv: kv[0])
+                        if p is not None and known.get(key) != p]
+            unregister = [known[key] for key, p in sorted(changes.items(), key=lambda kv: kv[0])
+                          if p is None and key in known]
+            registered = None
+        else:
+            try:
+                registered = self.registry.remote_ports()
+            except Exception as exc:  # noqa: BLE001 - a registry is a source too
+                result.errors.append(f"registry: {exc}")
+                self.registry_state = {"state": "failing", "error": str(exc), "since": since,
+                                       "at": self.wall()}
+                return
+            register, unregister = registrar.diff(desired.remote_ports(), registered)
+            known = {}
+            for port in registered:
+                known.setdefault(port.key, port)
+            if unknown:
+                # Remote ports of a peer that never answered yet are neither ours
+                # to withdraw nor to keep by name: leave every port whose origin
+                # is not a site we know.
+                sites = {snap.site.name for snap in desired.sites}
+                unregister = [p for p in unregister if p.origin.site in sites]
         repair = getattr(self.registry, "repair_bindings", None)
         if repair is not None:
             repair()  # ports Neutron left unbound (gwagent.neutron.source)
-        if unknown:
-            # Remote ports of a peer that never answered yet are neither ours
-            # to withdraw nor to keep by name: leave every port whose origin
-            # is not a site we know.
-            sites = {snap.site.name for snap in desired.sites}
-            unregister = [p for p in unregister if p.origin.site in sites]
+        self._registered = None  # until this sync is done
         ready_reg = [p for p in register if self.port_items.ready(("port", p.key), now)]
         ready_unreg = [p for p in unregister if self.port_items.ready(("port", p.key), now)]
         result.deferred += len(register) + len(unregister) - len(ready_reg) - len(ready_unreg)
@@ -509,16 +553,24 @@ class Agent:
                     delay = self.port_items.failed(("port", port.key), now)
                     result.errors.append(f"{action} {'/'.join(port.key)}: {error} "
                                          f"(retry in {delay:.1f}s)")
+                elif action == "register":
+                    self.port_items.succeeded(("port", port.key))
+                    known[port.key] = port
                 else:
                     self.port_items.succeeded(("port", port.key))
+                    known.pop(port.key, None)
             done = len(ports) - sum(1 for p in ports if failures.get(p.key))
             if action == "register":
                 result.registered = done
             else:
                 result.unregistered = done
-        self.registered_count = len(registered) + result.registered - result.unregistered
+        self.registered_count = len(known)
         self._registry_version = self._read_registry_version()
         errors = [e for e in result.errors if e.startswith(("register", "unregister"))]
+        if not errors and not result.deferred and self._registry_version is not None:
+            if registered is not None:  # read whole: trusted for an audit interval
+                self._registered_until = self.clock() + self.audit_interval
+            self._registered = known
         self.registry_state = {"state": "failing" if errors else "ok", "since": since,
                                "at": self.wall(), "error": errors[0] if errors else None,
                                "retrying": len(self.port_items)}

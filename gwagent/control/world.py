@@ -30,7 +30,7 @@ import collections
 import dataclasses
 from typing import Iterable, NamedTuple
 
-from gwagent.model import Desired, Endpoint, MobileMac, Rejected, SiteSnapshot
+from gwagent.model import Desired, Endpoint, MobileMac, Rejected, RemotePort, SiteSnapshot
 from gwagent.state import (SIDES, SITE, TRANSIT, FloodEntry, GatewayState, Guard, Location,
                            MacEntry, MobileSpec, NetworkSpec, Segment)
 
@@ -113,6 +113,10 @@ class World:
         self._site_floods: collections.Counter = collections.Counter()
         #: the local endpoints' VTEPs, and how many endpoints each
         self.local_vteps: collections.Counter = collections.Counter()
+        #: remote endpoints that came, went or changed since the last
+        #: take_ports(), by their remote port's key (the endpoint, or None);
+        #: None: everything (a full change)
+        self._ports: dict[tuple, Endpoint | None] | None = None
         self._where: dict[str, str] = {}                 # peer site -> its transit IP
         self.mobile = {}
         self.static: GatewayState | None = None
@@ -158,6 +162,7 @@ class World:
         self._where = {p.site.name: p.site.gateway.transit_ip for p in shell.peers}
         self._stretched = {net.name for net in shell.local.networks}
         gw = shell.local.site.gateway
+        self._gateway = gw
         self._networks = tuple(sorted(
             NetworkSpec(net.transit_vni, net.name, Segment(net.segmentation_id, gw.tunnel_ip),
                         Segment(net.transit_vni, gw.transit_ip))
@@ -213,6 +218,12 @@ class World:
         ones) and the per-network counts."""
         local = ep.site == self._local_name
         self.counts[ep.network]["local" if local else "remote"] += n
+        if not local and self._ports is not None:
+            key = (ep.site, ep.network, ep.port_id or ep.mac)
+            if n > 0:
+                self._ports[key] = ep
+            elif self._ports.get(key, ep) is ep:  # (not the endpoint that replaces it)
+                self._ports[key] = None
         if local:
             self.local_vteps[ep.vtep] += n
             if not self.local_vteps[ep.vtep]:
@@ -320,6 +331,7 @@ class World:
         if old is not None:
             out_entries.append(old)
             counts[old.side] -= 1
+        was_site_mobile = self.site_mobile(key)
         if self._model_mobile:
             self._model_mobile.pop(key, None)
         if self._mobile and self._mobile.pop(key, None) is not None:
@@ -327,6 +339,10 @@ class World:
         spec = None
         if len(eps) > 1 or (eps and eps[0].mac != mac):
             spec = self._mobility(key, eps)
+        if self._ports is not None and self.site_mobile(key) != was_site_mobile:
+            for ep in eps:  # their remote ports say it
+                if ep.site != self._local_name:
+                    self._ports[(ep.site, ep.network, ep.port_id or ep.mac)] = ep
         entry = None
         if spec is None and eps:  # all at one place (else it is mobile)
             entry = MacEntry(net, mac, *self._where_of(eps[0].site, eps[0].vtep))
@@ -351,6 +367,32 @@ class World:
                         guards.append(Guard(net, mac, side, sources))
                 self._guards[key] = tuple(guards)
                 in_guards += guards
+
+    def site_mobile(self, key: Key) -> bool:
+        """Whether the local site's computes see the MAC's claimants behind
+        more than one VTEP (Desired.site_mobile_macs)."""
+        mob = self._model_mobile.get(key)
+        if mob is None:
+            return False
+        local, tunnel = self._local_name, self._gateway.tunnel_ip
+        return len({vtep if site == local else tunnel for site, _, vtep in mob.claimants}) > 1
+
+    def remote_port(self, ep: Endpoint) -> RemotePort:
+        """The remote port of a remote endpoint (Desired.remote_ports)."""
+        gw = self._gateway
+        return RemotePort(origin=ep, vtep=gw.tunnel_ip, gateway_host=gw.host,
+                          mobile_macs=tuple(m for m in ep.macs
+                                            if self.site_mobile((ep.network, m))))
+
+    def take_ports(self) -> dict[tuple, RemotePort | None] | None:
+        """The remote ports that changed since the last call, by key: the
+        port the desired state holds now, or None (gone); None: every one
+        may have (a full change: Desired.remote_ports() says them all)."""
+        ports, self._ports = self._ports, {}
+        if ports is None:
+            return None
+        return {key: self.remote_port(ep) if ep is not None else None
+                for key, ep in ports.items()}
 
     def _mobility(self, key: Key, eps: list[Endpoint]) -> MobileSpec | None:
         """A MAC that endpoints claim by their pairs: mobile in the model if

@@ -248,6 +248,9 @@ class NeutronSite:
         self.network_ids = {name: network_ids[name] for name in networks}
         self.bulk_size = bulk_size
         self._listed: tuple | None = None   # (monotonic time, owned ports, uses)
+        #: owned ports whose binding repair_bindings() has not looked at:
+        #: those of the last listing, and the answers of our writes since
+        self._unchecked: dict[str, dict] = {}
         #: gwagent.neutron.notifications.Feed of this cloud, or None
         self.feed, self.audit_interval, self.clock = feed, audit_interval, clock
         self.probe_interval = probe_interval
@@ -605,8 +608,10 @@ class NeutronSite:
                 return
             if port is not None and port.get("id"):
                 self._owned_cache[port["id"]] = port
+                self._unchecked[port["id"]] = port
             if gone is not None:
                 self._owned_cache.pop(gone, None)
+                self._unchecked.pop(gone, None)
 
     def registry_version(self) -> object:
         """A token that moves when the owned ports may have changed behind
@@ -641,6 +646,7 @@ class NeutronSite:
     def remote_ports(self) -> list[RemotePort]:
         owned = self._owned_ports()
         self._listed = (time.monotonic(), owned, set())
+        self._unchecked = {p["id"]: p for p in owned if p.get("id")}
         result = []
         for port in owned:
             prof = _profile(port)
@@ -665,9 +671,10 @@ class NeutronSite:
         that is not bound (``UNBOUND``): ML2 tries a binding at each update
         of a port and gives up when its commits conflict, and an agentless
         port is updated by no one else. A PUT of its own host makes ML2 try
-        again. Returns how many were asked."""
-        listed, asked = self._listed, 0
-        for port in (listed[1] if listed else ()):
+        again. Returns how many were asked. Each port is looked at once: in
+        the listing that found it, or in the answer of our write to it."""
+        unchecked, self._unchecked, asked = self._unchecked, {}, 0
+        for port in unchecked.values():
             if port.get("binding:vif_type") in UNBOUND and port.get("binding:host_id") == self.owner:
                 try:
                     answer = self.client.request("PUT", f"/ports/{port['id']}",

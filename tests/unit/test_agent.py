@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import yaml
@@ -264,3 +265,29 @@ def test_the_grafana_dashboard_shows_only_metrics_the_agent_exports(tmp_path):
     asked = {family(name) for panel in dash["panels"] for t in panel["targets"]
              for name in re.findall(r"gwagent_[a-z_]+", t["expr"])}
     assert asked == served, (asked - served, served - asked)
+
+
+def test_the_registrar_writes_what_changed_and_repairs_what_someone_else_changed(tmp_path):
+    eps = [endpoint("b", "red", n) for n in (2, 3, 4)]
+    agent, _, _, _, b = make(tmp_path, [], eps)
+    assert agent.run_pass("start").registered == 3
+    registry = FileInventory(tmp_path / "a.yaml")
+
+    moved = dataclasses.replace(eps[1], ips=("198.19.10.99",))
+    write(b, site("b", [eps[0], moved, eps[2]]))
+    result = agent.run_pass("inventory")
+    assert (result.registered, result.unregistered) == (1, 0)
+    assert {p.origin.port_id: p.origin.ips for p in registry.remote_ports()}["b-red-3"] == (
+        "198.19.10.99",)
+
+    # someone else deletes one of our ports: the registry's version moved,
+    # so the next pass reads it whole and puts the port back
+    path = tmp_path / "a.remote-ports.json"
+    data = json.loads(path.read_text())
+    data["remote_ports"] = [p for p in data["remote_ports"] if p["origin"]["port_id"] != "b-red-2"]
+    path.write_text(json.dumps(data))
+    result = agent.run_pass("resync")
+    assert (result.registered, result.unregistered) == (1, 0)
+    assert sorted(p.origin.port_id for p in registry.remote_ports()) == [
+        "b-red-2", "b-red-3", "b-red-4"]
+    assert agent.status()["remote_ports_registered"] == 3

@@ -80,6 +80,7 @@ def test_every_change_gives_what_the_whole_functions_give(seed):
     held = {name: [] for name in "abc"}
     previous = None
     changes = 0
+    ports = {}
     for _ in range(60):
         name = rng.choice("abc")
         eps = held[name]
@@ -99,6 +100,16 @@ def test_every_change_gives_what_the_whole_functions_give(seed):
         change = world.update(snaps["a"], peers)
         changes += not change.full
         _same(world, whole, by_source)
+        taken = world.take_ports()
+        assert (taken is None) == change.full
+        if taken is None:  # everything: the whole function's
+            ports = {p.key: p for p in whole[0].remote_ports()}
+        for key, port in (taken or {}).items():
+            if port is None:
+                ports.pop(key, None)
+            else:
+                ports[key] = port
+        assert ports == {p.key: p for p in whole[0].remote_ports()}
         previous = whole[0]
     assert changes > 30  # most updates went the incremental way
 
