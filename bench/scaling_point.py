@@ -16,6 +16,9 @@ own, both removed at the end. It prints one JSON object:
   (median of 3; each checked afterwards by a read of that one device or
   flow; ``change_full_reads``: why the dataplane was read whole in those
   passes, if it was);
+* ``registry_change_s``: the registrar's sync after that change, against
+  a registry in memory holding every remote port (median of 3; the
+  dataplane's figures above leave the registry out);
 * ``rss_peak_mib``: the process's peak resident memory (the world, the
   agent's state, everything);
 * ``dataplane_mib``: what the entries cost the kernel (its slab, before and
@@ -45,7 +48,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "functional"))
 
-from gwagent.control.agent import Agent  # noqa: E402
+from gwagent.control.agent import Agent, PassResult  # noqa: E402
 from gwagent.dataplane.linux import LinuxBackend  # noqa: E402
 from gwagent.lab.ovs import Ovs, missing  # noqa: E402
 from gwagent.openflow import flows as fl  # noqa: E402
@@ -72,6 +75,41 @@ class Source:
 
     def replace(self, snapshot) -> None:
         self.snap, self.ver = snapshot, self.ver + 1
+
+
+class Registry:
+    """A registry of remote ports in memory, as a site's Neutron with its
+    notifications heard holds them: what was registered, and a version
+    that moves only when someone else changes it."""
+
+    def __init__(self):
+        self.ports = {}
+
+    def remote_ports(self):
+        return list(self.ports.values())
+
+    def registry_version(self):
+        return "events", 0
+
+    def register(self, ports):
+        self.ports.update((p.key, p) for p in ports)
+        return {}
+
+    def unregister(self, ports):
+        for port in ports:
+            self.ports.pop(port.key, None)
+        return {}
+
+
+def _sync_registry(agent) -> float:
+    """One sync of the registrar, as its thread makes it; its seconds."""
+    result = PassResult(reason="registry", at=time.time())
+    start = time.perf_counter()
+    agent._sync_registry(result, agent.clock())
+    took = time.perf_counter() - start
+    if result.errors:
+        raise RuntimeError(f"registry sync failed: {result.errors[:3]}")
+    return took
 
 
 @contextlib.contextmanager
@@ -103,7 +141,7 @@ def _dataplane_kib(ovs) -> int:
 
 
 def _pass(agent, reason="resync"):
-    result = agent.run_pass(reason)
+    result = agent.run_pass(reason, registry=False)  # as the loop: the registrar apart
     if result.errors:
         raise RuntimeError(f"pass failed: {result.errors[:3]}")
     return result
@@ -143,7 +181,8 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
                 ovs = Ovs(ns, rundir).start()
                 be = OpenFlowBackend(ns, ovs.db_sock, "gwa-ovs", "gwa-vxlan", "netdev",
                                      "127.0.0.1", 6653, timeout=600)
-            agent = Agent(Source(local), [peer_source], None, be, ingress_filter=True,
+            registry = Registry()
+            agent = Agent(Source(local), [peer_source], registry, be, ingress_filter=True,
                           mac_guard=True, audit_interval=3600.0, pass_budget=3600.0)
             gc.collect()
             gc.freeze()  # as the agent's long-lived state (see gwagent/hotpath.py)
@@ -154,6 +193,9 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
             if sum(cold.ops.values()) < endpoints:
                 raise RuntimeError(f"the cold pass wrote too little: {cold.ops}")
             _pass(agent)  # the echoes of the cold pass's own network changes
+            _sync_registry(agent)
+            if len(registry.ports) != endpoints:
+                raise RuntimeError(f"registered {len(registry.ports)} of {endpoints} ports")
             dataplane_kib = _dataplane_kib(ovs) - before
             idle = []
             for _ in range(IDLE_ROUNDS):
@@ -162,7 +204,7 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
                 idle.append(time.perf_counter() - start)
                 if result.ops:
                     raise RuntimeError(f"an idle pass planned {result.ops}")
-            changes, reads = [], []
+            changes, reads, registrations = [], [], []
             snap = peer
             for i in range(CHANGES):
                 audits = agent.mirror.audits
@@ -177,11 +219,15 @@ def measure(backend: str, endpoints: int, networks: int) -> dict:
                     raise RuntimeError("the new endpoint planned nothing")
                 if not _in_dataplane(backend, ns, agent, ep, ovs):
                     raise RuntimeError(f"{ep.mac} is not in the dataplane after the pass")
+                registrations.append(_sync_registry(agent))
+                if not any(p.origin == ep for p in registry.ports.values()):
+                    raise RuntimeError(f"{ep.mac} is not in the registry after its sync")
             return {
                 "backend": backend, "endpoints": endpoints, "networks": networks,
                 "cold_s": cold_s, "idle_s": statistics.median(idle),
                 "change_s": statistics.median(changes), "change_ops": result.ops,
                 "change_full_reads": reads,
+                "registry_change_s": statistics.median(registrations),
                 "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "dataplane_mib": dataplane_kib / 1024,
             }
