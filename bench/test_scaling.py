@@ -5,7 +5,7 @@
 Over 10 and over 1000 networks, on both backends, each point in a process of
 its own (bench/scaling_point.py says what it measures). Writes
 ``bench/results/scaling.md`` (the table), ``scaling.json`` and
-``scaling.png`` (log-log: time and memory against endpoints). About 25
+``scaling.png`` (log-log: time and memory against endpoints). About 30-45
 minutes; ``GWAGENT_SCALING_SIZES=1000,10000`` runs a shorter curve.
 
 A step is "worse than linear" where a figure grows by more than the size
@@ -28,7 +28,9 @@ SIZES = tuple(int(n) for n in os.environ.get(
 SPREADS = (10, 1000)
 BACKENDS = ("linux", "openflow")
 FIGURES = (("cold_s", "cold reconcile", "s"), ("idle_s", "pass with nothing to change", "s"),
-           ("change_s", "one endpoint changed", "s"), ("rss_peak_mib", "agent peak RSS", "MiB"),
+           ("change_s", "one endpoint changed", "s"),
+           ("registry_change_s", "the registrar after it", "s"),
+           ("rss_peak_mib", "agent peak RSS", "MiB"),
            ("dataplane_mib", "kernel / OVS memory", "MiB"))
 FLOOR = {"s": 0.05, "MiB": 50.0}
 
@@ -43,7 +45,8 @@ def point(backend: str, endpoints: int, networks: int) -> dict:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {backend:8} {endpoints:>9,} endpoints / {networks:>4} networks: "
           f"cold {result['cold_s']:.2f} s, idle {result['idle_s'] * 1000:.1f} ms, "
-          f"change {result['change_s'] * 1000:.1f} ms, RSS {result['rss_peak_mib']:.0f} MiB "
+          f"change {result['change_s'] * 1000:.1f} ms, registrar "
+          f"{result['registry_change_s'] * 1000:.2f} ms, RSS {result['rss_peak_mib']:.0f} MiB "
           f"({time.monotonic() - start:.0f} s)", flush=True)
     return result
 
@@ -69,13 +72,15 @@ def curves(results: list[dict]) -> dict:
 
 def table(results: list[dict]) -> str:
     lines = ["| backend | networks | endpoints | cold reconcile | nothing to change | "
-             "one endpoint changed | agent peak RSS | kernel / OVS memory |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "one endpoint changed | the registrar after it | agent peak RSS | "
+             "kernel / OVS memory |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for (backend, networks), pts in curves(results).items():
         for r in pts:
             lines.append(f"| {backend} | {networks:,} | {r['endpoints']:,} | {r['cold_s']:.2f} s | "
                          f"{r['idle_s'] * 1000:.1f} ms | {r['change_s'] * 1000:.0f} ms | "
+                         f"{r['registry_change_s'] * 1000:.2f} ms | "
                          f"{r['rss_peak_mib']:,.0f} MiB | {r['dataplane_mib']:,.0f} MiB |")
         notes += [f"* {backend}, {networks} networks: {w}" for w in superlinear(pts)]
     lines += ["", "Steps worse than linear (x1.5 the size's growth):", ""]
@@ -89,8 +94,8 @@ def plot(results: list[dict], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     styles = {"linux": "-", "openflow": "--"}
-    colours = {"cold_s": "C0", "idle_s": "C1", "change_s": "C2", "rss_peak_mib": "C3",
-               "dataplane_mib": "C4"}
+    colours = {"cold_s": "C0", "idle_s": "C1", "change_s": "C2", "registry_change_s": "C5",
+               "rss_peak_mib": "C3", "dataplane_mib": "C4"}
     markers = {10: "o", 1000: "s"}
     for (backend, networks), pts in curves(results).items():
         xs = [r["endpoints"] for r in pts]
