@@ -51,6 +51,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "functional"))
 from gwagent.control.agent import Agent, PassResult  # noqa: E402
 from gwagent.dataplane.linux import LinuxBackend  # noqa: E402
 from gwagent.lab.ovs import Ovs, missing  # noqa: E402
+from gwagent.model import SiteSnapshot  # noqa: E402
 from gwagent.openflow import flows as fl  # noqa: E402
 from gwagent.openflow.backend import OpenFlowBackend  # noqa: E402
 
@@ -148,10 +149,13 @@ def _pass(agent, reason="resync"):
 
 
 def _added(peer, i: int, networks: int):
-    """The peer's snapshot with one more endpoint (a VM booted in that cloud)."""
+    """The peer's snapshot with one more endpoint (a VM booted in that
+    cloud), from a source that says what changed, as the Neutron source
+    does (SiteSnapshot.after)."""
     ep = dataclasses.replace(peer.endpoints[0], network=f"net{i % networks}",
                              mac=f"fa:16:3e:ff:00:{i:02x}")
-    return dataclasses.replace(peer, endpoints=peer.endpoints + (ep,)), ep
+    return SiteSnapshot.after(peer, peer.networks, peer.endpoints + (ep,), (), (ep,),
+                              peer.rejected, peer.vteps), ep
 
 
 def _in_dataplane(backend: str, ns: str, agent, ep, ovs) -> bool:

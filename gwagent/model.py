@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import operator
 import re
 import socket
 import sys
+import weakref
 from typing import Iterable
 
 VNI_MIN, VNI_MAX = 1, 16777215
@@ -271,9 +273,58 @@ class SiteSnapshot:
     vteps: tuple[str, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "vteps", tuple(sorted({
-            ip(v, f"site[{self.site.name}].vteps", version=4) for v in self.vteps})))
+        object.__setattr__(self, "vteps", _vteps(self.site, self.vteps))
         validate_site(self)
+
+    @classmethod
+    def after(cls, base: "SiteSnapshot", networks: tuple[Network, ...],
+              endpoints: Iterable[Endpoint], gone: Iterable[Endpoint],
+              came: Iterable[Endpoint], rejected: tuple[Rejected, ...] = (),
+              vteps: tuple[str, ...] = ()) -> "SiteSnapshot":
+        """The snapshot of ``base``'s site that follows it, from a source
+        that knows what changed: ``endpoints`` are ``base``'s without
+        ``gone`` and with ``came`` (objects: those of ``base``, and the new
+        ones). Only the change is validated, with the index of own MACs
+        that passes from ``base`` to the new snapshot (``base`` can give
+        it once), and the new snapshot says what changed
+        (:meth:`change_since`), so the gateway need not find it. Anything
+        the change cannot answer for (other networks, an endpoint left out
+        now or in ``base``) validates the whole snapshot instead."""
+        endpoints, gone, came = tuple(endpoints), tuple(gone), tuple(came)
+        owners = base.__dict__.get("_owners")
+        object.__setattr__(base, "_owners", None)
+        ok = (owners is not None and networks == base.networks
+              and len(endpoints) == len(base.endpoints) - len(gone) + len(came))
+        if ok:
+            site, nets = base.site.name, {net.name for net in networks}
+            owners.difference_update(map(_OWN, gone))
+            for ep in came:
+                key = (ep.network, ep.mac)
+                if ep.site != site or ep.network not in nets or key in owners:
+                    ok = False
+                    break
+                owners.add(key)
+        if not ok:
+            return cls(base.site, networks, endpoints, rejected, vteps)
+        snap = cls.__new__(cls)
+        for field, value in (("site", base.site), ("networks", networks),
+                             ("endpoints", endpoints), ("rejected", tuple(rejected)),
+                             ("vteps", _vteps(base.site, vteps)), ("_owners", owners),
+                             ("_changed_from", (weakref.ref(base), gone, came))):
+            object.__setattr__(snap, field, value)
+        return snap
+
+    def change_since(self, base: "SiteSnapshot") -> tuple[tuple, tuple] | None:
+        """(gone, came) since ``base`` if this snapshot was made from it
+        by :meth:`after`; else None (not known: compare them)."""
+        made = self.__dict__.get("_changed_from")
+        if made is None or made[0]() is not base:
+            return None
+        return made[1], made[2]
+
+
+def _vteps(site: Site, vteps: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({ip(v, f"site[{site.name}].vteps", version=4) for v in vteps}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +431,10 @@ class Desired:
         return frozenset(out)
 
 
+_OWN, _SITE, _NETWORK = (operator.attrgetter("network", "mac"), operator.attrgetter("site"),
+                         operator.attrgetter("network"))
+
+
 def validate_site(snap: SiteSnapshot) -> None:
     """Operator errors raise; endpoint errors move endpoints to ``rejected``."""
     site = snap.site.name
@@ -397,10 +452,20 @@ def validate_site(snap: SiteSnapshot) -> None:
                     f"site[{site}].network[{net.name}].{field}", number,
                     f"VNI already used by {owner} (one gateway cannot carry a VNI twice)")
             vnis[number] = f"{net.name}.{field}"
+    eps = snap.endpoints
+    # The common case, checked in C: one site, known networks, no own MAC
+    # twice on a network; its index of own MACs is kept for the snapshot
+    # that follows (SiteSnapshot.after).
+    keys = list(map(_OWN, eps))
+    owned = set(keys)
+    if (len(owned) == len(keys) and set(map(_SITE, eps)) <= {site}
+            and set(map(_NETWORK, eps)) <= nets.keys()):
+        object.__setattr__(snap, "_owners", owned)
+        return
     owners: dict[tuple[str, str], Endpoint] = {}
     accepted = []
     rejected = list(snap.rejected)
-    for ep in snap.endpoints:
+    for ep in eps:
         if ep.site != site:
             reason = f"listed in site {site!r} but belongs to site {ep.site!r}"
         elif ep.network not in nets:

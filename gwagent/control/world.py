@@ -18,11 +18,13 @@ Why it looks like this
     sequence of changes a World says what the whole functions say.
 
 What is still proportional to the world
-    Finding the endpoints that differ: a snapshot is a tuple, compared with
-    the last by identity first (a source keeps the objects of the ports that
-    did not change), then by value for what differs; and the frozen sets a
-    :class:`~gwagent.state.GatewayState` is made of, copied with a change
-    (C loops, no Python work per entry; measured in the README).
+    Finding the endpoints that differ, when the source does not say it
+    (:meth:`~gwagent.model.SiteSnapshot.after`: the Neutron source does): a
+    snapshot is a tuple, compared with the last by identity first (a source
+    keeps the objects of the ports that did not change), then by value for
+    what differs; and the frozen sets a :class:`~gwagent.state.GatewayState`
+    is made of, copied with a change (C loops, no Python work per entry;
+    measured in the README).
 """
 from __future__ import annotations
 
@@ -141,7 +143,11 @@ class World:
         floods: set[FloodEntry] = set()
         for snap in (local, *peers):
             old = self._raw.get(snap.site.name)
-            gone, came, same = endpoint_changes(old.endpoints if old else (), snap.endpoints)
+            told = snap.change_since(old) if old is not None else None
+            if told is not None:  # the source said what changed
+                (gone, came), same = told, ()
+            else:
+                gone, came, same = endpoint_changes(old.endpoints if old else (), snap.endpoints)
             self._raw[snap.site.name] = snap
             for was, now in same:
                 self._repoint(was, now)

@@ -260,6 +260,13 @@ class NeutronSite:
         self._nets: dict[str, _LocalNet] | None = None
         self._vtep_of: dict[str, str] = {}
         self._ports: dict[str, tuple[dict, object]] | None = None  # id -> (port, endpoint)
+        # the same ports' endpoints and those left out, for the snapshot
+        self._eps: dict[str, Endpoint] = {}
+        self._left_out: dict[str, Rejected] = {}
+        # the last snapshot, and what each port changed since was then
+        # (None: read whole since: compared, not said)
+        self._snap: SiteSnapshot | None = None
+        self._since: dict[str, object] | None = None
         self._pending: dict[str, tuple[bool, dict]] = {}
         self._full: str | None = "first read"
         self._next_audit = 0.0
@@ -449,6 +456,9 @@ class NeutronSite:
                 continue
             kept[port["id"]] = (port, self._endpoint(port, by_id[port["network_id"]], vteps))
         self._nets, self._vtep_of, self._ports = nets, vteps, kept
+        self._eps = {pid: ep for pid, (_, ep) in kept.items() if isinstance(ep, Endpoint)}
+        self._left_out = {pid: ep for pid, (_, ep) in kept.items() if isinstance(ep, Rejected)}
+        self._since = None
         self._next_audit = self.clock() + self.audit_interval
         self.reads["full"] += 1
         if why:
@@ -469,11 +479,19 @@ class NeutronSite:
             self._vtep_of = self._vteps()  # a host never seen: its agent's VTEP
         for pid in pending:
             port = found.get(pid)
+            if self._since is not None and pid not in self._since:
+                self._since[pid] = self._eps.get(pid)
+            ep = None
             if port is None or is_remote(port) or port.get("network_id") not in by_net:
                 self._ports.pop(pid, None)
             else:
-                self._ports[pid] = (port, self._endpoint(port, by_net[port["network_id"]],
-                                                         self._vtep_of))
+                ep = self._endpoint(port, by_net[port["network_id"]], self._vtep_of)
+                self._ports[pid] = (port, ep)
+            for kind, into in ((Endpoint, self._eps), (Rejected, self._left_out)):
+                if isinstance(ep, kind):
+                    into[pid] = ep
+                else:
+                    into.pop(pid, None)
         self.reads["by_id"] += 1
         self.reads["ports_by_id"] += len(ids)
 
@@ -488,15 +506,19 @@ class NeutronSite:
         nets = self._nets or {}
         networks = tuple(Network(name, net.segmentation_id, self.networks[name])
                          for name, net in sorted(nets.items()))
-        endpoints, rejected = [], []
-        for pid in sorted(self._ports or ()):
-            ep = self._ports[pid][1]
-            if isinstance(ep, Rejected):
-                rejected.append(ep)
-            elif ep is not None:
-                endpoints.append(ep)
-        return SiteSnapshot(self.site, networks, tuple(endpoints), tuple(rejected),
-                            vteps=tuple(self._vtep_of.values()))
+        endpoints, rejected = tuple(self._eps.values()), tuple(self._left_out.values())
+        vteps = tuple(self._vtep_of.values())
+        base, since = self._snap, self._since
+        if base is not None and since is not None:
+            # what the ports read by ID changed: the gateway need not look
+            eps = self._eps
+            gone = [was for pid, was in since.items() if was is not None and eps.get(pid) is not was]
+            came = [eps[pid] for pid, was in since.items() if pid in eps and eps[pid] is not was]
+            snap = SiteSnapshot.after(base, networks, endpoints, gone, came, rejected, vteps)
+        else:
+            snap = SiteSnapshot(self.site, networks, endpoints, rejected, vteps=vteps)
+        self._snap, self._since = snap, {}
+        return snap
 
     def _vteps(self) -> dict[str, str]:
         vteps: dict[str, str] = {}

@@ -121,3 +121,62 @@ def test_after_a_bulk_create_that_failed_with_its_ports_made_the_registry_lists_
     listed = reg.reads["owned_full"]
     assert {p.key for p in reg.remote_ports()} == {p.key for p in want}
     assert reg.reads["owned_full"] == listed and neutron.writes == []
+
+
+class HearingFeed(QuietFeed):
+    """A live feed that hears what the test says it heard."""
+
+    def __init__(self):
+        self.heard = None
+
+    def take(self):
+        heard, self.heard = self.heard, None
+        return heard
+
+
+def test_a_port_heard_changed_makes_a_snapshot_that_says_what_changed():
+    from gwagent.control.world import endpoint_changes
+    from gwagent.neutron.notifications import Heard
+    neutron, feed = FakeNeutron(), HearingFeed()
+    neutron.list = _with_agent(neutron.list)
+    for n in range(3):
+        neutron._create({"network_id": NET, "mac_address": f"fa:16:3e:00:00:0{n}",
+                         "binding:host_id": "cn1", "device_owner": "compute:x",
+                         "fixed_ips": [{"ip_address": f"198.19.10.{n + 1}"}]})
+    src = NeutronSite(neutron, Site("b", Gateway("b-gw", "198.18.2.1", "198.18.0.2")),
+                      {"red": 5001}, {"red": NET}, feed=feed, audit_interval=3600.0)
+    first = src.snapshot()
+    assert len(first.endpoints) == 3 and first.change_since(None) is None
+
+    # one port moved to another address, one deleted, one created: heard
+    moved = next(iter(neutron.ports))
+    neutron.ports[moved]["fixed_ips"] = [{"ip_address": "198.19.10.99"}]
+    gone = list(neutron.ports)[1]
+    del neutron.ports[gone]
+    made = neutron._create({"network_id": NET, "mac_address": "fa:16:3e:00:00:09",
+                            "binding:host_id": "cn1", "device_owner": "compute:x",
+                            "fixed_ips": [{"ip_address": "198.19.10.9"}]})
+    feed.heard = Heard()
+    feed.heard.ports = {moved: (False, {"id": moved, "network_id": NET}),
+                        gone: (True, {"id": gone, "network_id": NET}),
+                        made["id"]: (False, {"id": made["id"], "network_id": NET})}
+    second = src.snapshot()
+    said = second.change_since(first)
+    found = endpoint_changes(first.endpoints, second.endpoints)
+    assert said is not None
+    assert set(said[0]) == set(found[0]) and set(said[1]) == set(found[1])
+    assert {ep.port_id for ep in said[0]} == {moved, gone}
+    assert {ep.port_id for ep in said[1]} == {moved, made["id"]}
+
+    # a full read (the audit) says nothing: the gateway compares
+    src._full = "audit"
+    assert src.snapshot().change_since(second) is None
+
+
+def _with_agent(listing):
+    def list_(collection, **params):
+        if collection == "agents":
+            return [{"host": "cn1", "alive": True,
+                     "configurations": {"tunneling_ip": "198.18.2.11"}}]
+        return listing(collection, **params)
+    return list_

@@ -9,7 +9,7 @@ import pytest
 
 from builders import endpoint, site
 from gwagent.control.world import World, endpoint_changes
-from gwagent.model import AddressPair, Desired, ValidationError
+from gwagent.model import AddressPair, Desired, SiteSnapshot, ValidationError
 from gwagent.state import gateway_mobile, guards, static_dataplane
 
 
@@ -37,6 +37,18 @@ def _pool(rng: random.Random, tangled: bool) -> list:
                         AddressPair("198.19.99.2", shared),))
                 pool.append(ep)
     return pool
+
+
+def _snapshot(name, eps, last, rng):
+    """The site's snapshot; now and then from a source that says what
+    changed since its last one (SiteSnapshot.after)."""
+    if last is None or rng.random() < 0.3:
+        return site(name, eps)
+    before = {id(e) for e in last.endpoints}
+    now = {id(e) for e in eps}
+    return SiteSnapshot.after(last, last.networks, eps,
+                              [e for e in last.endpoints if id(e) not in now],
+                              [e for e in eps if id(e) not in before])
 
 
 def _whole(local, peers, previous):
@@ -81,6 +93,7 @@ def test_every_change_gives_what_the_whole_functions_give(seed):
     previous = None
     changes = 0
     ports = {}
+    last = {}
     for _ in range(60):
         name = rng.choice("abc")
         eps = held[name]
@@ -94,7 +107,8 @@ def test_every_change_gives_what_the_whole_functions_give(seed):
             eps[i] = dataclasses.replace(eps[i], vtep=f"198.18.9.{rng.randint(1, 3)}")
         else:               # the source read everything again: equal, not the same objects
             held[name] = eps = [dataclasses.replace(e) for e in eps]
-        snaps = {n: site(n, held[n]) for n in "abc"}
+        snaps = {n: _snapshot(n, held[n], last.get(n), rng) for n in "abc"}
+        last = snaps
         peers = (snaps["b"],) if rng.random() < 0.1 else (snaps["b"], snaps["c"])
         whole = _whole(snaps["a"], peers, previous)
         change = world.update(snaps["a"], peers)
