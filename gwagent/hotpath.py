@@ -33,21 +33,40 @@ def without_gc(func):
     return wrapper
 
 
-def follow(last: tuple | None, source, derive, same: bool = True) -> frozenset:
-    """``derive(source)``, computed from the last one by what changed.
+def follow(last: tuple | None, source, derive, same: bool = True,
+           changed: tuple | None = None) -> tuple[frozenset, tuple | None]:
+    """``derive(source)``, computed from the last one by what changed; and
+    the step, for :func:`difference`.
 
     ``last`` is (the source, what ``derive`` made of it) of the previous
     call, or None; ``derive`` maps each element of a set on its own (one
     element to at most one, and distinct ones to distinct ones), so the
     result follows a change of a few elements: those gone out, those come
-    in (two set differences in C, no Python work per element of the
-    world). ``same``: whatever else ``derive`` reads is as it was for
-    ``last`` (else everything is derived again)."""
+    in. ``changed`` is (a source, the elements gone since, those come),
+    when the caller knows them (gwagent.control.world); else two set
+    differences in C find them (no Python work per element of the world).
+    ``same``: whatever else ``derive`` reads is as it was for ``last``
+    (else everything is derived again). The step is (what was made, what is
+    made now, the derived elements gone, those come), or None."""
     source = source or frozenset()
     if last is None or last[0] is None or not same:
-        return derive(source)
+        return derive(source), None
     old, made = last
     if old is source:
-        return made
-    gone, came = old - source, source - old
-    return (made - derive(gone)) | derive(came) if gone else made | derive(came)
+        return made, None
+    if changed is not None and changed[0] is old:
+        gone, came = changed[1], changed[2]
+    else:
+        gone, came = old - source, source - old
+    out, into = derive(gone), derive(came)
+    now = (made - out) | into if out else made | into
+    return now, (made, now, out, into)
+
+
+def difference(have: frozenset, want: frozenset, step: tuple | None
+               ) -> tuple[frozenset, frozenset]:
+    """(gone, add) from ``have`` to ``want``: the step of :func:`follow`
+    when it went from ``have`` to ``want``, else two set differences."""
+    if step is not None and step[0] is have and step[1] is want:
+        return step[2], step[3]
+    return have - want, want - have

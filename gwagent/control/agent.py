@@ -699,7 +699,7 @@ class Agent:
         want = None
         if self.mac_guard:
             want = self.world.guards  # kept with the static state (gwagent.control.world)
-        counters = guard(want)
+        counters = guard(want, self.world.guard_change) if want is not None else guard(want)
         if want is None:
             self.guard_status = {"enabled": False}
             return

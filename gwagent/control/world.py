@@ -123,6 +123,9 @@ class World:
         self.mobile = {}
         self.static: GatewayState | None = None
         self.guards: frozenset[Guard] = frozenset()
+        #: (the guards before the last update, those gone, those come): for
+        #: the backends (hotpath.follow); None after a full update
+        self.guard_change: tuple | None = None
         #: per network: endpoints of the local site ("local"), remote
         #: endpoints ("remote"), and the static entries and floods of each
         #: side ("site", "transit"): status counts them without a walk of
@@ -160,6 +163,7 @@ class World:
             self._held = {key: self._held[key] for key in keys if key in self._held}
         self._make(local, peers, floods)
         if full:
+            self.guard_change = None  # from no backend's guards
             return Change(True)
         return Change(False, frozenset(keys), frozenset(floods))
 
@@ -443,8 +447,12 @@ class World:
             self.static = GatewayState(
                 self._networks, _changed(static.macs, out_entries, in_entries),
                 _changed(static.floods, floods - came, came))
+        self.guard_change = None
         if out_guards or in_guards:
-            self.guards = _changed(self.guards, out_guards, in_guards)
+            old, came = self.guards, frozenset(in_guards)
+            self.guards = _changed(old, out_guards, came)
+            # exactly what went and came (a guard out and in again stays)
+            self.guard_change = (old, (frozenset(out_guards) - came) & old, came - old)
 
 
 def _changed(old: frozenset, out: Iterable, came: Iterable) -> frozenset:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Mapping
 
-from gwagent.hotpath import follow
+from gwagent.hotpath import difference, follow
 from gwagent.state import GuardCounters
 
 LOG = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class NftGuard:
     def __init__(self, run: Callable[[list[dict]], list[dict]], audit):
         self.run, self.audit = run, audit
         self._want: tuple = (None, None, frozenset())  # (guards, devices, members): per change
+        self._step: tuple | None = None  # how the members last changed (hotpath.follow)
         self._chains_next = 0.0   # when the chains are checked again (the audit's timer)
 
     def _small(self, chains: bool = True) -> list[dict] | None:
@@ -169,10 +170,11 @@ class NftGuard:
         return out
 
     def sync(self, guards, devices: Mapping[tuple[str, str], int] | None,
-             site_prefix: str) -> GuardCounters:
+             site_prefix: str, changed: tuple | None = None) -> GuardCounters:
         """Make the table hold ``guards`` (None: no table); the counters.
         ``devices``: (network, side) -> VXLAN port; ports named
-        ``site_prefix*`` are the site side's."""
+        ``site_prefix*`` are the site side's. ``changed``: (guards, those
+        gone since, those come), when the caller knows (hotpath.follow)."""
         now = self.audit.clock()
         chains = now >= self._chains_next
         small = self._small(chains)
@@ -183,8 +185,9 @@ class NftGuard:
             return GuardCounters()
         devices = devices or {}
         if self._want[0] is not guards or self._want[1] != devices:
-            made = follow(self._want[::2], guards, lambda gs: elements(gs, devices),
-                          same=self._want[1] == devices)
+            made, self._step = follow(self._want[::2], guards,
+                                      lambda gs: elements(gs, devices),
+                                      same=self._want[1] == devices, changed=changed)
             self._want = (guards, dict(devices), made)
         want = self._want[2]
         ports = {port: key for key, port in devices.items()}
@@ -207,7 +210,7 @@ class NftGuard:
         have = self.audit.have(self._members)
         if have is want:  # as written, no audit since: nothing to compare
             return counters
-        add, gone = want - have, have - want
+        gone, add = difference(have, want, self._step)
         if add or gone:
             try:
                 self.run(_element_commands("delete", gone) + _element_commands("add", add))

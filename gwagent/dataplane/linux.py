@@ -646,9 +646,11 @@ class LinuxBackend:
             self._guard = NftGuard(self._ingress_filter().run, self._guard_audit)
         return self._guard
 
-    def guard(self, guards) -> GuardCounters:
+    def guard(self, guards, changed: tuple | None = None) -> GuardCounters:
         """Make the gateway's bridge-family table drop what ``guards`` say
-        (None: no table); the drop counters. Networks as last observed."""
+        (None: no table); the drop counters. Networks as last observed.
+        ``changed``: (guards, those gone since, those come), when the
+        caller knows (gwagent.control.world)."""
         if guards is None and self._guard is None:
             try:
                 self._mac_guard()
@@ -665,7 +667,7 @@ class LinuxBackend:
         indexes = {name: self._fast_index.get(name) for name in devices.values()}
         if any(self._guard_indexes.get(name, index) != index for name, index in indexes.items()):
             self._guard_audit.forget()
-        counters = self._mac_guard().sync(guards, devices, f"{PREFIX}vl-")
+        counters = self._mac_guard().sync(guards, devices, f"{PREFIX}vl-", changed)
         self._guard_indexes = indexes
         return counters
 

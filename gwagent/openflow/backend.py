@@ -29,7 +29,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 
 from gwagent.dataplane import AuditedSet, Changes
 from gwagent.dataplane.capture import MobilityTap
-from gwagent.hotpath import follow, without_gc
+from gwagent.hotpath import difference, follow, without_gc
 from gwagent.openflow import flows as fl
 from gwagent.openflow.evidence import PacketInTap
 from gwagent.openflow.ovsdb import Bridge
@@ -83,6 +83,7 @@ class OpenFlowBackend:
         self.audited = (self._guard_audit,)
         self._guard_encoders: dict[int, fl.GuardFlowBytes] = {}
         self._guard_want: tuple = (None, None, frozenset())
+        self._guard_step: tuple | None = None  # how the guards last changed (hotpath.follow)
 
     # observe ---------------------------------------------------------------
     @without_gc
@@ -315,9 +316,11 @@ class OpenFlowBackend:
         return {Guard(net, mac, side, tuple(sorted(s for s in srcs if s)))
                 for (net, mac, side), srcs in found.items() if None in srcs}
 
-    def guard(self, guards) -> GuardCounters:
+    def guard(self, guards, changed: tuple | None = None) -> GuardCounters:
         """Make table GUARD say ``guards`` (None: none), in one bundle per
-        change; the drop counters of table HIJACKS."""
+        change; the drop counters of table HIJACKS. ``changed``: (guards,
+        those gone since, those come), when the caller knows
+        (gwagent.control.world)."""
         counters = GuardCounters()
         names = {vni: net.name for vni, net in self._nets.items()}
         # each dump in its own table: a dump by cookie alone made the switch
@@ -334,13 +337,14 @@ class OpenFlowBackend:
                 counters.macs.setdefault(side, {})[(net, m["eth_src"])] = st.packet_count
         if self._guard_want[0] is not guards or self._guard_want[1] != self._vni:
             vnis = self._vni
-            made = follow(self._guard_want[::2], guards,
-                          lambda gs: frozenset(g for g in gs if g.network in vnis),
-                          same=self._guard_want[1] == vnis)
+            made, self._guard_step = follow(
+                self._guard_want[::2], guards,
+                lambda gs: frozenset(g for g in gs if g.network in vnis),
+                same=self._guard_want[1] == vnis, changed=changed)
             self._guard_want = (guards, dict(vnis), made)
         want = self._guard_want[2]  # computed once per change of the guards or networks
         have = self._guard_audit.have(self._guards_there)
-        gone, add = (have - want, want - have) if have is not want else ((), ())
+        gone, add = difference(have, want, self._guard_step) if have is not want else ((), ())
         if not (gone or add):
             self._guard_audit.wrote(want)  # (equal as read: the same object from now on)
             return counters if guards is not None else GuardCounters()

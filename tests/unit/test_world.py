@@ -9,6 +9,7 @@ import pytest
 
 from builders import endpoint, site
 from gwagent.control.world import World, endpoint_changes
+from gwagent.hotpath import difference, follow
 from gwagent.model import AddressPair, Desired, SiteSnapshot, ValidationError
 from gwagent.state import gateway_mobile, guards, static_dataplane
 
@@ -111,9 +112,16 @@ def test_every_change_gives_what_the_whole_functions_give(seed):
         last = snaps
         peers = (snaps["b"],) if rng.random() < 0.1 else (snaps["b"], snaps["c"])
         whole = _whole(snaps["a"], peers, previous)
+        before = world.guards
         change = world.update(snaps["a"], peers)
         changes += not change.full
         _same(world, whole, by_source)
+        if world.guard_change is not None:   # what a backend follows (hotpath.follow)
+            was, gone, came = world.guard_change
+            assert was is before and gone <= was and not came & was
+            assert (was - gone) | came == world.guards
+            made, step = follow((was, was), world.guards, frozenset, changed=world.guard_change)
+            assert made == world.guards and difference(was, made, step) == (gone, came)
         taken = world.take_ports()
         assert (taken is None) == change.full
         if taken is None:  # everything: the whole function's
@@ -164,3 +172,17 @@ def test_endpoint_changes_by_identity_then_by_value():
     gone, came, same = endpoint_changes((a, b), (a, again))
     assert (gone, came) == ([], []) and same[0][0] is b and same[0][1] is again
     assert endpoint_changes((a, b), (a, c)) == ([b], [c], [])
+
+
+def test_follow_derives_a_set_from_its_last_by_what_changed():
+    double = lambda xs: frozenset(2 * x for x in xs)  # noqa: E731
+    old = frozenset(range(10))
+    made, step = follow(None, old, double)
+    assert made == double(old) and step is None
+    new = (old - {3}) | {42}
+    for changed in (None, (old, frozenset({3}), frozenset({42}))):
+        now, step = follow((old, made), new, double, changed=changed)
+        assert now == double(new)
+        assert difference(made, now, step) == ({6}, {84})
+    assert difference(frozenset({1}), now, step) == (frozenset({1}), now)  # not that step
+    assert follow((old, made), new, double, same=False)[0] == double(new)
