@@ -66,6 +66,7 @@ from gwagent.lab.processes import log_tail, process_alive, python_env, start_pro
 FIREWALL_DRIVER = "openvswitch"
 UCAST_TO_TUN = 20   # br-tun's table of unicast MACs (neutron's constants)
 FLOOD_TO_TUN = 22
+AGENT_GRACE = 1.0  # seconds an agent gets after SIGTERM (lab down)
 
 
 def ovs_of(lab, compute: str) -> Ovs:
@@ -169,7 +170,11 @@ def start(lab, venv: Path, sites: dict[str, dict], broker_port: int) -> list[str
                                   str(venv / "bin" / "neutron-openvswitch-agent"),
                                   "--config-file", str(conf)],
                       env=_agent_env(lab, compute, venv), group=True, order=4)
+        # It finishes its loop's iteration before it exits (5 s and more
+        # here); its namespace goes right after, so nothing needs it clean.
+        lab.processes[name]["grace"] = AGENT_GRACE
         names.append(name)
+    lab.save()
     return names
 
 
@@ -240,6 +245,22 @@ def flood_vteps(lab, compute: str) -> dict[int, list[str]]:
         if tun:
             out[int(tun.group(1), 16)] = sorted(ports.get(p, p) for p in _OUTPUT.findall(line))
     return out
+
+
+def bridge_port_of(lab, compute: str, mac: str) -> str | None:
+    """The port of ``br-int`` where the compute's OVS learned ``mac`` (its
+    NORMAL forwarding's MAC table), or None."""
+    ovs = ovs_of(lab, compute)
+    pid = ovs.pid("ovs-vswitchd")
+    text = ovs._run("ovs-appctl", "-t", str(ovs.rundir / f"ovs-vswitchd.{pid}.ctl"),
+                    "fdb/show", "br-int").stdout
+    shown = ovs._run("ovs-ofctl", "show", f"unix:{ovs.rundir / 'br-int.mgmt'}").stdout
+    names = dict(re.findall(r"^\s*(\d+)\(([^)]+)\):", shown, re.M))
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].lower() == mac:
+            return names.get(fields[0], fields[0])
+    return None
 
 
 def resolve_underlay(lab, site, compute: str, targets: list[str]) -> None:
