@@ -355,6 +355,12 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     :attr:`~gwagent.lab.record.Lab.truth` is chosen here, once."""
     check_root()
     check_prefix(prefix)
+    if topology.computes == topo_mod.OVS_AGENT:
+        if not neutron:
+            raise LabError("computes: ovs-agent needs a Neutron lab (lab up --neutron): the "
+                           "agents are Neutron's")
+        if ovs_missing():
+            raise LabError(f"computes with Neutron's OVS agent need {ovs_missing()}")
     lab_dir = Path(lab_dir) if lab_dir else default_lab_dir(prefix)
     if (lab_dir / "lab.json").exists():
         raise LabError(f"a lab is already up at {lab_dir}; run 'lab down' first")
@@ -367,12 +373,6 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         raise LabError(f"unknown backend {backend!r} (one of: {', '.join(BACKENDS)})")
     if backend == "openflow" and ovs_missing():
         raise LabError(f"the OpenFlow lab needs {ovs_missing()}")
-    if topology.computes == topo_mod.OVS_AGENT:
-        if not neutron:
-            raise LabError("computes: ovs-agent needs a Neutron lab (lab up --neutron): the "
-                           "agents are Neutron's")
-        if ovs_missing():
-            raise LabError(f"computes with Neutron's OVS agent need {ovs_missing()}")
     lab = Lab(prefix, lab_dir, topology, source="neutron" if neutron else "file",
               backend=backend)
     lab.save()

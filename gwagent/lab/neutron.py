@@ -19,6 +19,9 @@ time, all stopped by ``lab down`` by process group, never by name):
   agent as Neutron sees it (``report_state`` over RPC, ``tunneling_ip`` = the
   compute's underlay IP). This is the real mechanism by which Neutron knows a
   bound port's VTEP: the agent on its ``binding:host_id``;
+  With ``computes: ovs-agent`` in the topology these are instead Neutron's
+  own ``neutron-openvswitch-agent``, one per compute
+  (:mod:`gwagent.lab.ovs_agent`), and ``l2pop`` does not run;
 * ``l2pop``: the L2 population emulator, in Neutron mode (below);
 * ``<site>-gw``: the gateway agents, ``[gateway] source = neutron``.
 
