@@ -397,9 +397,7 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
         plug_vm(lab, vm)
     lab.truth.up(progress)
     computes = computes_mod.of(lab)
-    if topology.computes == topo_mod.OVS_AGENT:
-        progress(f"plugging {len(topology.vms)} VMs into br-int; waiting for ACTIVE")
-    computes.attach(topology.vms)
+    computes.attach(topology.vms, progress=progress)
     write_agent_configs(lab)
     computes.start(progress)
     if agents:

@@ -41,7 +41,7 @@ class Emulated:
         seg = self.lab.topology.site(vm.site).segmentation_id(vm.network)
         cn.link("set", index=index(cn, tap), master=index(cn, bridge_name(seg)))
 
-    def attach(self, vms) -> None:
+    def attach(self, vms, progress=None) -> None:
         """After the sites' truth knows ``vms``: nothing (the emulator reads it)."""
 
     def detach(self, vm) -> None:
@@ -80,10 +80,12 @@ class OvsAgents:
         subprocess.run(["ip", "netns", "exec", self.lab.ns(vm.name), "ethtool", "-K", "eth0",
                         "tx", "off"], check=True, capture_output=True)
 
-    def attach(self, vms, timeout: float = 60.0) -> None:
+    def attach(self, vms, progress=None, timeout: float = 60.0) -> None:
         """Plug ``vms`` into br-int with their Neutron ports' IDs (as Nova
         does once a port is bound), and wait until their agents made them
         ACTIVE."""
+        if progress is not None:
+            progress(f"plugging {len(vms)} VMs into br-int; waiting for ACTIVE")
         for site in sorted({vm.site for vm in vms}):
             ports = lab_neutron.lab_ports(self.lab, site)
             for vm in (v for v in vms if v.site == site):
