@@ -140,7 +140,7 @@ class OvsAgents:
                     time.sleep(0.2)
                 targets = [site.tunnel_ip] + [site.compute_ip(c) for c in site.computes
                                               if c != compute]
-                ovs_agent.resolve_underlay(self.lab, site, compute, targets)
+                ovs_agent.resolve_underlay(self.lab, compute, targets)
 
     def status(self) -> dict:
         out = {}

@@ -115,7 +115,7 @@ def _conf(lab, site, compute: str, transport_url: str, exchange: str, venv: Path
         tunnel_types = vxlan
         l2_population = true
         arp_responder = false
-        # The lab runs as root: no sudo, and privsep's helper from PATH.
+        # The lab runs as root: no sudo (privsep: helper_command above).
         root_helper =
 
         [ovs]
@@ -263,7 +263,7 @@ def bridge_port_of(lab, compute: str, mac: str) -> str | None:
     return None
 
 
-def resolve_underlay(lab, site, compute: str, targets: list[str]) -> None:
+def resolve_underlay(lab, compute: str, targets: list[str]) -> None:
     """Let the compute's OVS learn its underlay neighbours' MACs (the
     gateway, the other computes), as :func:`gwagent.lab.build` does for
     gateways: OVS's userspace tunnels drop what they send to a VTEP not
