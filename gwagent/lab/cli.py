@@ -37,6 +37,8 @@ def cmd_up(args) -> int:
     topo = topo_mod.load(args.topology)
     if args.computes:
         topo = topo_mod.parse({**topo_mod.to_dict(topo), "computes": args.computes})
+    if topo.computes == topo_mod.OVS_AGENT and not args.neutron:
+        raise LabError("computes: ovs-agent (Neutron's own OVS agent) needs --neutron")
     try:
         lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
                        progress=_progress, neutron=args.neutron, backend=args.backend)
