@@ -8,7 +8,8 @@ agent's br-tun -> gateway -> transit -> peer gateway -> the peer's agent
 -> VM. One test, one lab (it costs about a minute to bring up): what VMs
 see (answers, datagrams), what the agents' own flows say (br-tun's table
 20: remote MACs at the site's gateway), a VM added, moved across clouds
-and removed, port security holding, and one short GARP drill.
+and removed, port security holding, and one short GARP drill; once per
+gateway backend, as every lab test.
 
 Needs root, the Neutron venv (with neutron-openvswitch-agent),
 rabbitmq-server and Open vSwitch: a missing one FAILS the test, never
@@ -43,7 +44,8 @@ def places(lab, compute: str, by: str = "l2pop") -> dict[str, str]:
             if r["by"] == by}
 
 
-def test_real_ovs_agents_carry_cross_cloud_traffic_moves_and_a_failover():
+@pytest.mark.parametrize("backend", labs.BACKENDS)
+def test_real_ovs_agents_carry_cross_cloud_traffic_moves_and_a_failover(backend):
     if ovs_missing():
         pytest.fail(f"the OVS agent lab needs {ovs_missing()}")
     agent = lab_neutron.neutron_venv() / "bin" / "neutron-openvswitch-agent"
@@ -52,8 +54,8 @@ def test_real_ovs_agents_carry_cross_cloud_traffic_moves_and_a_failover():
     topo = topo_mod.load(TOPOLOGY)
     assert topo.computes == topo_mod.OVS_AGENT
     start = time.monotonic()
-    with lab_up(topo, neutron=True) as lab:
-        print(f"OVS agent lab up in {time.monotonic() - start:.1f} s")
+    with lab_up(topo, neutron=True, backend=backend) as lab:
+        print(f"OVS agent lab ({backend} gateways) up in {time.monotonic() - start:.1f} s")
         a, b = lab.topology.site("a"), lab.topology.site("b")
         # Neutron sees the real agents, with the computes' underlay IPs.
         for site in (a, b):
