@@ -15,6 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from gwagent.control.planner import plan
+from gwagent.dataplane import guard as guard_mod
 from gwagent.dataplane import netlink
 from gwagent.dataplane.linux import (FLOOD_MAC, FdbEntry, LinuxBackend, NetworkDevices,
                                      group_networks, kernel_entries, normalise)
@@ -619,12 +620,16 @@ def test_the_ingress_filter_is_a_table_of_its_own_and_touches_no_other(ns, backe
     assert run(ns, "nft", "list", "table", "inet", "theirs").stdout == before
 
 
-def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(ns):
+@pytest.mark.parametrize("chunk", [guard_mod.CHUNK, 2], ids=["one-transaction", "chunks-of-2"])
+def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(
+        ns, chunk, monkeypatch):
     """Its set holds a member per guard (the VXLAN port a MAC may not come
     in by); a change adds and deletes only what differs; a set flushed by
     hand is refilled at the next audit, a table deleted by hand at the next
     pass; off, or at cleanup, the table goes; a table of someone else's in
-    the bridge family is never touched."""
+    the bridge family is never touched. The same when the members are
+    written a few to a transaction, as a big world's are."""
+    monkeypatch.setattr(guard_mod, "CHUNK", chunk)
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True,
                    input="add table bridge theirs\nadd chain bridge theirs c "
                          "{ type filter hook prerouting priority 0; }\n")
