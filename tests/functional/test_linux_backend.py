@@ -417,6 +417,29 @@ def test_events_report_a_foreign_delete_of_an_owned_entry(ns, backend):
     assert backend.drain_events() is False
 
 
+def test_a_big_writes_echoes_are_its_own_and_a_foreign_change_after_them_is_not(ns):
+    """A write of more than EXPECT_EACH requests expects its echoes per
+    device, not per entry (a cold start's millions): none of them is taken
+    for a foreign change, and once the echo window is over a foreign
+    delete on the same device is reported."""
+    now = [0.0]
+    be = LinuxBackend(ns, clock=lambda: now[0])
+    be.EXPECT_EACH = 2
+    try:
+        reconcile(be, STATE_A)
+        wait_for_quiet(be, quiet=1.2)
+        more = dataplane([ep("a", "red", 1), ep("a", "blue", 1, compute=2)],
+                         [ep("b", "red", n) for n in range(2, 12)] + [ep("b", "blue", 3)])
+        reconcile(be, more)
+        assert be.drain_events() is False and not be.take_changes()
+        now[0] += be.ECHO_SECONDS + 1
+        sh(ns, f"bridge fdb del {ep('b', 'red', 7).mac} dev gwa-vt-5001 dst 198.18.200.2 self")
+        assert be.drain_events() is True
+        assert be.take_changes().macs == {("red", ep("b", "red", 7).mac)}
+    finally:
+        be.close()
+
+
 def test_events_say_which_mac_and_flood_changed_behind_our_back(ns, backend):
     """What a foreign change reports (Backend.take_changes): the MAC whose
     entry went, a flood destination gone or added; our own writes none."""
