@@ -700,6 +700,29 @@ def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(
     assert run(ns, "nft", "list", "table", "bridge", "theirs").stdout == before
 
 
+def test_an_fdb_dump_left_early_leaves_the_socket_to_the_next_request(ns):
+    """The dump is read a kernel message at a time; a reader that stops
+    early (an exception in the caller) leaves no rest of it behind for the
+    next request to trip on."""
+    sh(ns, "ip link add vx0 type vxlan id 7 local 198.18.1.1 dstport 4789 nolearning")
+    batch = "".join(f"fdb add 02:00:00:00:{i >> 8:02x}:{i & 255:02x} dev vx0 "
+                    f"dst 198.18.9.9 self permanent\n" for i in range(3000))
+    subprocess.run(["ip", "netns", "exec", ns, "bridge", "-batch", "-"], input=batch,
+                   text=True, check=True)
+    nl = netlink.Netlink(ns)
+    try:
+        whole = [r for r in nl.fdb_dump() if r.dst == "198.18.9.9"]
+        assert len(whole) == 3000
+        early = nl.fdb_dump()
+        for _ in range(5):
+            next(early)
+        early.close()
+        assert [r for r in nl.fdb_dump() if r.dst == "198.18.9.9"] == whole
+        assert nl.link("vx0") is not None
+    finally:
+        nl.close()
+
+
 def test_links_decoded_by_hand_say_what_pyroute2_says(ns):
     """The adapter's own link decoder (the audit's first read) against
     pyroute2's, over every kind of link the backend meets: a bridge with
