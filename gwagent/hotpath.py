@@ -85,11 +85,15 @@ class ChangedSet:
         while not isinstance(of, frozenset):
             steps.append(of)
             of = of[0]._of
-        items = set(of)
-        for _, gone, came in reversed(steps):
-            items -= gone
-            items |= came
-        of = frozenset(items)
+        if len(steps) == 1:   # one copy, not two (a cold start: one change of everything)
+            _, gone, came = steps[0]
+            of = (of - gone) | came if gone else of | came
+        else:
+            items = set(of)
+            for _, gone, came in reversed(steps):
+                items -= gone
+                items |= came
+            of = frozenset(items)
         self._of, self._size, self._pending = of, len(of), 0
         return of
 
