@@ -116,9 +116,8 @@ class World:
     mobile MACs), :attr:`static` (its dataplane but the mobile MACs'
     places: a :class:`Static`), :attr:`entries` (its MACs by key) and
     :attr:`guards` (when ``guard``; a ChangedSet) are those of the new
-    snapshots. A
-    :class:`~gwagent.model.ValidationError` of the operator's configuration
-    leaves the World as it was."""
+    snapshots. A :class:`~gwagent.model.ValidationError` of the operator's
+    configuration leaves the World as it was."""
 
     def __init__(self, guard: bool = False, by_source: bool = True):
         self.guard, self.by_source = guard, by_source
