@@ -162,7 +162,7 @@ def _added(peer, i: int, networks: int):
 def _in_dataplane(backend: str, ns: str, agent, ep, ovs) -> bool:
     """A read of one device or one flow: is the endpoint's MAC at the peer's
     gateway?"""
-    vni = next(n.transit_vni for n in agent.desired_dp.networks if n.name == ep.network)
+    vni = next(n.transit_vni for n in agent.static_dp.networks if n.name == ep.network)
     if backend == "linux":
         out = run(ns, "bridge", "fdb", "show", "dev", f"gwa-vt-{vni}").stdout
         return any(line.startswith(f"{ep.mac} dst ") for line in out.splitlines())

@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterator, Mapping
 
-from gwagent.hotpath import difference, follow
+from gwagent.hotpath import difference, follow, whole
 from gwagent.state import GuardCounters
 
 LOG = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class NftGuard:
             # add-then-delete: whatever is left of a table goes, in the
             # same transaction that makes it whole (with its first CHUNK
             # members; any more follow, CHUNK a transaction)
-            for commands in _transactions(("add", want), head=[
+            for commands in _transactions(("add", whole(want)), head=[
                     {"add": {"table": {"family": FAMILY, "name": TABLE}}},
                     {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
                     *ruleset(site_prefix)]):
