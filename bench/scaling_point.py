@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import os
 import pathlib
 import resource
 import shutil
@@ -161,7 +162,7 @@ def _added(peer, i: int, networks: int):
 def _in_dataplane(backend: str, ns: str, agent, ep, ovs) -> bool:
     """A read of one device or one flow: is the endpoint's MAC at the peer's
     gateway?"""
-    vni = next(n.transit_vni for n in agent.desired_dp.networks if n.name == ep.network)
+    vni = next(n.transit_vni for n in agent.static_dp.networks if n.name == ep.network)
     if backend == "linux":
         out = run(ns, "bridge", "fdb", "show", "dev", f"gwa-vt-{vni}").stdout
         return any(line.startswith(f"{ep.mac} dst ") for line in out.splitlines())
@@ -256,8 +257,16 @@ def main(argv=None) -> int:
     parser.add_argument("--endpoints", type=int, required=True)
     parser.add_argument("--networks", type=int, required=True)
     args = parser.parse_args(argv)
-    # a deadline's SIGTERM still cleans up (namespace, ovs-vswitchd)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))
+    # a deadline's SIGTERM still cleans up (namespace, ovs-vswitchd); not
+    # in pyroute2's forked helper, which inherits the handler and is itself
+    # ended by SIGTERM: its clean-up would remove the namespace it was in
+    me = os.getpid()
+
+    def stop(*_):
+        if os.getpid() != me:
+            os._exit(0)
+        sys.exit("stopped (SIGTERM)")
+    signal.signal(signal.SIGTERM, stop)
     print(json.dumps(measure(args.backend, args.endpoints, args.networks)))
     return 0
 

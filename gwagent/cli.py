@@ -208,7 +208,14 @@ def cmd_run(args) -> int:
         agent.desired is not None and not result.errors,
         line + (f"; {result.source_error}" if result.source_error else ""))
 
+    me = os.getpid()
+
     def on_term(signum, frame):
+        if os.getpid() != me:
+            # pyroute2's helper, forked to open a socket in a namespace, has
+            # this handler too and is ended by SIGTERM: it is not the agent
+            # stopping (it logged so, and told systemd)
+            os._exit(128 + signum)
         LOG.info("signal %d: stopping; the dataplane stays as it is", signum)
         notifier.stopping()
         agent.stopping = True

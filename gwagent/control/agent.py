@@ -60,7 +60,7 @@ from gwagent.control.mobility import Decision, MobilityTable
 from gwagent.control.observed import Mirror, desired_part
 from gwagent.control.sources import Registry, SiteSource, SourceError, atomic_write
 from gwagent.control.views import Reader, SourceView
-from gwagent.control.world import World
+from gwagent.control.world import Static, World
 from gwagent.hotpath import gc_paused
 from gwagent.model import Desired, Site, ValidationError
 from gwagent.state import (SITE, TRANSIT, GatewayState, Location, MacOp, NetworkOp, admission,
@@ -148,8 +148,9 @@ class Agent:
         self._claims_logged: set[tuple[str, str, str]] = set()
         self.mobility = mobility or MobilityTable()
         self.mobile: dict = {}
-        self.static_dp: GatewayState | None = None
-        self.desired_dp: GatewayState | None = None
+        self.static_dp: Static | None = None
+        #: the desired dataplane of the last pass (made whole when asked: desired_dp)
+        self._dp: DesiredDataplane | None = None
         #: The observed dataplane between audits (gwagent.control.observed)
         self.mirror = Mirror(audit_interval, clock)
         self.audit_interval = audit_interval
@@ -605,7 +606,7 @@ class Agent:
             floods |= changed[1]
             moved = {key for key in mobile if locs[key] != self._planned_locs.get(key)}
             if moved or changed[0] or changed[1]:
-                self.desired_dp = with_mobile(static, mobile, locations)
+                self._dp = DesiredDataplane(static, mobile, locations)
             keys |= moved
             entries = self.world.entries
             names = {net.name for net in static.networks}
@@ -615,16 +616,17 @@ class Agent:
                     entry = mobile_entry(mobile[key], locs[key])
                     return entry if entry is not None and key[0] in names else None
                 return entries.get(key)
-            ops = planner.plan(desired_part(entry_of, self.desired_dp, keys, floods),
+            # (the static state's networks and floods are the desired ones)
+            ops = planner.plan(desired_part(entry_of, static, keys, floods),
                                mirror.observed(keys, floods))
             keep = planned
         else:
             mirror.take_dirty()  # the whole plan covers them
             observed = mirror.snapshot()
-            desired_dp = with_mobile(static, mobile, locations)
+            desired_dp = with_mobile(static.state(), mobile, locations)
             if unknown:
                 desired_dp = _keep_unknown(desired_dp, observed, desired)
-            self.desired_dp = desired_dp
+            self._dp = DesiredDataplane(static, mobile, locations, desired_dp)
             ops = planner.plan(desired_dp, observed)
             keep = None if unknown or static is not self.world.static else (static, mobile)
         self._planned_locs = locs
@@ -780,17 +782,26 @@ class Agent:
         return line
 
     # -- status -------------------------------------------------------------
+    @property
+    def desired_dp(self) -> GatewayState | None:
+        """The desired dataplane of the last pass, whole (work proportional
+        to the world the first time it is asked of a pass that changed it:
+        for tests and benchmarks; passes never ask)."""
+        dp = self._dp
+        return dp.whole() if dp is not None else None
+
     def programmed(self) -> collections.Counter:
         """(network, side) -> the MAC places and flood destinations
         programmed: the desired dataplane but what is not done. From the
         World's counts and the mobile MACs, not a walk of the world (but
         while a peer is unknown: its kept entries are counted whole)."""
-        dp = self.desired_dp or self.static_dp
+        dp, static = self._dp, self.static_dp
         missing = getattr(self, "unprogrammed", ())
         world = self.world
-        if dp is None:
+        if dp is None and static is None:
             return collections.Counter()
-        if self.unknown or world.static is not self.static_dp:
+        if self.unknown or world.static is not static:
+            dp = dp.whole() if dp is not None else static.state()
             count = collections.Counter((e.network, e.side) for e in dp.macs if e not in missing)
             count.update((f.network, f.side) for f in dp.floods if f not in missing)
             return count
@@ -809,7 +820,7 @@ class Agent:
         """Per network: endpoints and entries programmed; computed again
         only when the desired state or what is not programmed changed."""
         d = self.desired
-        dp = self.desired_dp or self.static_dp
+        dp = self._dp or self.static_dp
         missing = frozenset(getattr(self, "unprogrammed", ()))
         broken = frozenset(getattr(self, "broken_networks", ()))
         cached = self._counts
@@ -1181,6 +1192,24 @@ class MobilityWorker(threading.Thread):
                             ", ".join(f"{c.side} {c.vtep}" for c in sorted(
                                 agent.mobility.macs[key].spec.candidates)))
                 agent.wake()
+
+
+class DesiredDataplane:
+    """The desired dataplane of a pass: the static one (a World's Static)
+    with the mobile MACs where they were; made whole only when asked
+    (:meth:`whole`: status while a peer is unknown, tests), then kept. A
+    value: what another thread holds never changes under it."""
+
+    def __init__(self, static: Static, mobile: dict, locations: dict,
+                 state: GatewayState | None = None):
+        self.static, self.mobile, self.locations = static, mobile, locations
+        self._whole = state
+
+    def whole(self) -> GatewayState:
+        state = self._whole
+        if state is None:
+            state = self._whole = with_mobile(self.static.state(), self.mobile, self.locations)
+        return state
 
 
 def _keep_unknown(desired_dp: GatewayState, observed: GatewayState,

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Callable, Collection, Protocol, Sequence
 
+from gwagent.hotpath import ChangedSet, whole
 from gwagent.state import FloodEntry, GatewayState, MacOp, Op, OpError
 
 LOG = logging.getLogger(__name__)
@@ -75,21 +76,25 @@ class AuditedSet:
     ``interval`` seconds: in between it holds what was last written, so a
     pass with nothing to change costs a set difference, not a dump. An
     audit that finds other than what was written logs the drift and counts
-    it (:attr:`drift`); the caller's next write repairs it."""
+    it (:attr:`drift`); the caller's next write repairs it. What was
+    written is kept as given when it is a
+    :class:`~gwagent.hotpath.ChangedSet` (no copy of a million members
+    per change; made whole by an audit only)."""
 
     def __init__(self, what: str, interval: float = 60.0, clock=time.monotonic):
         self.what, self.interval, self.clock = what, interval, clock
-        self._have: frozenset | None = None
+        self._have: frozenset | ChangedSet | None = None
         self._next = 0.0
         self.drift = 0
 
-    def have(self, read: Callable[[], Collection]) -> frozenset:
+    def have(self, read: Callable[[], Collection]) -> frozenset | ChangedSet:
         """What is there: as written, or read (``read()``) if the audit is due."""
         now = self.clock()
         if self._have is None or now >= self._next:
             there = frozenset(read())
-            if self._have is not None and there != self._have:
-                missing, foreign = len(self._have - there), len(there - self._have)
+            had = whole(self._have) if self._have is not None else None
+            if had is not None and there != had:
+                missing, foreign = len(had - there), len(there - had)
                 self.drift += missing + foreign
                 LOG.warning("%s changed behind the agent's back: %d missing, %d not ours "
                             "to have; repairing", self.what, missing, foreign)
@@ -103,7 +108,7 @@ class AuditedSet:
         the cold start cost minutes."""
         if self._have is None:
             self._next = self.clock() + self.interval
-        self._have = frozenset(value)
+        self._have = value if isinstance(value, ChangedSet) else frozenset(value)
 
     def forget(self) -> None:
         """Unknown (a write failed, the container was made again): read next."""

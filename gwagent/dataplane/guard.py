@@ -39,19 +39,26 @@ reads the two small sets for the counters (per port, per hijacker), never a
 chain: libnftables fetches every set's elements to list a chain or a
 counter (1.1-1.2 s with 100k guards, measured), but only the named set's
 to list a set (5 ms). The chains are checked on the audit's timer.
+
+Members are written ``CHUNK`` to a transaction: libnftables parses a
+transaction whole into its own objects, and a million members in one
+raised the agent's peak by about 2 GiB (a change of a pass is one
+transaction; a table made again is whole with its first chunk, and the
+rest follow within the same pass).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
-from gwagent.hotpath import difference, follow
+from gwagent.hotpath import difference, follow, whole
 from gwagent.state import GuardCounters
 
 LOG = logging.getLogger(__name__)
 
 FAMILY, TABLE = "bridge", "gwagent"
 HIJACKERS_MAX = 4096
+CHUNK = 20_000  # guard members in one libnftables transaction (_transactions)
 _T = {"family": FAMILY, "table": TABLE}
 _KEY = {"concat": [{"meta": {"key": "iif"}},
                    {"payload": {"protocol": "ether", "field": "saddr"}}]}
@@ -200,10 +207,13 @@ class NftGuard:
                             FAMILY, TABLE)
             self.audit.forget()
             # add-then-delete: whatever is left of a table goes, in the
-            # same transaction that makes it whole
-            self.run([{"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                      {"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
-                     + ruleset(site_prefix) + _element_commands("add", want))
+            # same transaction that makes it whole (with its first CHUNK
+            # members; any more follow, CHUNK a transaction)
+            for commands in _transactions(("add", whole(want)), head=[
+                    {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+                    {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
+                    *ruleset(site_prefix)]):
+                self.run(commands)
             self.audit.wrote(want)
             self._chains_next = now + self.audit.interval
             return counters or GuardCounters()
@@ -213,9 +223,10 @@ class NftGuard:
         gone, add = difference(have, want, self._step)
         if add or gone:
             try:
-                self.run(_element_commands("delete", gone) + _element_commands("add", add))
+                for commands in _transactions(("delete", gone), ("add", add)):
+                    self.run(commands)
             except Exception:
-                self.audit.forget()  # one transaction: nothing of it landed; read again
+                self.audit.forget()  # some chunks may have landed: read again
                 raise
         self.audit.wrote(want)  # (equal as read: the same object from now on)
         return counters
@@ -228,10 +239,23 @@ class NftGuard:
         return True
 
 
-def _element_commands(verb: str, members) -> list[dict]:
-    if not members:
-        return []
-    return [{verb: {"element": {**_T, "name": "guard",
-                                "elem": [{"concat": [port, mac]} for port, mac in
-                                         sorted(members)]}}}]
-
+def _transactions(*changes: tuple[str, object], head=()) -> Iterator[list[dict]]:
+    """Pure: the transactions that make each (verb, members) change of the
+    ``guard`` set, in order (verb: add or delete), after the commands
+    ``head``, ``CHUNK`` members at most in each; a change of fewer (any
+    pass but a cold start's) is one transaction. libnftables parses a
+    transaction whole into objects of its own first: a million members in
+    one cost the agent about 2 GiB at its peak."""
+    commands, size = list(head), 0
+    for verb, members in changes:
+        batch: list = []
+        for port, mac in members:
+            batch.append({"concat": [port, mac]})
+            if size + len(batch) == CHUNK:
+                yield commands + [{verb: {"element": {**_T, "name": "guard", "elem": batch}}}]
+                commands, size, batch = [], 0, []
+        if batch:
+            commands.append({verb: {"element": {**_T, "name": "guard", "elem": batch}}})
+            size += len(batch)
+    if commands:
+        yield commands

@@ -439,6 +439,12 @@ class LinuxBackend:
     #: How long after we changed an entry its notification counts as our
     #: own echo (they are queued during the request; this is slack).
     ECHO_SECONDS = 2.0
+    #: A write of more requests than this expects its echoes per device,
+    #: not per entry: a cold start's 2M entries cost 2M keys held for the
+    #: echo window (4 s of the pass and ~300 MB of its peak at 1M
+    #: endpoints), while its echoes overflow the event socket anyway (then
+    #: the dataplane is read whole).
+    EXPECT_EACH = 50_000
 
     def __init__(self, netns: str | None = None, clock=time.monotonic, nl=None, monitor=None,
                  learning: bool = False):
@@ -459,6 +465,7 @@ class LinuxBackend:
         self._owned_ifindexes = {link.index for link in self.nl.links()
                                  if is_owned_name(link.name)}
         self._expected: dict[tuple, float] = {}  # (ifindex, mac, dst, type) -> until
+        self._expected_devices: dict[int, float] = {}  # ifindex -> until (EXPECT_EACH)
         self._expected_lock = threading.Lock()
         self._fast_nl: Netlink | None = None
         self._fast_index: dict[str, int] = {}
@@ -679,6 +686,10 @@ class LinuxBackend:
     def _expect(self, reqs: Sequence[FdbRequest]) -> None:
         until = self.clock() + self.ECHO_SECONDS
         with self._expected_lock:
+            if len(reqs) > self.EXPECT_EACH:
+                for ifindex in {req.ifindex for req in reqs}:
+                    self._expected_devices[ifindex] = until
+                return
             for req in reqs:
                 mtype = RTM_DELNEIGH if req.action == "delete" else RTM_NEWNEIGH
                 self._expected[(req.ifindex, req.mac, req.dst, mtype)] = until
@@ -702,6 +713,10 @@ class LinuxBackend:
             if expected:
                 for key in [k for k, until in expected.items() if until < now]:
                     del expected[key]
+            devices = self._expected_devices
+            if devices:
+                for key in [k for k, until in devices.items() if until < now]:
+                    del devices[key]
             for mtype, ifindex, what in events:
                 if mtype in (RTM_NEWLINK, RTM_DELLINK):
                     owned = what is not None and is_owned_name(what)
@@ -714,7 +729,7 @@ class LinuxBackend:
                         concerned = True
                         changes.lose(f"owned device {what or ifindex} changed")
                 elif (ifindex in self._owned_ifindexes and what is not None
-                      and what.flags & NTF_EXT_LEARNED
+                      and what.flags & NTF_EXT_LEARNED and ifindex not in devices
                       and (ifindex, what.mac, _dst(what), mtype) not in expected):
                     concerned = True
                     self._foreign(mtype, ifindex, what, changes)

@@ -538,21 +538,30 @@ class Netlink:
                     return
 
     def fdb_dump(self, ifindexes: frozenset[int] | set[int] | None = None,
-                 require_flags: int = 0) -> list[FdbRecord]:
+                 require_flags: int = 0) -> Iterator[FdbRecord]:
         """Every AF_BRIDGE FDB entry of the namespace (filtered as
-        :func:`decode_fdb_dump` says), decoded by :func:`decode_fdb_dump`."""
+        :func:`decode_fdb_dump` says), decoded by :func:`decode_fdb_dump`,
+        a kernel message at a time: the caller keeps what it needs of
+        them (two million records at once were ~480 MB of the agent's
+        peak). Left before its end, the rest of the dump is read and
+        dropped, so the socket serves the next request."""
         self._seq += 1
         msg = _HDR.pack(28, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) \
             + _NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)
         self._sock.send(msg)
-        out: list[FdbRecord] = []
         self._sock.settimeout(10.0)
+        done = False
         try:
             # A dump message is at most 32 KiB (the kernel's cap); 64 KiB
             # buffers stay below malloc's mmap threshold.
-            while not decode_fdb_dump(self._sock.recv(1 << 16), out, ifindexes, require_flags):
-                pass
-            return out
+            while not done:
+                out: list[FdbRecord] = []
+                done = decode_fdb_dump(self._sock.recv(1 << 16), out, ifindexes, require_flags)
+                yield from out
+        except GeneratorExit:
+            while not done:
+                done = decode_fdb_dump(self._sock.recv(1 << 16), [], frozenset(), 0)
+            raise
         finally:
             self._sock.settimeout(None)
 

@@ -15,6 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from gwagent.control.planner import plan
+from gwagent.dataplane import guard as guard_mod
 from gwagent.dataplane import netlink
 from gwagent.dataplane.linux import (FLOOD_MAC, FdbEntry, LinuxBackend, NetworkDevices,
                                      group_networks, kernel_entries, normalise)
@@ -416,6 +417,29 @@ def test_events_report_a_foreign_delete_of_an_owned_entry(ns, backend):
     assert backend.drain_events() is False
 
 
+def test_a_big_writes_echoes_are_its_own_and_a_foreign_change_after_them_is_not(ns):
+    """A write of more than EXPECT_EACH requests expects its echoes per
+    device, not per entry (a cold start's millions): none of them is taken
+    for a foreign change, and once the echo window is over a foreign
+    delete on the same device is reported."""
+    now = [0.0]
+    be = LinuxBackend(ns, clock=lambda: now[0])
+    be.EXPECT_EACH = 2
+    try:
+        reconcile(be, STATE_A)
+        wait_for_quiet(be, quiet=1.2)
+        more = dataplane([ep("a", "red", 1), ep("a", "blue", 1, compute=2)],
+                         [ep("b", "red", n) for n in range(2, 12)] + [ep("b", "blue", 3)])
+        reconcile(be, more)
+        assert be.drain_events() is False and not be.take_changes()
+        now[0] += be.ECHO_SECONDS + 1
+        sh(ns, f"bridge fdb del {ep('b', 'red', 7).mac} dev gwa-vt-5001 dst 198.18.200.2 self")
+        assert be.drain_events() is True
+        assert be.take_changes().macs == {("red", ep("b", "red", 7).mac)}
+    finally:
+        be.close()
+
+
 def test_events_say_which_mac_and_flood_changed_behind_our_back(ns, backend):
     """What a foreign change reports (Backend.take_changes): the MAC whose
     entry went, a flood destination gone or added; our own writes none."""
@@ -619,12 +643,16 @@ def test_the_ingress_filter_is_a_table_of_its_own_and_touches_no_other(ns, backe
     assert run(ns, "nft", "list", "table", "inet", "theirs").stdout == before
 
 
-def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(ns):
+@pytest.mark.parametrize("chunk", [guard_mod.CHUNK, 2], ids=["one-transaction", "chunks-of-2"])
+def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(
+        ns, chunk, monkeypatch):
     """Its set holds a member per guard (the VXLAN port a MAC may not come
     in by); a change adds and deletes only what differs; a set flushed by
     hand is refilled at the next audit, a table deleted by hand at the next
     pass; off, or at cleanup, the table goes; a table of someone else's in
-    the bridge family is never touched."""
+    the bridge family is never touched. The same when the members are
+    written a few to a transaction, as a big world's are."""
+    monkeypatch.setattr(guard_mod, "CHUNK", chunk)
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], text=True, check=True,
                    input="add table bridge theirs\nadd chain bridge theirs c "
                          "{ type filter hook prerouting priority 0; }\n")
@@ -670,6 +698,29 @@ def test_the_mac_guard_is_a_table_of_its_own_follows_the_guards_and_is_audited(n
     finally:
         be.close()
     assert run(ns, "nft", "list", "table", "bridge", "theirs").stdout == before
+
+
+def test_an_fdb_dump_left_early_leaves_the_socket_to_the_next_request(ns):
+    """The dump is read a kernel message at a time; a reader that stops
+    early (an exception in the caller) leaves no rest of it behind for the
+    next request to trip on."""
+    sh(ns, "ip link add vx0 type vxlan id 7 local 198.18.1.1 dstport 4789 nolearning")
+    batch = "".join(f"fdb add 02:00:00:00:{i >> 8:02x}:{i & 255:02x} dev vx0 "
+                    f"dst 198.18.9.9 self permanent\n" for i in range(3000))
+    subprocess.run(["ip", "netns", "exec", ns, "bridge", "-batch", "-"], input=batch,
+                   text=True, check=True)
+    nl = netlink.Netlink(ns)
+    try:
+        whole = [r for r in nl.fdb_dump() if r.dst == "198.18.9.9"]
+        assert len(whole) == 3000
+        early = nl.fdb_dump()
+        for _ in range(5):
+            next(early)
+        early.close()
+        assert [r for r in nl.fdb_dump() if r.dst == "198.18.9.9"] == whole
+        assert nl.link("vx0") is not None
+    finally:
+        nl.close()
 
 
 def test_links_decoded_by_hand_say_what_pyroute2_says(ns):

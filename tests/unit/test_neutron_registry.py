@@ -180,3 +180,65 @@ def _with_agent(listing):
                      "configurations": {"tunneling_ip": "198.18.2.11"}}]
         return listing(collection, **params)
     return list_
+
+
+class PacedNeutron(FakeNeutron):
+    """A Neutron whose API does ``per_port`` seconds of work a created port
+    (on the test's clock), one request at a time, as the lab's one worker
+    does; a request that takes longer than the client's read deadline
+    still makes its ports, but the client sees a time-out."""
+
+    timeout = (3.0, 10.0)
+
+    def __init__(self, per_port: float):
+        super().__init__()
+        self.per_port, self.now, self.took = per_port, 0.0, []
+
+    def request(self, method, path, body=None, params=None, headers=None):
+        answer = super().request(method, path, body, params, headers)
+        if method == "POST":
+            n = len(body["ports"]) if "ports" in body else 1
+            self.now += n * self.per_port
+            self.took.append(n * self.per_port)
+            if n * self.per_port > self.timeout[1]:
+                from gwagent.control.sources import SourceError
+                raise SourceError(f"Request to {path} timed out")
+        return answer
+
+
+def _registry(neutron):
+    site = Site("a", Gateway("a-gw", "198.18.1.1", "198.18.0.1"))
+    reg = NeutronSite(neutron, site, {"red": 5001}, {"red": NET}, feed=QuietFeed(),
+                      audit_interval=3600.0, clock=lambda: neutron.now)
+    reg.snapshot()
+    return reg
+
+
+def test_bulk_creates_follow_neutrons_pace_and_end_within_the_read_deadline():
+    """1000 remote ports at Neutron's measured 0.12 s a port: no request
+    outlasts the read deadline (a bulk of 250 took 30 s), and they are still
+    written in bulk, not port by port."""
+    neutron = PacedNeutron(0.12)
+    reg = _registry(neutron)
+    want = [remote(f"fa:16:3e:00:{n // 256:02x}:{n % 256:02x}", f"b{n}") for n in range(1000)]
+    assert reg.register(want) == {}
+    assert len(neutron.ports) == 1000
+    assert max(neutron.took) <= 0.3 * neutron.timeout[1] + 0.12
+    assert len(neutron.took) < 60
+
+
+def test_a_bulk_create_that_timed_out_stops_the_call_and_shrinks_the_next():
+    """Neutron slowed to 2 s a port: the first bulk times out (its ports
+    made all the same); nothing more is sent in that call, every port not
+    answered for is reported, and the next call sends one port at a time
+    and finds the ones already made."""
+    neutron = PacedNeutron(2.0)
+    reg = _registry(neutron)
+    want = [remote(f"fa:16:3e:00:01:{n:02x}", f"b{n}") for n in range(30)]
+    errors = reg.register(want)
+    assert len(neutron.took) == 1 and len(neutron.ports) == 10   # the first bulk, made
+    assert set(errors) == {p.key for p in want}
+    assert reg.bulk_now() == 1
+    neutron.per_port = 0.12
+    assert reg.register(want) == {}
+    assert len(neutron.ports) == 30 and len({p["mac_address"] for p in neutron.ports.values()}) == 30
