@@ -12,6 +12,9 @@ holder's own MAC):
   gateway (other site); the holder's own compute has no VXLAN entry for it.
   No entry at all is no stale entry: the frame floods and reaches the
   holder;
+* with Neutron's OVS agent on the computes (``computes: ovs-agent``), the
+  same read from the agent's own flows: br-tun's table 20 on the other
+  computes, the MAC learned on the holder's tap in br-int on its own;
 * every client: its neighbour entry for the VIP names the expected MAC.
 
 A check is a :class:`Check` (node, what, expected, found, ok); the drill
@@ -24,7 +27,8 @@ import dataclasses
 from pyroute2 import IPRoute
 
 from gwagent.drill.scenario import Node, Scenario
-from gwagent.lab import gateways
+from gwagent.lab import gateways, ovs_agent
+from gwagent.lab import topology as topo_mod
 from gwagent.lab.names import tap_name, vxlan_name
 
 NUD_FAILED, NUD_INCOMPLETE = 0x20, 0x01
@@ -86,6 +90,9 @@ def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
         seg = site.segmentation_id(scenario.network)
         vx = vxlan_name(seg)
         tap = tap_name(holder.name)
+        if topo.computes == topo_mod.OVS_AGENT:
+            checks += _ovs_agent_computes(lab, site, seg, holder, holder_vtep, mac)
+            continue
         for compute in site.computes:
             if compute == holder.compute:
                 # Forwarding here is the bridge's: to the holder's tap. (A
@@ -103,6 +110,30 @@ def check(scenario: Scenario, holder: Node, mode: str) -> list[Check]:
     for client in scenario.clients:
         checks.append(Check(client.name, f"neighbour {scenario.vip}", mac,
                             _neighbour(scenario.ns(client), scenario.vip)))
+    return checks
+
+
+def _ovs_agent_computes(lab, site, seg: int, holder: Node, holder_vtep: str,
+                        mac: str) -> list[Check]:
+    """The same, on computes with Neutron's OVS agent: the holder's compute
+    has learned the MAC on the holder's tap in br-int; every other compute's
+    br-tun (its l2pop or learned flows, table 20) sends it to the holder's
+    compute (same site) or to the site's gateway (other site), or has no
+    flow for it (it floods)."""
+    checks = []
+    for compute in site.computes:
+        if compute == holder.compute:
+            tap = tap_name(holder.name)
+            found = ovs_agent.bridge_port_of(lab, compute, mac)
+            checks.append(Check(compute, f"br-int entry {mac}", f"on {tap}",
+                                f"on {found}" if found else "missing"))
+            continue
+        found = {r["vtep"] for r in ovs_agent.tunnel_places(lab, compute)
+                 if r["vni"] == seg and r["mac"] == mac}
+        if not found:
+            continue  # floods: reaches the holder
+        want = holder_vtep if site.name == holder.site else site.tunnel_ip
+        checks.append(Check(compute, f"br-tun flows {mac} (VNI {seg})", want, _fmt(found)))
     return checks
 
 

@@ -17,15 +17,23 @@ a function; ``tests/unit/test_layout.py`` checks):
                         start a real Neutron, configure a private RabbitMQ
                         (also the integration tests' and benchmarks')
     ``faultproxy``      the HTTP proxy in front of a Neutron lab's APIs
+    ``forward``         a TCP forwarder from lab namespaces to the host's
+                        loopback (the broker, for agents in computes)
+    ``ovs``, ``ovs_agent``
+                        an Open vSwitch per namespace; computes with
+                        Neutron's own OVS agent (``computes: ovs-agent``)
     ``neutron``         the Neutron lab: RabbitMQ, a Neutron per site, the
                         computes' L2 agents (``l2agents``, run in the
-                        Neutron venv), networks and VM ports
+                        Neutron venv; or the real ones of ``ovs_agent``),
+                        networks and VM ports
     ``truth``           where a site's truth lives, inventory file or
                         Neutron: one object per lab that the rest calls
     ``record``          :class:`~gwagent.lab.record.Lab`, as in lab.json
     ``l2pop``           Neutron's L2 population, played on the computes
                         with the product's planner and Linux backend
     ``probe``           loss and convergence with sequence-numbered UDP
+    ``computes``        what the computes are (emulated, or OVS agents),
+                        chosen once from the topology
     ``build``           up and down, VMs added, moved and removed, the
                         gateways' configuration files, their agents
     ``faults``          ``lab fault``: a Neutron lab's control plane broken

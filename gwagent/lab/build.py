@@ -52,16 +52,17 @@ from typing import Callable
 from pyroute2 import netns
 
 from gwagent.control.sources import atomic_write
-from gwagent.lab import l2pop, probe, vrrp
+from gwagent.lab import computes as computes_mod
+from gwagent.lab import probe, vrrp
 from gwagent.lab import topology as topo_mod
-from gwagent.lab.names import (DEFAULT_PREFIX, SWITCH, LabError, bridge_name, check_prefix,
+from gwagent.lab.names import (DEFAULT_PREFIX, SWITCH, LabError, check_prefix,
                                default_lab_dir, tap_name)
 from gwagent.lab.names import vxlan_name  # noqa: F401 - tests name a compute's device by it
 from gwagent.lab.namespaces import index, new_namespace, uplink
 from gwagent.lab.namespaces import ipr as open_ipr
 from gwagent.lab.ovs import Ovs
 from gwagent.lab.ovs import missing as ovs_missing
-from gwagent.lab.processes import (log_tail, proc_start_time, process_alive, start_process,
+from gwagent.lab.processes import (log_tail, process_alive, start_process,
                                    stop_process, stop_processes)
 from gwagent.lab.record import Lab
 from gwagent.lab.topology import Topology, Vm
@@ -110,7 +111,7 @@ def _build_site(lab: Lab, site) -> None:
             new_namespace(cn_ns)
             uplink(sw, f"c{site.number}-{j}", f"br-site{site.number}", cn_ns, "eth0",
                    site.compute_ip(compute), lab.topology.mtu)
-            l2pop.build_compute(l2pop.compute_of(lab, site.name, compute))
+            computes_mod.of(lab).build(site, compute)
 
 
 def _switch_ports(site, node: str) -> tuple[str, str]:
@@ -131,15 +132,7 @@ def _build_gateway_ovs(lab: Lab, site, node: str) -> None:
     addresses (native tunnelling routes through them); the agent makes its
     own bridge. The OVS daemons are recorded as the lab's processes."""
     ovs = Ovs(lab.ns(node), lab.ovs_dir(site.name, node)).start()
-    owner = node if site.ha else site.name
-    for name in ("ovsdb-server", "ovs-vswitchd"):
-        pid = ovs.pid(name)
-        info = proc_start_time(pid) if pid else None
-        lab.processes[f"{owner}-{name}"] = {
-            "pid": pid, "start": info[1] if info else None, "argv": [name],
-            "log": str(lab.ovs_dir(site.name, node) / f"{name}.log"), "group": False,
-            "order": 3 if name == "ovsdb-server" else 2}
-    lab.save()
+    ovs.record(lab, node if site.ha else site.name)
     ports = _switch_ports(site, node)
     for nic, bridge, address, far in (("eth0", "ul-site", site.node_tunnel_ip(node), ports[0]),
                                       ("eth1", "ul-transit", site.node_transit_ip(node),
@@ -177,17 +170,17 @@ def _resolve_underlay(lab: Lab) -> None:
 
 
 def plug_vm(lab: Lab, vm: Vm) -> None:
-    """Create the VM's namespace if needed and plug its eth0 into its compute."""
+    """Create the VM's namespace if needed and plug its eth0 into its
+    compute (a compute with an OVS agent takes it into br-int only once
+    its Neutron port exists: ``computes.attach``)."""
     vm_ns = lab.ns(vm.name)
     if vm_ns not in netns.listnetns():
         new_namespace(vm_ns)
-    site = lab.topology.site(vm.site)
-    seg = site.segmentation_id(vm.network)
     tap = tap_name(vm.name)
     with open_ipr(lab.ns(vm.compute)) as cn:
         cn.link("add", ifname=tap, kind="veth", peer={"ifname": "eth0", "net_ns_fd": vm_ns})
-        cn.link("set", index=index(cn, tap), master=index(cn, bridge_name(seg)),
-                mtu=lab.topology.vm_mtu, state="up")
+        cn.link("set", index=index(cn, tap), mtu=lab.topology.vm_mtu, state="up")
+        computes_mod.of(lab).connect(cn, vm, tap)
     with open_ipr(vm_ns) as ipr:
         idx = index(ipr, "eth0")
         ipr.link("set", index=idx, address=vm.mac, mtu=lab.topology.vm_mtu)
@@ -197,6 +190,7 @@ def plug_vm(lab: Lab, vm: Vm) -> None:
 
 def unplug_vm(lab: Lab, vm: Vm, delete_namespace: bool = False) -> None:
     """Remove the VM's tap from its compute (its eth0 goes with it)."""
+    computes_mod.of(lab).detach(vm)
     with open_ipr(lab.ns(vm.compute)) as cn:
         found = cn.link_lookup(ifname=tap_name(vm.name))
         if found:
@@ -286,7 +280,8 @@ def agent_status(lab: Lab, site: str, node: str | None = None) -> dict | None:
         return None
 
 
-def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> None:
+def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0,
+                      progress: Callable[[str], None] = _progress_none) -> None:
     """Wait until every agent reported a good pass (newer than ``since``, wall
     time) and every site's registry holds the peers' VMs, its active
     registrar's last sync without an error."""
@@ -340,9 +335,7 @@ def wait_agents_ready(lab: Lab, timeout: float = 20.0, since: float = 0.0) -> No
                            + f"\nthe log of {lab.gateway_key(pending[0])} ends:\n"
                            + log_tail(lab.processes[lab.gateway_key(pending[0])]["log"], 25))
         time.sleep(0.05)
-    # Program the computes from the sites' view now (idempotent with the
-    # emulator's own pass), rather than guessing how long it takes.
-    l2pop.reconcile_once(lab)
+    computes_mod.of(lab).settle(progress)
 
 
 # -- up and down ---------------------------------------------------------------
@@ -362,6 +355,12 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     :attr:`~gwagent.lab.record.Lab.truth` is chosen here, once."""
     check_root()
     check_prefix(prefix)
+    if topology.computes == topo_mod.OVS_AGENT:
+        if not neutron:
+            raise LabError("computes: ovs-agent needs a Neutron lab (lab up --neutron): the "
+                           "agents are Neutron's")
+        if ovs_missing():
+            raise LabError(f"computes with Neutron's OVS agent need {ovs_missing()}")
     lab_dir = Path(lab_dir) if lab_dir else default_lab_dir(prefix)
     if (lab_dir / "lab.json").exists():
         raise LabError(f"a lab is already up at {lab_dir}; run 'lab down' first")
@@ -397,11 +396,10 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
     for vm in topology.vms:
         plug_vm(lab, vm)
     lab.truth.up(progress)
+    computes = computes_mod.of(lab)
+    computes.attach(topology.vms, progress=progress)
     write_agent_configs(lab)
-    l2pop.reconcile_once(lab)
-    progress("L2 population emulator")
-    start_process(lab, "l2pop", [sys.executable, "-m", "gwagent.lab.l2pop",
-                                 "--lab-dir", str(lab_dir)], order=1)
+    computes.start(progress)
     if agents:
         since = time.time()
         for site in topology.sites:
@@ -409,7 +407,8 @@ def up(topology: Topology, prefix: str = DEFAULT_PREFIX, lab_dir: str | Path | N
                 progress(f"agent of site {site.name} ({lab.agent_conf(site.name, node)})")
                 start_agent(lab, site.name, node)
         progress("waiting for the agents' first passes")
-        wait_agents_ready(lab, since=since, timeout=lab.truth.ready_timeout)
+        wait_agents_ready(lab, since=since, timeout=lab.truth.ready_timeout,
+                          progress=progress)
         if backend == "openflow":
             progress("gateways' OVS: resolving underlay neighbours")
             _resolve_underlay(lab)
@@ -480,6 +479,7 @@ def add_vms(lab: Lab, vms: list[dict]) -> float:
         plug_vm(lab, vm)
     t0 = time.monotonic()
     lab.truth.publish(sorted({vm.site for vm in new}))
+    computes_mod.of(lab).attach(new)
     return t0
 
 
@@ -522,4 +522,5 @@ def move_vm(lab: Lab, name: str, compute: str) -> float:
     probe.announce(lab.ns(name), new.mac, new.ip)
     t0 = time.monotonic()
     lab.truth.publish([old.site] + ([new.site] if new.site != old.site else []))
+    computes_mod.of(lab).attach([new])
     return t0

@@ -17,6 +17,7 @@ import os
 import sys
 
 from gwagent.lab import build, probe, vrrp
+from gwagent.lab import computes as computes_mod
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.faults import FAULTS, clear, inject
 from gwagent.lab.names import DEFAULT_PREFIX, LabError, default_lab_dir
@@ -34,6 +35,10 @@ def _lab_dir(args):
 
 def cmd_up(args) -> int:
     topo = topo_mod.load(args.topology)
+    if args.computes:
+        topo = topo_mod.parse({**topo_mod.to_dict(topo), "computes": args.computes})
+    if topo.computes == topo_mod.OVS_AGENT and not args.neutron:
+        raise LabError("computes: ovs-agent (Neutron's own OVS agent) needs --neutron")
     try:
         lab = build.up(topo, args.prefix, _lab_dir(args), agents=not args.no_agents,
                        progress=_progress, neutron=args.neutron, backend=args.backend)
@@ -77,7 +82,9 @@ def status_dict(lab: Lab) -> dict:
             "agent_configs": {lab.gateway_key(s.name, n): str(lab.agent_conf(s.name, n))
                               for s in lab.topology.sites for n in s.gateways},
             "gateways": _gateways(lab),
-            "neutron": lab.truth.status()}
+            "neutron": lab.truth.status(),
+            "computes": lab.topology.computes,
+            "compute_flows": computes_mod.of(lab).status()}
 
 
 def _gateways(lab: Lab) -> list[dict]:
@@ -130,6 +137,18 @@ def cmd_status(args) -> int:
         print(f"\nclouds.yaml: {neutron['clouds_file']}  (OS_CLIENT_CONFIG_FILE=... "
               f"openstack --os-cloud {next(iter(neutron['sites'].values()))['cloud']} "
               f"port list)\nRabbitMQ: {neutron['rabbit']}")
+    if data["compute_flows"]:
+        print(f"\n{'COMPUTE':<14} {'VNI':>6}  {'MAC':<18} {'VTEP':<16} (br-tun of Neutron's "
+              "OVS agent: table 20, unicast)")
+        for compute, flows in data["compute_flows"].items():
+            if "error" in flows:
+                print(f"{compute:<14} {'?':>6}  {flows['error']}")
+                continue
+            for row in flows["unicast"]:
+                print(f"{compute:<14} {row['vni'] or '-':>6}  {row['mac']:<18} "
+                      f"{row['vtep']:<16} {row['by']}")
+            for vni, vteps in sorted(flows["flood"].items()):
+                print(f"{compute:<14} {vni:>6}  {'(flood)':<18} {', '.join(vteps)}")
     return 0
 
 
@@ -219,6 +238,11 @@ def add_parser(subparsers, help: str = "namespace lab: sites, computes, VMs, gat
     up.add_argument("--neutron", action="store_true",
                     help="one real Neutron per site (and RabbitMQ) as the source of truth, "
                          "instead of inventory files; needs .venv-neutron and rabbitmq-server")
+    up.add_argument("--computes", default=None, choices=topo_mod.COMPUTE_KINDS,
+                    help="what every compute is (overrides the topology's 'computes'): "
+                         "emulated (Linux bridges programmed by the lab's L2 population "
+                         "emulator; the default) or ovs-agent (an Open vSwitch per compute "
+                         "driven by Neutron's own neutron-openvswitch-agent; needs --neutron)")
     up.set_defaults(func=_guard(cmd_up))
     common(sub.add_parser("down", help="stop the lab's processes, delete its namespaces")
            ).set_defaults(func=_guard(cmd_down))

@@ -141,6 +141,10 @@ def build_compute(compute: Compute) -> None:
 
 
 def computes_of(lab: Lab) -> list[Compute]:
+    """The lab's emulated computes: none when Neutron's own agents run them
+    (``computes: ovs-agent``, gwagent.lab.ovs_agent)."""
+    if lab.topology.computes != "emulated":
+        return []
     return [compute_of(lab, site.name, name)
             for site in lab.topology.sites for name in site.computes]
 

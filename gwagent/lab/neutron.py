@@ -19,6 +19,9 @@ time, all stopped by ``lab down`` by process group, never by name):
   agent as Neutron sees it (``report_state`` over RPC, ``tunneling_ip`` = the
   compute's underlay IP). This is the real mechanism by which Neutron knows a
   bound port's VTEP: the agent on its ``binding:host_id``;
+  With ``computes: ovs-agent`` in the topology these are instead Neutron's
+  own ``neutron-openvswitch-agent``, one per compute
+  (:mod:`gwagent.lab.ovs_agent`), and ``l2pop`` does not run;
 * ``l2pop``: the L2 population emulator, in Neutron mode (below);
 * ``<site>-gw``: the gateway agents, ``[gateway] source = neutron``.
 
@@ -76,7 +79,7 @@ from pathlib import Path
 import yaml
 
 from gwagent.control.sources import atomic_write
-from gwagent.lab import broker, faultproxy
+from gwagent.lab import broker, faultproxy, ovs_agent
 from gwagent.lab import neutron_server as nserver
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.names import LabError
@@ -326,7 +329,38 @@ def _ids_option(lab, site_name: str) -> str:
 # -- L2 agents -------------------------------------------------------------------------
 
 def start_l2_agents(lab, timeout: float = 120.0) -> None:
-    """Register every compute's L2 agent (tunneling_ip = its underlay IP)."""
+    """Every compute's L2 agent, and wait until each is registered with its
+    underlay IP as ``tunneling_ip``: the stand-ins of ``l2agents`` (one
+    process per site), or with ``computes: ovs-agent`` Neutron's own
+    Open vSwitch agent in each compute (:mod:`gwagent.lab.ovs_agent`)."""
+    if lab.topology.computes == topo_mod.OVS_AGENT:
+        ovs_agent.start(lab, neutron_venv(), lab.neutron["sites"],
+                        lab.neutron["rabbit"]["port"])
+        procs = {site.name: [ovs_agent.process_name(c) for c in site.computes]
+                 for site in lab.topology.sites}
+    else:
+        procs = {site.name: [f"l2agents-{site.name}"] for site in lab.topology.sites}
+        _start_stand_ins(lab)
+    deadline = time.monotonic() + timeout
+    for site in lab.topology.sites:
+        c = client(lab, site.name)
+        want = {cn: site.compute_ip(cn) for cn in site.computes}
+        while True:
+            have = {a["host"]: (a.get("configurations") or {}).get("tunneling_ip")
+                    for a in c.list("agents", fields=["host", "configurations"])}
+            if all(have.get(h) == ip for h, ip in want.items()):
+                break
+            dead = [lab.processes[n] for n in procs[site.name]
+                    if not process_alive(lab.processes[n])]
+            if dead or time.monotonic() > deadline:
+                rec = (dead or [lab.processes[procs[site.name][0]]])[0]
+                raise NeutronLabError(f"L2 agents of site {site.name} not registered "
+                                      f"(have {have}); log of {rec['argv'][-3:]}:\n"
+                                      f"{log_tail(rec['log'])}")
+            time.sleep(0.5)
+
+
+def _start_stand_ins(lab) -> None:
     env = python_env()
     python = str(neutron_venv() / "bin" / "python")
     for site in lab.topology.sites:
@@ -340,41 +374,67 @@ def start_l2_agents(lab, timeout: float = 120.0) -> None:
                             [python, "-m", "gwagent.lab.l2agents", str(conf),
                              *(f"{c}={site.compute_ip(c)}" for c in site.computes)],
                             env=env, group=True, order=4)
-    deadline = time.monotonic() + timeout
-    for site in lab.topology.sites:
-        c = client(lab, site.name)
-        want = {cn: site.compute_ip(cn) for cn in site.computes}
-        while True:
-            have = {a["host"]: (a.get("configurations") or {}).get("tunneling_ip")
-                    for a in c.list("agents", fields=["host", "configurations"])}
-            if all(have.get(h) == ip for h, ip in want.items()):
-                break
-            rec = lab.processes[f"l2agents-{site.name}"]
-            if not process_alive(rec) or time.monotonic() > deadline:
-                raise NeutronLabError(f"L2 agents of site {site.name} not registered "
-                                      f"(have {have}); log:\n{log_tail(rec['log'])}")
-            time.sleep(0.5)
 
 
 # -- what an operator creates ----------------------------------------------------------
 
 def create_networks(lab) -> None:
-    """Per site and stretched network: a VXLAN provider network and its subnet."""
+    """Per site and stretched network: a VXLAN provider network and its
+    subnet; per site the lab's security group."""
     for site in lab.topology.sites:
         c = client(lab, site.name)
         nets = lab.neutron["sites"][site.name].setdefault("networks", {})
         for net in lab.topology.networks:
-            made = c.request("POST", "/networks", {"network": {
+            made = _create_one(c, "network", {
                 "name": net.name, "project_id": PROJECT,
                 "provider:network_type": "vxlan",
-                "provider:segmentation_id": site.segmentation_id(net.name)}})["network"]
-            sub = c.request("POST", "/subnets", {"subnet": {
+                "provider:segmentation_id": site.segmentation_id(net.name)})
+            sub = _create_one(c, "subnet", {
                 "network_id": made["id"], "name": f"{net.name}-subnet", "cidr": net.subnet,
                 "ip_version": 4, "project_id": PROJECT, "enable_dhcp": False,
-                "gateway_ip": None}})["subnet"]
+                "gateway_ip": None}, network_id=made["id"])
             nets[net.name] = {"id": made["id"], "subnet_id": sub["id"],
                               "segmentation_id": site.segmentation_id(net.name)}
+        # Every IPv4 packet in and out: what the lab tests is port security
+        # (a port's MAC, IPs and allowed address pairs) and the gateways,
+        # not a tenant's rules; the default group admits only its members,
+        # and a remote VM is none. Both directions are written: the lab's
+        # database is made from the models, without the migration that
+        # fills Neutron's default rule templates (a new group's egress).
+        group = _create_one(c, "security_group", {"name": "lab-any", "project_id": PROJECT},
+                            collection="security-groups")
+        for direction in ("ingress", "egress"):
+            if not any(r["direction"] == direction and r["ethertype"] == "IPv4"
+                       for r in group["security_group_rules"]):
+                _create_one(c, "security_group_rule", {
+                    "security_group_id": group["id"], "direction": direction,
+                    "ethertype": "IPv4", "project_id": PROJECT},
+                    collection="security-group-rules", security_group_id=group["id"],
+                    direction=direction)
+        lab.neutron["sites"][site.name]["security_group"] = group["id"]
         lab.save()
+
+
+def _create_one(c, kind: str, body: dict, collection: str | None = None,
+                timeout: float = 30.0, **match) -> dict:
+    """POST one resource; on a 5xx (SQLite "database is locked" while the
+    RPC server writes for the agents) look it up (by ``name``, else by
+    ``match``), since it may have been committed before the error, and
+    post again if it was not."""
+    collection = collection or kind + "s"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return c.request("POST", f"/{collection}", {kind: body})[kind]
+        except NeutronError as exc:
+            if exc.status < 500 or time.monotonic() > deadline:
+                raise
+        query = dict(match, **({"name": body["name"]} if "name" in body else {}))
+        found = c.request("GET", f"/{collection}", params=query).get(
+            collection.replace("-", "_"), [])
+        if found:
+            return found[0]
+        time.sleep(0.2)
 
 
 def _port_body(lab, vm) -> dict:
@@ -384,6 +444,7 @@ def _port_body(lab, vm) -> dict:
             "fixed_ips": [{"subnet_id": net["subnet_id"], "ip_address": vm.ip}],
             "binding:host_id": vm.compute, "device_owner": LAB_DEVICE_OWNER,
             "device_id": vm.port_id,
+            "security_groups": [lab.neutron["sites"][vm.site]["security_group"]],
             "allowed_address_pairs": [{"ip_address": p.ip_address,
                                        "mac_address": p.mac_address}
                                       for p in vm.allowed_address_pairs]}
@@ -484,6 +545,34 @@ def _create(c, bodies: list[dict], conflict_wait: float) -> None:
             time.sleep(0.2)
             if not c.list("ports", mac_address=macs, fields=["id"]):
                 break
+
+
+def lab_ports(lab, site: str) -> dict[str, dict]:
+    """{VM name: its port (id, status, binding:host_id)} in the site's Neutron."""
+    return {p["name"]: p for p in client(lab, site).list(
+        "ports", device_owner=LAB_DEVICE_OWNER, fields=["id", "name", "status",
+                                                        "binding:host_id"])}
+
+
+def wait_active(lab, vms, timeout: float = 60.0) -> None:
+    """Until every port of ``vms`` is ACTIVE on its compute: the L2 agent
+    there wired it and told Neutron (``update_device_up``)."""
+    deadline = time.monotonic() + timeout
+    for site in sorted({vm.site for vm in vms}):
+        names = {vm.name: vm.compute for vm in vms if vm.site == site}
+        while True:
+            ports = lab_ports(lab, site)
+            waiting = [n for n, host in names.items()
+                       if (ports.get(n) or {}).get("status") != "ACTIVE"
+                       or ports[n].get("binding:host_id") != host]
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise NeutronLabError(f"ports of {', '.join(waiting)} in site {site} not "
+                                      f"ACTIVE after {timeout:.0f} s: "
+                                      + ", ".join(f"{n} {(ports.get(n) or {}).get('status')}"
+                                                  for n in waiting))
+            time.sleep(0.2)
 
 
 def remote_ports_of(lab, site: str) -> list:

@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from gwagent.lab.processes import proc_start_time
+
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
 
@@ -91,6 +93,19 @@ class Ovs:
             return int((self.rundir / f"{name}.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+
+    def record(self, lab, owner: str) -> None:
+        """Record the daemons as the lab's processes ``<owner>-ovsdb-server``
+        and ``<owner>-ovs-vswitchd`` (by pid file: they detach), so ``down``
+        stops them after everything that uses them."""
+        for name in ("ovsdb-server", "ovs-vswitchd"):
+            pid = self.pid(name)
+            info = proc_start_time(pid) if pid else None
+            lab.processes[f"{owner}-{name}"] = {
+                "pid": pid, "start": info[1] if info else None, "argv": [name],
+                "log": str(self.rundir / f"{name}.log"), "group": False,
+                "order": 3 if name == "ovsdb-server" else 2}
+        lab.save()
 
     def stop_switch(self, sig=signal.SIGTERM, timeout: float = 10.0) -> None:
         _stop(self.pid("ovs-vswitchd"), sig, timeout)

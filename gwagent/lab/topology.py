@@ -20,6 +20,7 @@ that could collide. The format::
       - name: b
         computes: [b-cn1, b-cn2]
         segmentation_ids: {red: 2001, blue: 2002}
+    computes: ovs-agent            # optional: emulated (default) or ovs-agent
     vms:
       - {name: a1-red, site: a, compute: a-cn1, network: red, ip: 198.19.10.11}
       # optional per VM: mac (default fa:16:3e:xx:xx:xx derived from the
@@ -69,6 +70,13 @@ MAX_COMPUTES = 200
 #: the underlay's MTU (``mtu:`` in a topology file): every veth of the
 #: switch, the computes and the gateways; the VMs get it less VXLAN's 50
 UNDERLAY_MTU, UNDERLAY_MTUS = 1500, (1280, 9216)
+#: what a compute is (``computes:`` in a topology file): ``emulated``, Linux
+#: bridges programmed by the lab's L2 population emulator (gwagent.lab.l2pop,
+#: the light default), or ``ovs-agent``, an Open vSwitch per compute driven
+#: by Neutron's own neutron-openvswitch-agent (gwagent.lab.ovs_agent; a
+#: Neutron lab only)
+EMULATED, OVS_AGENT = "emulated", "ovs-agent"
+COMPUTE_KINDS = (EMULATED, OVS_AGENT)
 MAX_HA_SITES = 127  # node transit addresses 198.18.255.<2n-1>, <2n>
 HA_TRANSIT_SUBNET = ipaddress.ip_network("198.18.255.0/24")
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -163,6 +171,7 @@ class Topology:
     sites: tuple[LabSite, ...]
     vms: tuple[Vm, ...]
     mtu: int = UNDERLAY_MTU  # the underlay's
+    computes: str = EMULATED  # what every compute is (COMPUTE_KINDS)
 
     @property
     def vm_mtu(self) -> int:
@@ -256,7 +265,7 @@ def parse(data: object) -> Topology:
     """Validate a topology's parsed content; raise TopologyError naming the field."""
     if not isinstance(data, dict):
         raise TopologyError("a topology must be a mapping with networks, sites and vms")
-    _unknown_keys(data, {"networks", "sites", "vms", "mtu"}, "topology")
+    _unknown_keys(data, {"networks", "sites", "vms", "mtu", "computes"}, "topology")
     try:
         return _parse(data)
     except ValidationError as exc:
@@ -343,7 +352,12 @@ def _parse(data: dict) -> Topology:
             or not UNDERLAY_MTUS[0] <= mtu <= UNDERLAY_MTUS[1]):
         raise TopologyError(f"mtu: {mtu!r}: the underlay's MTU, an integer from "
                             f"{UNDERLAY_MTUS[0]} to {UNDERLAY_MTUS[1]}")
-    topo = Topology(tuple(networks), tuple(sites), tuple(vms), mtu)
+    computes = data.get("computes", EMULATED)
+    if computes not in COMPUTE_KINDS:
+        raise TopologyError(f"computes: {computes!r}: one of {', '.join(COMPUTE_KINDS)} "
+                            "(ovs-agent: Neutron's own Open vSwitch agent on every compute, "
+                            "a Neutron lab only)")
+    topo = Topology(tuple(networks), tuple(sites), tuple(vms), mtu, computes)
     for site in topo.sites:
         site_snapshot(topo, site.name)  # the model's own checks (VNI reuse and the like)
     return topo
@@ -427,6 +441,7 @@ def to_dict(topo: Topology) -> dict:
                    "segmentation_ids": dict(s.segmentation_ids)} for s in topo.sites],
         "vms": vms,
         **({"mtu": topo.mtu} if topo.mtu != UNDERLAY_MTU else {}),
+        **({"computes": topo.computes} if topo.computes != EMULATED else {}),
     }
 
 

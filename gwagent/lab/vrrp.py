@@ -39,6 +39,8 @@ recorded PID; its notify script writes the node's VRRP state to
 """
 from __future__ import annotations
 
+import subprocess
+
 from pyroute2 import IPRoute
 
 from gwagent.lab.namespaces import index, sysctls_in
@@ -83,6 +85,8 @@ echo "$3" > {state}.tmp && mv {state}.tmp {state}
 
 
 VIP_DEVICES = ("vip-site", "vip-transit")
+#: the metric of a node's own site-subnet route, behind the site address's (0)
+NODE_ROUTE_METRIC = 100
 
 
 def virtual_macs(site) -> tuple[str, str]:
@@ -107,6 +111,18 @@ def make_vip_devices(lab, site, node: str) -> None:
                          macvlan_mode="private", address=mac)
         with open_ipr(ns) as ipr:
             ipr.link("set", index=index(ipr, dev), state="up")
+    if lab.backend != "openflow":
+        # The node's own site address shares the site's subnet: its prefix
+        # route goes after the site address's (metric), so what the active
+        # node sends from the site's address (VXLAN to the computes) leaves
+        # by vip-site with the virtual MAC, not by eth0 with the NIC's.
+        # Measured with Neutron's OVS agent on the computes: their OVS kept
+        # the site's address at the NIC MAC of the node that sent last, and
+        # after a give-back sent every frame to the node that had let go.
+        address = f"{site.node_tunnel_ip(node)}/24"
+        subprocess.run(["ip", "-n", ns, "addr", "del", address, "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", address, "dev", "eth0", "metric",
+                        str(NODE_ROUTE_METRIC)], check=True)
     # arp_announce: the node's own ARP requests (a kernel resolving a
     # compute for a VXLAN packet from the site's address) carry the NIC's
     # own address, never the site's (measured: with the default, every

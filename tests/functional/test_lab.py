@@ -23,7 +23,7 @@ from gwagent.control.sources import FileInventory
 from gwagent.lab import build, gateways, probe
 from gwagent.lab import topology as topo_mod
 from gwagent.lab.cli import ping_matrix
-from gwagent.lab.names import vxlan_name
+from gwagent.lab.names import LabError, default_lab_dir, vxlan_name
 from gwagent.lab.processes import python_env
 
 NTF_EXT_LEARNED = 0x10
@@ -97,12 +97,25 @@ def test_default_topology_is_two_sites_with_overlapping_networks():
     (lambda d: d.update(extra=1), "unknown key 'extra'"),
     (lambda d: d.update(mtu=1000), "mtu: 1000: the underlay's MTU"),
     (lambda d: d.update(mtu="9000"), "an integer from 1280 to 9216"),
+    (lambda d: d.update(computes="ovs"), "computes: 'ovs': one of emulated, ovs-agent"),
 ])
 def test_topology_errors_name_the_field(change, message):
     data = topo_mod.to_dict(topo_mod.load())
     change(data)
     with pytest.raises(topo_mod.TopologyError, match=message):
         topo_mod.parse(data)
+
+
+def test_computes_with_neutrons_ovs_agent_are_chosen_by_the_topology_for_neutron_labs():
+    topo = topo_mod.load(topo_mod.DEFAULT_FILE.with_name("ovs-agent.yaml"))
+    assert topo.computes == topo_mod.OVS_AGENT
+    assert topo_mod.parse(topo_mod.to_dict(topo)) == topo
+    assert topo_mod.load().computes == topo_mod.EMULATED
+    assert "computes" not in topo_mod.to_dict(topo_mod.load())
+    with pytest.raises(LabError, match="needs a Neutron lab"):
+        build.up(topo, "gwf-nonet-", neutron=False)
+    assert not [n for n in netns.listnetns() if n.startswith("gwf-nonet-")]
+    assert not default_lab_dir("gwf-nonet-").exists()
 
 
 def three_sites() -> topo_mod.Topology:

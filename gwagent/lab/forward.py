@@ -1,0 +1,115 @@
+"""A TCP forwarder from lab namespaces to the host's loopback.
+
+    python -m gwagent.lab.forward PORT NAMESPACE [NAMESPACE ...]
+
+Listens on 127.0.0.1:PORT inside every NAMESPACE and carries each
+connection to 127.0.0.1:PORT of the namespace it was started in (the
+host's), byte for byte, both ways. Prints ``{"ready": true}`` once every
+listener is open.
+
+Why: a lab compute with Neutron's own Open vSwitch agent
+(:mod:`gwagent.lab.ovs_agent`) runs that agent inside the compute's
+namespace (it checks ``local_ip`` against the compute's devices, and its
+OpenFlow controller listens on the compute's 127.0.0.1, where the
+compute's own OVS connects), but the lab's RabbitMQ listens on the host's
+loopback, and nothing of the lab may add a device or an address to the
+root namespace. A socket keeps the namespace it was made in: the
+listeners are made after ``setns(2)`` into each namespace, the thread
+comes back, and every connecting socket is made in the host's namespace.
+So the agent's configuration names 127.0.0.1:PORT as a deployer's names
+the broker, and the lab's ``down`` stops this process with the others.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import sys
+import threading
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def listen_in(ns: str, port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port`` inside namespace ``ns``;
+    the calling thread is back in its own namespace on return."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            return socket.create_server(("127.0.0.1", port), backlog=64)
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _carry(conn: socket.socket, port: int) -> None:
+    try:
+        up = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        conn.close()
+        return
+    up.settimeout(None)
+    for sock in (conn, up):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=_pipe, args=(up, conn), daemon=True)
+    back.start()
+    _pipe(conn, up)
+    back.join()
+    conn.close()
+    up.close()
+
+
+def _serve(listener: socket.socket, port: int) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_carry, args=(conn, port), daemon=True).start()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print(__doc__.splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    port = int(argv[0])
+    listeners = [listen_in(ns, port) for ns in argv[1:]]
+    print(json.dumps({"ready": True, "port": port, "namespaces": argv[1:]}), flush=True)
+    threads = [threading.Thread(target=_serve, args=(sock, port), daemon=True)
+               for sock in listeners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
