@@ -32,7 +32,10 @@ What is still proportional to the world
     (:meth:`~gwagent.model.SiteSnapshot.after`: the Neutron source does): a
     snapshot is a tuple, compared with the last by identity first (a source
     keeps the objects of the ports that did not change), then by value for
-    what differs.
+    what differs. And while endpoints are left out (a MAC that two sites
+    claim as their own), the desired state holds each changed site's
+    snapshot without them: a filter of that site's tuple per change of it
+    (a site that did not change keeps its filtered snapshot).
 """
 from __future__ import annotations
 
@@ -155,6 +158,9 @@ class World:
         #: (the guards before the last update, those gone, those come): for
         #: the backends (hotpath.follow); None after a full update
         self.guard_change: tuple | None = None
+        #: per site: (its snapshot, the ids left out of it, the snapshot
+        #: without them): a site that did not change is not filtered again
+        self._kept: dict[str, tuple[SiteSnapshot, frozenset[int], SiteSnapshot]] = {}
         #: per network: endpoints of the local site ("local"), remote
         #: endpoints ("remote"), and the static entries and floods of each
         #: side ("site", "transit"): status counts them without a walk of
@@ -407,6 +413,22 @@ class World:
                 self._guards[key] = tuple(guards)
                 in_guards += guards
 
+    def _without(self, snap: SiteSnapshot, losers: dict[str, set[int]]) -> SiteSnapshot:
+        """The site's snapshot without its endpoints left out (conflicts):
+        filtered again only when the snapshot or what is left out of it
+        changed (a walk of that site while any of its endpoints is out)."""
+        out = frozenset(losers.get(snap.site.name, ()))
+        if not out:
+            self._kept.pop(snap.site.name, None)
+            return snap
+        kept = self._kept.get(snap.site.name)
+        if kept is not None and kept[0] is snap and kept[1] == out:
+            return kept[2]
+        filtered = dataclasses.replace(snap, endpoints=tuple(
+            ep for ep in snap.endpoints if id(ep) not in out))
+        self._kept[snap.site.name] = (snap, out, filtered)
+        return filtered
+
     def site_mobile(self, key: Key) -> bool:
         """Whether the local site's computes see the MAC's claimants behind
         more than one VTEP (Desired.site_mobile_macs)."""
@@ -463,7 +485,7 @@ class World:
         losers: dict[str, set[int]] = {}
         for ep, _ in self._losers.values():
             losers.setdefault(ep.site, set()).add(id(ep))
-        local, peers = _without(local, losers), tuple(_without(p, losers) for p in peers)
+        local, peers = self._without(local, losers), tuple(self._without(p, losers) for p in peers)
         rejected = tuple(sorted((r for _, r in self._losers.values()),
                                 key=lambda r: (r.site, r.network, r.port_id, r.mac)))
         self.desired = Desired.resolved(local, peers, rejected, dict(self._model_mobile))
@@ -495,11 +517,3 @@ def _changed(old: frozenset, out: Iterable, came: Iterable) -> frozenset:
     """``old`` without ``out``, with ``came`` (what is in both stays in)."""
     came = frozenset(came)
     return (old - frozenset(out)) | came if out else old | came
-
-
-def _without(snap: SiteSnapshot, losers: dict[str, set[int]]) -> SiteSnapshot:
-    out = losers.get(snap.site.name)
-    if not out:
-        return snap
-    return dataclasses.replace(snap, endpoints=tuple(
-        ep for ep in snap.endpoints if id(ep) not in out))

@@ -87,6 +87,30 @@ def test_one_endpoint_more_in_a_world_of_100k_touches_no_big_set(walks):
     assert world.static.floods is static.floods   # no flood changed: not even those copied
 
 
+def test_while_an_endpoint_is_left_out_a_site_that_did_not_change_is_not_filtered_again():
+    # b and c both claim the same MAC as a port's own: c's is left out, and
+    # the desired state holds c without it
+    clash = endpoint("b", "red", 1)
+    theirs = dataclasses.replace(endpoint("c", "red", 1), mac=clash.mac)
+    b = site("b", [clash, endpoint("b", "red", 2)])
+    c = site("c", [theirs, *(endpoint("c", "red", i) for i in range(2, 50))])
+    world = World()
+    world.update(site("a", [endpoint("a", "red", 1)]), (b, c))
+    assert [r.site for r in world.desired.rejected] == ["c"]
+    before = world.desired.peers[1]
+    assert theirs not in before.endpoints and len(before.endpoints) == 48
+    new = endpoint("b", "blue", 3)
+    world.update(world.desired.local, (SiteSnapshot.after(
+        b, b.networks, b.endpoints + (new,), (), (new,)), c))
+    assert world.desired.peers[1] is before        # c did not change: not walked again
+    assert new in world.desired.peers[0].endpoints
+    more = endpoint("c", "blue", 4)
+    world.update(world.desired.local, (world.desired.peers[0], SiteSnapshot.after(
+        c, c.networks, c.endpoints + (more,), (), (more,))))
+    now = world.desired.peers[1]                   # c changed: filtered again
+    assert more in now.endpoints and theirs not in now.endpoints and len(now.endpoints) == 49
+
+
 VMAC = "02:00:5e:00:01:07"
 PAIR = (AddressPair("198.19.10.250", VMAC),)
 
