@@ -14,44 +14,29 @@ OpenFlow controller listens on the compute's 127.0.0.1, where the
 compute's own OVS connects), but the lab's RabbitMQ listens on the host's
 loopback, and nothing of the lab may add a device or an address to the
 root namespace. A socket keeps the namespace it was made in: the
-listeners are made after ``setns(2)`` into each namespace, the thread
-comes back, and every connecting socket is made in the host's namespace.
+listeners are made inside each namespace, and every connecting socket is
+made in the host's namespace.
 So the agent's configuration names 127.0.0.1:PORT as a deployer's names
 the broker, and the lab's ``down`` stops this process with the others.
 """
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import socket
 import sys
 import threading
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+from pyroute2 import netns as pyroute2_netns
 
 
 def listen_in(ns: str, port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1:``port`` inside namespace ``ns``;
-    the calling thread is back in its own namespace on return."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            return socket.create_server(("127.0.0.1", port), backlog=64)
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+    """A listening socket on 127.0.0.1:``port`` inside namespace ``ns``
+    (made there by pyroute2's helper, as the product's netlink sockets are)."""
+    sock = pyroute2_netns.create_socket(ns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
