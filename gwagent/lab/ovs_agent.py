@@ -212,17 +212,20 @@ _TUN_ID = re.compile(r"load:(0x[0-9a-f]+)->NXM_NX_TUN_ID\[\]")
 _OUTPUT = re.compile(r'output:"?([^,"\s]+)"?')
 
 
+def _br_tun_flows(lab, compute: str, table: int) -> list[str]:
+    """The lines of ``ovs-ofctl dump-flows`` of one table of the compute's br-tun."""
+    ovs = ovs_of(lab, compute)
+    return ovs._run("ovs-ofctl", "--names", "dump-flows", f"unix:{ovs.rundir / 'br-tun.mgmt'}",
+                    f"table={table}").stdout.splitlines()
+
+
 def tunnel_places(lab, compute: str) -> list[dict]:
     """Where the compute's ``br-tun`` sends unicast frames: per flow of
     table 20, the MAC, the VNI, the VTEP (the VXLAN port's remote IP) and
     whether l2pop installed it or it was learned from a tunnel."""
     ports = tunnel_ports(lab, compute)
-    text = ovs_of(lab, compute)._run(
-        "ovs-ofctl", "--names", "dump-flows",
-        f"unix:{ovs_of(lab, compute).rundir / 'br-tun.mgmt'}",
-        f"table={UCAST_TO_TUN}").stdout
     rows = []
-    for line in text.splitlines():
+    for line in _br_tun_flows(lab, compute, UCAST_TO_TUN):
         mac, tun, out = _FLOW_MAC.search(line), _TUN_ID.search(line), _OUTPUT.findall(line)
         if not (mac and out):
             continue
@@ -235,12 +238,8 @@ def tunnel_places(lab, compute: str) -> list[dict]:
 def flood_vteps(lab, compute: str) -> dict[int, list[str]]:
     """{VNI: VTEPs} the compute's ``br-tun`` floods to (table 22)."""
     ports = tunnel_ports(lab, compute)
-    text = ovs_of(lab, compute)._run(
-        "ovs-ofctl", "--names", "dump-flows",
-        f"unix:{ovs_of(lab, compute).rundir / 'br-tun.mgmt'}",
-        f"table={FLOOD_TO_TUN}").stdout
     out: dict[int, list[str]] = {}
-    for line in text.splitlines():
+    for line in _br_tun_flows(lab, compute, FLOOD_TO_TUN):
         tun = _TUN_ID.search(line)
         if tun:
             out[int(tun.group(1), 16)] = sorted(ports.get(p, p) for p in _OUTPUT.findall(line))
